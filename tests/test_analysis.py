@@ -5,34 +5,43 @@ import pandas as pd
 import pytest
 
 from helpers import analysis
+from helpers.tracin import InfluenceScores
 
 
-def test_top_k_rows_matches_a_full_sort():
-    rng = np.random.default_rng(0)
-    scores = rng.normal(size=(50, 7))
-    top = analysis.top_k_rows(scores, 5)
-    np.testing.assert_array_equal(top, np.argsort(-scores, axis=0)[:5])
-    bottom = analysis.top_k_rows(scores, 5, kind="opponents")
-    np.testing.assert_array_equal(bottom, np.argsort(scores, axis=0)[:5])
+def make_scores(per_checkpoint, train_languages, test_languages):
+    per_checkpoint = np.asarray(per_checkpoint, dtype=np.float32)
+    return InfluenceScores(per_checkpoint, [f"epoch{i + 1}" for i in range(len(per_checkpoint))],
+                           [1.0] * len(per_checkpoint), pd.DataFrame({"language": train_languages}),
+                           pd.DataFrame({"language": test_languages}))
 
 
-def test_top_k_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="'k' is 11; allowed: 1..10"):
-        analysis.top_k_rows(np.zeros((10, 2)), 11)
-    with pytest.raises(ValueError, match="'kind'"):
-        analysis.top_k_rows(np.zeros((10, 2)), 1, kind="best")
+# 4 'en' and 4 'fr' training samples; the en test sample is helped most by en samples, the fr one by fr samples.
+TRAIN = ["en"] * 4 + ["fr"] * 4
+PLANTED = np.array([[9, 0], [8, 0], [7, 0], [0, 6], [0, 9], [0, 8], [0, 7], [6, 0]], dtype=float)
 
 
 def test_language_shares_on_a_planted_pattern():
-    # 4 'en' and 4 'fr' training samples; the en test sample is helped most by en samples, fr by fr (3 of top 4).
-    train = ["en"] * 4 + ["fr"] * 4
-    test = ["en", "fr"]
-    scores = np.array([[9, 0], [8, 0], [7, 0], [0, 6], [0, 9], [0, 8], [0, 7], [6, 0]], dtype=float)
-    shares = analysis.language_shares(scores, train, test, k=4)
+    shares = analysis.language_shares(make_scores([PLANTED], TRAIN, ["en", "fr"]), k=4)
     wide = analysis.share_matrix(shares)
     assert wide.loc["en", "en"] == pytest.approx(0.75) and wide.loc["en", "fr"] == pytest.approx(0.25)
-    assert wide.loc["fr", "fr"] == pytest.approx(0.75)
+    assert wide.loc["fr", "fr"] == pytest.approx(0.75) and wide.loc["fr", "en"] == pytest.approx(0.25)
     np.testing.assert_allclose(wide.sum(axis=1), 1.0)
+
+
+def test_opponents_and_averaging_over_test_samples_of_a_language():
+    # two en test samples: the first has only fr opponents, the second only en ones -> 50/50 on average
+    scores = np.array([[0, -9], [0, -8], [0, -7], [0, -6], [-9, 0], [-8, 0], [-7, 0], [-6, 0]], dtype=float)
+    wide = analysis.share_matrix(analysis.language_shares(make_scores([scores], TRAIN, ["en", "en"]), 4,
+                                                          kind="opponents"))
+    assert wide.loc["en", "en"] == pytest.approx(0.5) and wide.loc["en", "fr"] == pytest.approx(0.5)
+
+
+def test_shares_per_checkpoint_use_each_checkpoints_own_scores():
+    flipped = PLANTED[::-1]  # at the second checkpoint the pattern reverses
+    per = analysis.shares_per_checkpoint(make_scores([PLANTED, flipped], TRAIN, ["en", "fr"]), k=3)
+    first = per[(per.checkpoint == "epoch1") & (per.test_language == "en") & (per.train_language == "en")]
+    second = per[(per.checkpoint == "epoch2") & (per.test_language == "en") & (per.train_language == "en")]
+    assert first["share"].item() == pytest.approx(1.0) and second["share"].item() == pytest.approx(0.0)
 
 
 def test_cross_lingual_share_and_verdict():

@@ -10,7 +10,9 @@ def _quiet_libraries() -> None:
     """Library progress bars and load reports (weights loaded, dataset shards saved) would otherwise flood the
     notebooks and the runner's log; our own progress bars stay."""
     import os
+    import warnings
 
+    warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto in a kernel without ipywidgets
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")

@@ -7,46 +7,32 @@ the languages they are written in, and average these shares over the test sample
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
-
-def top_k_rows(scores: np.ndarray, k: int, kind: str = "proponents") -> np.ndarray:
-    """Indices (k, n_test) of the ``k`` highest (proponents) or lowest (opponents) scores in each test column,
-    best first."""
-    if kind not in ("proponents", "opponents"):
-        raise ValueError(f"parameter 'kind' is {kind!r}; allowed: 'proponents', 'opponents'")
-    n_train = scores.shape[0]
-    if not 1 <= k <= n_train:
-        raise ValueError(f"parameter 'k' is {k}; allowed: 1..{n_train} (the number of training samples)")
-    signed = scores if kind == "proponents" else -scores
-    part = np.argpartition(-signed, k - 1, axis=0)[:k]
-    order = np.argsort(-np.take_along_axis(signed, part, axis=0), axis=0, kind="stable")
-    return np.take_along_axis(part, order, axis=0)
+from .tracin import InfluenceScores
 
 
-def language_shares(scores: np.ndarray, train_languages, test_languages, k: int,
-                    kind: str = "proponents") -> pd.DataFrame:
+def language_shares(scores: InfluenceScores, k: int, kind: str = "proponents",
+                    checkpoint: str | None = None) -> pd.DataFrame:
     """Long table (test_language, train_language, share): the mean share, over the test samples of each test
     language, of its top-``k`` training samples written in each training language. Shares sum to 1 per test
-    language."""
-    train_languages = np.asarray(train_languages)
-    test_languages = np.asarray(test_languages)
-    top = top_k_rows(scores, k, kind)  # (k, n_test)
-    train_order = list(dict.fromkeys(train_languages))
-    # counts[j, l]: how many of test sample j's top-k are in training language l
-    counts = np.stack([(train_languages[top] == lang).sum(axis=0) for lang in train_order], axis=1)
-    per_sample = pd.DataFrame(counts / k, columns=train_order).assign(test_language=test_languages)
-    means = per_sample.groupby("test_language", sort=False).mean()
-    long = means.reset_index().melt(id_vars="test_language", var_name="train_language", value_name="share")
-    return long
+    language. ``checkpoint`` picks one checkpoint's scores; None uses the TracIn total."""
+    top = scores.top_k(k, kind=kind, checkpoint=checkpoint)
+    train_order = list(dict.fromkeys(scores.train_ids["language"]))
+    test_order = list(dict.fromkeys(scores.test_ids["language"]))
+    # per test sample: the fraction of its top-k in each training language
+    per_sample = pd.crosstab(top["test_row"], top["train_language"], normalize="index")
+    per_sample = per_sample.reindex(columns=train_order, fill_value=0.0)
+    per_sample["test_language"] = scores.test_ids["language"].to_numpy()[per_sample.index]
+    means = per_sample.groupby("test_language").mean().reindex(test_order)
+    means.columns.name = None
+    return means.reset_index().melt(id_vars="test_language", var_name="train_language", value_name="share")
 
 
-def shares_per_checkpoint(per_checkpoint: np.ndarray, names: list[str], train_languages, test_languages, k: int,
-                          kind: str = "proponents") -> pd.DataFrame:
-    """:func:`language_shares` for each checkpoint's own score matrix, stacked with a ``checkpoint`` column."""
-    return pd.concat([language_shares(m, train_languages, test_languages, k, kind).assign(checkpoint=name)
-                      for m, name in zip(per_checkpoint, names)], ignore_index=True)
+def shares_per_checkpoint(scores: InfluenceScores, k: int, kind: str = "proponents") -> pd.DataFrame:
+    """:func:`language_shares` for each checkpoint's own scores, stacked with a ``checkpoint`` column."""
+    return pd.concat([language_shares(scores, k, kind, checkpoint=name).assign(checkpoint=name)
+                      for name in scores.checkpoints], ignore_index=True)
 
 
 def share_matrix(shares: pd.DataFrame) -> pd.DataFrame:

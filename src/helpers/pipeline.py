@@ -5,8 +5,8 @@
     python -m helpers.pipeline book
 
 Every parameter is validated before any work starts. A stage whose committed outputs were made with the same
-parameters (its own and every earlier stage's) is skipped and its executed notebook reused; ``--force`` recomputes
-everything. Once a stage runs, every later stage runs too. Executed notebooks are written to
+parameters (its own and every earlier stage's) by the same notebook is skipped and its executed notebook reused;
+``--force`` recomputes everything (do that after changing code in ``helpers``, which is not tracked). Once a stage runs, every later stage runs too. Executed notebooks are written to
 ``artifacts/<run>/executed/`` under a temporary name, renamed when complete, and copied to ``book/executed/``, which
 always holds the notebooks of the last run. A failing cell stops the run with a non-zero exit naming the notebook.
 """
@@ -14,6 +14,7 @@ always holds the notebooks of the last run. A failing cell stops the run with a 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import subprocess
@@ -54,6 +55,11 @@ def read_runlog(run_name: str) -> dict[str, Any]:
     return artifacts.read_json(path) if path.exists() else {}
 
 
+def notebook_sha(stage: str) -> str:
+    """Hash of a stage's source notebook: editing the notebook makes its stage (and the later ones) run again."""
+    return hashlib.sha256((paths.NOTEBOOKS / NOTEBOOKS[stage]).read_bytes()).hexdigest()
+
+
 def stage_status(params: dict[str, Any]) -> dict[str, str]:
     """For each stage: 'up to date', 'stale' (other parameters) or 'missing'."""
     run = params["run_name"]
@@ -68,13 +74,15 @@ def stage_status(params: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def _tag_injected_cell(path: Path) -> None:
-    """papermill tags the cell it injects 'injected-parameters'; hide its source in the book."""
+def _tag_parameter_cells(path: Path) -> None:
+    """In the book, fold the injected parameters (papermill tags that cell 'injected-parameters') and drop the
+    notebook's own defaults, which the injected values override: the next cell prints the effective ones."""
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         tags = cell.metadata.setdefault("tags", [])
-        if "injected-parameters" in tags and "hide-input" not in tags:
-            tags.append("hide-input")
+        for marker, tag in (("injected-parameters", "hide-input"), ("parameters", "remove-cell")):
+            if marker in tags and tag not in tags:
+                tags.append(tag)
     nbformat.write(nb, path)
 
 
@@ -95,7 +103,7 @@ def execute_stage(stage: str, params: dict[str, Any], log_output: bool = True) -
         raise StageFailed(f"stage {stage!r} failed in notebook notebooks/{source.name} "
                           f"(cell {err.exec_count}): {err.ename}: {err.evalue}\n"
                           f"The executed notebook with the traceback is {partial}") from None
-    _tag_injected_cell(partial)
+    _tag_parameter_cells(partial)
     os.replace(partial, target)
     return target
 
@@ -111,7 +119,9 @@ def run(profile: str, overrides: list[str] | None = None, force: bool = False, b
     rerun = force
     for i, stage in enumerate(config.STAGES, 1):
         executed = paths.run_dir(run_name) / "executed" / NOTEBOOKS[stage]
-        fresh = artifacts.is_complete(run_name, stage, params) and executed.exists()
+        source_sha = notebook_sha(stage)
+        fresh = (artifacts.is_complete(run_name, stage, params) and executed.exists()
+                 and stages.get(stage, {}).get("notebook_sha256") == source_sha)
         header = f"[{i}/{len(config.STAGES)}] {stage} ({NOTEBOOKS[stage]})"
         if fresh and not rerun and stage not in ALWAYS_RUN:
             print(f"{header}: up to date, skipped", flush=True)
@@ -121,7 +131,7 @@ def run(profile: str, overrides: list[str] | None = None, force: bool = False, b
             start = time.perf_counter()
             execute_stage(stage, params)
             seconds = time.perf_counter() - start
-            stages[stage] = {"status": "ran", "seconds": round(seconds, 1),
+            stages[stage] = {"status": "ran", "seconds": round(seconds, 1), "notebook_sha256": source_sha,
                              "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
             print(f"{header}: done in {seconds:.0f} s", flush=True)
             rerun = rerun or stage not in ALWAYS_RUN  # later stages read what this one just wrote
