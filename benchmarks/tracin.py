@@ -29,6 +29,8 @@ token ids with lengths uniform in ``[--min-len, --max-len]``.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import platform
 import sys
@@ -112,9 +114,19 @@ def load_model(path: Path, device: torch.device) -> nn.Module:
 # Measurement
 
 
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc), so that resident memory measures live memory again."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the baseline then includes the allocator's free pages
+        pass
+
+
 class PeakMemory:
     """Peak memory above the level at entry, in MiB: CUDA allocator statistics, or the process's resident set size
-    sampled every 5 ms on CPU (tracemalloc does not see torch's allocations)."""
+    sampled every 5 ms on CPU (tracemalloc does not see torch's allocations; freed heap pages are returned to the
+    OS first, so the level at entry is live memory whatever ran before)."""
 
     def __init__(self, device: torch.device):
         self.device, self.peak_mib = device, 0.0
@@ -127,6 +139,7 @@ class PeakMemory:
         else:
             import psutil
 
+            release_free_memory()
             self._proc = psutil.Process()
             self._start = self._max = self._proc.memory_info().rss
             self._stop = threading.Event()

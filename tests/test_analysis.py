@@ -55,3 +55,6 @@ def test_cross_lingual_share_and_verdict():
     text = analysis.shares_verdict(wide, 0.5, k=4, kind="proponents")
     assert "**consistent**" in text and "does draw on other languages" in text
     assert "**not** the growth" in analysis.shares_verdict(wide[["epoch2", "epoch1"]], 0.5, 4, "proponents")
+    flat = wide.copy()
+    flat["epoch2"] = flat["epoch1"] + 0.01
+    assert "**no clear change**" in analysis.shares_verdict(flat, 0.5, 4, "proponents")

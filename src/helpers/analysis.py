@@ -66,6 +66,9 @@ def cross_lingual_by_checkpoint(cross: pd.DataFrame, fine_tune_languages: list[s
     return wide
 
 
+#: Changes of the mean cross-lingual share smaller than this (in share units) are reported as no clear change.
+TREND_TOLERANCE = 0.02
+
 #: A run "relies on other languages" when their share of the top-k is at least this fraction of the share a
 #: language-blind ranking would give them.
 RELIANCE_FRACTION = 0.25
@@ -82,8 +85,13 @@ def shares_verdict(wide: pd.DataFrame, language_blind: float, k: int, kind: str)
             + f" (criterion: at least {RELIANCE_FRACTION:.0%} of the language-blind share). ")
     if len(checkpoints) < 2:
         return text + "With a single checkpoint, the trend over fine-tuning cannot be judged."
-    grows = final > first
-    return text + (f"Over fine-tuning, the cross-lingual share went from {first:.0%} ({checkpoints[0]}) to "
-                   f"{final:.0%} ({checkpoints[-1]}): "
-                   + ("**consistent** with the paper's finding that this reliance grows." if grows else
-                      "**not** the growth the paper reports."))
+    change = final - first
+    if change > TREND_TOLERANCE:
+        trend = "**consistent** with the paper's finding that this reliance grows."
+    elif change < -TREND_TOLERANCE:
+        trend = "it shrank: **not** the growth the paper reports."
+    else:
+        trend = (f"**no clear change** (less than {TREND_TOLERANCE * 100:.0f} points either way), so this run "
+                 "neither confirms nor contradicts the growth the paper reports.")
+    return text + (f"Over fine-tuning, the cross-lingual share went from {first:.1%} ({checkpoints[0]}) to "
+                   f"{final:.1%} ({checkpoints[-1]}): " + trend)

@@ -36,7 +36,9 @@ def progress_interval() -> float:
 
 
 def set_threads() -> int:
-    n = os.cpu_count() or 1
+    """Use every core unless ``OMP_NUM_THREADS`` says otherwise (more threads than free cores slows torch down
+    several-fold, e.g. beside another job)."""
+    n = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
     torch.set_num_threads(n)
     return n
 
@@ -145,7 +147,7 @@ def train(model: torch.nn.Module, train_ds: Dataset, test_ds: Dataset, epochs: i
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
             bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-20:]):.3f}")
+            bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-20:]):.3f}", refresh=False)
         name = f"checkpoint-epoch{epoch}"
         model.save_pretrained(out_dir / name)
         checkpoints.append({"name": f"epoch{epoch}", "path": name, "learning_rate": float(np.mean(rates)),

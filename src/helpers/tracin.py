@@ -28,7 +28,7 @@ Encoder layers are found generically, as the ``ModuleList`` named ``encoder.laye
 **Default for the book: ``"last_layers:1"``** (:data:`DEFAULT_PARAMS`), the last encoder layer and the head.
 
 * Cost: only that layer is back-propagated and compared. For multilingual-e5-small (the embedded model) that is
-  1.9M of 118M parameters; for XLM-R base 7.7M of 278M. A per-example gradient of that size and a test bank of a few
+  1.9M of 118M parameters (33M with a 30k-token trimmed vocabulary); for XLM-R base 7.7M of 278M. A per-example gradient of that size and a test bank of a few
   hundred of them fit in CPU memory, so the default profile runs on a laptop; a full-model bank (21M per test sample
   for e5-small, 86M for XLM-R, plus the sparse embeddings) is a GPU job (``"all"`` in the paper profile).
 * Bias: word-embedding TracIn (``"embeddings"``) can only connect samples that share subword tokens, so across
@@ -226,6 +226,11 @@ class _Batch:
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def valid(self) -> torch.Tensor:
+        """(B, T) bool: the non-padded positions."""
+        return self.attention_mask.bool()
+
 
 def _batches(examples: _Examples, rows: range, batch_size: int, pad_id: int,
              device: torch.device) -> Iterator[_Batch]:
@@ -261,6 +266,7 @@ def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Batched ``a @ b``, accumulated and returned in fp32."""
     if a.dtype == torch.bfloat16:
         return torch.bmm(a, b, out_dtype=torch.float32)
     return torch.bmm(a, b)
@@ -326,9 +332,13 @@ class _Scored:
         self.name, self.module, self.weight, self.bias = name, module, weight, bias
 
     def sizes(self) -> list[int]:
-        """Sizes of the dense parameter blocks (one per scored parameter)."""
-        return [p.numel() for p, on in ((self.module.weight, self.weight), (getattr(self.module, "bias", None),
-                                                                            self.bias)) if on]
+        """Sizes of the dense parameter blocks (one per scored parameter: weight, then bias)."""
+        sizes = []
+        if self.weight:
+            sizes.append(self.module.weight.numel())
+        if self.bias:
+            sizes.append(self.module.bias.numel())
+        return sizes
 
     def blocks(self, x: torch.Tensor, delta: torch.Tensor, valid: torch.Tensor, dtype: torch.dtype,
                workspace: _Workspace) -> list[torch.Tensor]:
@@ -777,11 +787,8 @@ class TracIn:
 
     # -- per-batch work ------------------------------------------------------------------------------------------
 
-    def _gradients(self, probe: _Probe, batch: _Batch) -> Iterator[tuple[int, _Scored, torch.Tensor,
-                                                                          torch.Tensor, torch.Tensor]]:
-        valid = batch.attention_mask.bool()
-        for i, (s, x, delta) in enumerate(probe.run(batch)):
-            yield i, s, x, delta, valid
+    def _probe(self, model: nn.Module, scored: list[_Scored]) -> _Probe:
+        return _Probe(model, scored, autocast=torch.bfloat16 if self.dtype == "bf16" else None)
 
     def _bank(self, probe: _Probe, test: _Examples, rows: range, pad_id: int, bar: tqdm) -> _Bank:
         n = len(rows)
@@ -790,7 +797,8 @@ class TracIn:
         sq = torch.zeros(n, dtype=torch.float32, device=self.device)
         for batch in _batches(test, rows, self.batch_size, pad_id, self.device):
             cols = torch.as_tensor(batch.rows - rows.start, device=self.device)
-            for i, s, x, delta, valid in self._gradients(probe, batch):
+            valid = batch.valid
+            for i, (s, x, delta) in enumerate(probe.run(batch)):
                 if s.sparse:
                     r = s.rows(x, delta, valid)
                     sparse.append(_Rows(cols[r.sample], r.token, r.values))
@@ -816,8 +824,8 @@ class TracIn:
     def _score(self, probe: _Probe, batch: _Batch, bank: _Bank) -> torch.Tensor:
         out = torch.zeros(len(batch), bank.n, dtype=torch.float32, device=self.device)
         sq = torch.zeros(len(batch), dtype=torch.float32, device=self.device)
-        cosine = self.similarity == "cosine"
-        for i, s, x, delta, valid in self._gradients(probe, batch):
+        cosine, valid = self.similarity == "cosine", batch.valid
+        for i, (s, x, delta) in enumerate(probe.run(batch)):
             if s.sparse:
                 r = s.rows(x, delta, valid)
                 if bank.rows is not None:
@@ -862,7 +870,7 @@ class TracIn:
                 n_chunks = math.ceil(test.n / chunk)
                 bar = self._bar(len(self.checkpoints) * (test.n + n_chunks * train.n), progress, "scores")
             bar.set_postfix_str(f"{checkpoint.name}, {n_chunks} test chunk(s)", refresh=False)
-            with _Probe(model, scored, torch.bfloat16 if self.dtype == "bf16" else None) as probe:
+            with self._probe(model, scored) as probe:
                 for start in range(0, test.n, chunk):
                     cols = range(start, min(start + chunk, test.n))
                     bank = self._bank(probe, test, cols, pad_id, bar)
@@ -892,11 +900,11 @@ class TracIn:
         for c, checkpoint in enumerate(self.checkpoints):
             model, scored, pad_id = self._load(checkpoint)
             bar.set_postfix_str(checkpoint.name, refresh=False)
-            with _Probe(model, scored, torch.bfloat16 if self.dtype == "bf16" else None) as probe:
+            with self._probe(model, scored) as probe:
                 for batch in _batches(train, range(train.n), self.batch_size, pad_id, self.device):
                     sq = torch.zeros(len(batch), dtype=torch.float32, device=self.device)
-                    for _, s, x, delta, valid in self._gradients(probe, batch):
-                        sq += s.sq_norms(x, delta, valid, self._storage, probe.workspace)
+                    for s, x, delta in probe.run(batch):
+                        sq += s.sq_norms(x, delta, batch.valid, self._storage, probe.workspace)
                     out[c, batch.rows] = (sq * checkpoint.learning_rate).cpu().numpy()
                     bar.update(len(batch))
             del model, probe
