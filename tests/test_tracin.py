@@ -326,6 +326,7 @@ def captum_scores(ckpts: list[Checkpoint], layers: list[str], train: list[dict],
     return tracin.influence(padded(test, pad_id)).detach().numpy().T
 
 
+@pytest.mark.filterwarnings("ignore:Input Tensor .* has a dtype of torch.int64:UserWarning")
 def test_agrees_with_captum_tracincp(perturbed):
     """Last layer + head (LayerNorms included: captum's per-example loop) and the head alone (Linear only: captum's
     sample-wise gradient trick)."""
