@@ -1,0 +1,61 @@
+"""Fine-tuning on the smoke model: checkpoints, learning rates, accuracy history, determinism."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+from helpers import config, data, finetune
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    cfg = config.resolve("smoke")
+    train, test = data.build_splits(cfg)
+    out = tmp_path_factory.mktemp("finetune")
+    model, train_ds, test_ds, info = finetune.tokenise_splits("tiny-random", train, test, cfg["max_length"], True,
+                                                              0, len(data.LABELS[cfg["label"]].names), out)
+    return cfg, model, train_ds, test_ds, info, out
+
+
+def test_tokenised_splits_keep_ids_and_fit_the_trimmed_vocabulary(prepared):
+    cfg, model, train_ds, test_ds, info, _ = prepared
+    assert set(train_ds.column_names) >= {"uid", "language", "pair_id", "label", "input_ids"}
+    biggest = max(max(x) for ds in (train_ds, test_ds) for x in ds["input_ids"])
+    assert biggest < model.config.vocab_size == info["vocab_size"] < info["full_vocab_size"]
+    assert max(len(x) for x in train_ds["input_ids"]) <= cfg["max_length"]
+
+
+def test_collate_pads_right_and_masks_from_lengths():
+    batch = finetune.collate([{"input_ids": [0, 5, 2], "label": 1}, {"input_ids": [0, 2], "label": 0}], pad_id=1)
+    assert batch["input_ids"].tolist() == [[0, 5, 2], [0, 2, 1]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["labels"].tolist() == [1, 0]
+
+
+def test_checkpoint_per_epoch_with_the_mean_scheduled_learning_rate(prepared, tmp_path):
+    cfg, model, train_ds, test_ds, _, _ = prepared
+    epochs, bs, lr = 2, 8, 1e-3
+    history, ckpts = finetune.train(model, train_ds, test_ds, epochs, bs, lr, 0.1, 0, tmp_path)
+    assert [c["name"] for c in ckpts] == ["epoch1", "epoch2"]
+    assert all((tmp_path / c["path"] / "config.json").exists() for c in ckpts)
+    # Recompute the schedule independently: the recorded rate is the mean over each epoch's steps.
+    steps = int(np.ceil(len(train_ds) / bs))
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = get_linear_schedule_with_warmup(opt, int(0.1 * steps * epochs), steps * epochs)
+    rates = []
+    for _ in range(steps * epochs):
+        rates.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    for e, c in enumerate(ckpts):
+        assert c["learning_rate"] == pytest.approx(np.mean(rates[e * steps:(e + 1) * steps]))
+    assert ckpts[-1]["learning_rate_at_end"] == pytest.approx(0.0)
+    languages = cfg["fine_tune_languages"] + cfg["zero_shot_languages"]
+    assert sorted(history["epoch"].unique()) == [0, 1, 2]
+    assert set(history["language"]) == set(languages) and history["accuracy"].between(0, 1).all()
+
+
+def test_learning_verdict_threshold():
+    assert "learns the task" in finetune.learning_verdict(0.34, 6, 3)
+    assert "does **not**" in finetune.learning_verdict(0.32, 6, 3)
