@@ -53,7 +53,8 @@ def test_cross_lingual_share_and_verdict():
     assert wide.loc["mean", "epoch1"] == pytest.approx(0.15)
     assert wide.loc["mean", "epoch2"] == pytest.approx(0.4)
     text = analysis.shares_verdict(wide, 0.5, k=4, kind="proponents")
-    assert "**consistent**" in text and "does draw on other languages" in text
+    assert "**consistent**" in text and "does draw on other languages" in text and "language-blind one" not in text
+    assert "indistinguishable from a language-blind one" in analysis.shares_verdict(wide, 0.41, 4, "proponents")
     assert "**not** the growth" in analysis.shares_verdict(wide[["epoch2", "epoch1"]], 0.5, 4, "proponents")
     flat = wide.copy()
     flat["epoch2"] = flat["epoch1"] + 0.01

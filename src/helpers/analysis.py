@@ -79,10 +79,13 @@ def shares_verdict(wide: pd.DataFrame, language_blind: float, k: int, kind: str)
     checkpoints = list(wide.columns)
     first, final = wide.loc["mean"].iloc[0], wide.loc["mean"].iloc[-1]
     relies = final >= RELIANCE_FRACTION * language_blind
+    blind = abs(final - language_blind) <= TREND_TOLERANCE
     text = (f"At the last checkpoint, {final:.0%} of the top-{k} {kind} of a fine-tuning language come from other "
             f"languages on average (a language-blind ranking would give {language_blind:.0%}): the model "
             + ("**does draw on other languages' data**" if relies else "draws **mostly on same-language data**")
-            + f" (criterion: at least {RELIANCE_FRACTION:.0%} of the language-blind share). ")
+            + f" (criterion: at least {RELIANCE_FRACTION:.0%} of the language-blind share)"
+            + (", and its ranking is **indistinguishable from a language-blind one**: the test language's own data "
+               "gets no preference. " if blind else ". "))
     if len(checkpoints) < 2:
         return text + "With a single checkpoint, the trend over fine-tuning cannot be judged."
     change = final - first

@@ -51,7 +51,7 @@ def share_heatmap(shares: pd.DataFrame, title: str, column: str | None = None) -
     test_order = _language_order(shares["test_language"])
     train_order = _language_order(shares["train_language"])
     base = alt.Chart(shares).encode(
-        x=alt.X("train_language:N", title="language of the influential training sample", sort=train_order,
+        x=alt.X("train_language:N", title="training language", sort=train_order,
                 axis=alt.Axis(labelAngle=0, orient="top")),
         y=alt.Y("test_language:N", title="test language", sort=test_order),
     )
