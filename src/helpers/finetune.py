@@ -86,13 +86,8 @@ def tokenise_splits(model_name: str, train: pd.DataFrame, test: pd.DataFrame, ma
 
 
 def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch; the attention mask comes from the lengths, not from comparing with the pad id."""
-    width = max(len(r["input_ids"]) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        input_ids[i, : len(r["input_ids"])] = torch.as_tensor(r["input_ids"])
-        mask[i, : len(r["input_ids"])] = 1
+    """A batch of tokenised rows: right-padded ids, attention mask from the lengths, labels."""
+    input_ids, mask = models.pad_batch([r["input_ids"] for r in rows], pad_id=pad_id)
     return {"input_ids": input_ids, "attention_mask": mask,
             "labels": torch.as_tensor([r["label"] for r in rows], dtype=torch.long)}
 

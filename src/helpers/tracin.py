@@ -86,7 +86,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
+
+from .models import pad_batch
 
 #: The parameter subset the book uses unless a profile says otherwise (see the module docstring for why).
 DEFAULT_PARAMS = "last_layers:1"
@@ -242,13 +244,9 @@ def _batches(examples: _Examples, rows: range, batch_size: int, pad_id: int,
         order = sorted(range(len(window)), key=lambda k: len(ids[k]))
         for b in range(0, len(order), batch_size):
             sel = order[b:b + batch_size]
-            lengths = torch.tensor([len(ids[k]) for k in sel])
-            if int(lengths.min()) == 0:
+            if min(len(ids[k]) for k in sel) == 0:
                 raise ValueError("a sample has empty input_ids")
-            padded = torch.full((len(sel), int(lengths.max())), pad_id, dtype=torch.long)
-            for r, k in enumerate(sel):
-                padded[r, :len(ids[k])] = torch.as_tensor(ids[k], dtype=torch.long)
-            mask = (torch.arange(padded.shape[1])[None, :] < lengths[:, None]).long()
+            padded, mask = pad_batch([ids[k] for k in sel], pad_id=pad_id)
             yield _Batch(rows=np.array([window[k] for k in sel]), input_ids=padded.to(device),
                          attention_mask=mask.to(device),
                          labels=torch.tensor([labels[k] for k in sel], dtype=torch.long, device=device))
