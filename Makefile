@@ -36,7 +36,9 @@ test: $(STAMP)
 		-p no:cacheprovider notebooks
 
 benchmark: $(STAMP)
-	$(PY) benchmarks/tracin.py --model embedded
+	mkdir -p artifacts
+	$(PY) benchmarks/tracin.py --model embedded --n-train 128 --n-test 16 --checkpoints 2 \
+		--json artifacts/benchmark-tracin.json
 
 clean:
 	rm -rf _build book/executed

@@ -33,7 +33,6 @@ import ctypes
 import gc
 import json
 import platform
-import sys
 import tempfile
 import threading
 import time
@@ -46,9 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from helpers.tracin import DEFAULT_PARAMS, Checkpoint, TracIn, select_parameters  # noqa: E402
+from helpers.tracin import DEFAULT_PARAMS, Checkpoint, TracIn, select_parameters
 
 N_LABELS = 3
 

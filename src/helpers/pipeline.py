@@ -6,9 +6,10 @@
 
 Every parameter is validated before any work starts. A stage whose committed outputs were made with the same
 parameters (its own and every earlier stage's) by the same notebook is skipped and its executed notebook reused;
-``--force`` recomputes everything (do that after changing code in ``helpers``, which is not tracked). Once a stage runs, every later stage runs too. Executed notebooks are written to
-``artifacts/<run>/executed/`` under a temporary name, renamed when complete, and copied to ``book/executed/``, which
-always holds the notebooks of the last run. A failing cell stops the run with a non-zero exit naming the notebook.
+``--force`` recomputes everything (do that after changing code in ``helpers``, which is not tracked). Once a stage
+runs, every later stage runs too. Executed notebooks are written to ``artifacts/<run>/executed/`` under a temporary
+name, renamed when complete, and copied to ``book/executed/``, which always holds the notebooks of the last run.
+A failing cell stops the run with a non-zero exit naming the notebook; Ctrl-C keeps every completed stage.
 """
 
 from __future__ import annotations
@@ -201,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     except subprocess.CalledProcessError as err:
         print(f"error: {' '.join(map(str, err.cmd))} exited with {err.returncode}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: completed stages are kept and half-written ones ignored; run the same command again "
+              "to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
