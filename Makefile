@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: install book run test unit nbval benchmark clean distclean
+.PHONY: install book test benchmark clean distclean
 
 install: $(STAMP)
 
@@ -29,11 +29,12 @@ $(STAMP): pyproject.toml
 book: $(STAMP)
 	$(PY) -m helpers.pipeline run --profile $(PROFILE)
 
-## make test: unit tests, then every notebook through nbval with its stored (smoke) parameters
+## make test: unit tests, then every notebook through nbval with its stored (smoke) parameters, in order, writing
+## to a temporary artifacts folder (a smoke run of yours in artifacts/smoke is left alone). --nbval-lax: the
+## notebooks are stored without outputs, so nbval checks that every cell runs, not what it prints.
 test: $(STAMP)
 	$(PY) -m pytest tests
-	$(PY) -m pytest --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
-		-p no:cacheprovider notebooks
+	HELPERS_ARTIFACTS=$$(mktemp -d) $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
 
 benchmark: $(STAMP)
 	mkdir -p artifacts

@@ -59,3 +59,8 @@ def test_cross_lingual_share_and_verdict():
     flat = wide.copy()
     flat["epoch2"] = flat["epoch1"] + 0.01
     assert "**no clear change**" in analysis.shares_verdict(flat, 0.5, 4, "proponents")
+
+
+def test_verdict_with_a_single_fine_tuning_language_says_it_cannot_be_judged():
+    wide = pd.DataFrame({"epoch1": [0.0, 0.0]}, index=["en", "mean"])
+    assert "cannot be judged" in analysis.shares_verdict(wide, 0.0, 4, "proponents")

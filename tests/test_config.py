@@ -86,3 +86,9 @@ def test_notebook_parameter_cells_declare_their_stage_keys_with_smoke_defaults()
         assert list(declared) == config.stage_keys(stage), name
         for key, value in declared.items():
             assert value == profile[key], f"{name}: default of {key!r} differs from params/smoke.yaml"
+
+
+def test_string_parameters_stay_strings_and_a_zero_learning_rate_is_refused():
+    assert config.resolve("smoke", ["run_name=2024"])["run_name"] == "2024"
+    with pytest.raises(ConfigError, match="'learning_rate' is 0"):
+        config.resolve("smoke", ["learning_rate=0"])

@@ -63,3 +63,12 @@ def test_parallel_texts_are_translations():
     table = data.parallel_examples(test)
     assert table.shape == (test["language"].nunique(), 1)
     assert table.iloc[:, 0].nunique() == len(table)  # one verse, different text in every language
+
+
+def test_parallel_examples_are_empty_without_a_parallel_test_set_and_the_description_follows_the_flags():
+    cfg, train, test = splits(test_translations_in_train=True, parallel_train=False)
+    assert data.parallel_examples(test).shape[1] == 0
+    text = data.describe_sampling(cfg, train, test)
+    assert "different verses in each language (non-parallel)" in text and "never a test sample itself" in text
+    cfg, train, test = splits(parallel_train=True)
+    assert "parallel, like XNLI" in data.describe_sampling(cfg, train, test)

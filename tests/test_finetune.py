@@ -1,4 +1,4 @@
-"""Fine-tuning on the smoke model: checkpoints, learning rates, accuracy history, determinism."""
+"""Fine-tuning on the smoke model: tokenised splits, checkpoints, learning rates, accuracy history."""
 
 import numpy as np
 import pytest

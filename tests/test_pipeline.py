@@ -56,6 +56,18 @@ def test_run_skip_resume_and_partial_outputs(sandbox):
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert "top_k = 5" in injected[0].source and "hide-input" in injected[0].metadata.tags
 
+    # Outputs rewritten by other means (nbval, a notebook run by hand) with other parameters are not trusted: the
+    # executed notebook the book would show was made for top_k=5, so top_k=10 must run again even though the
+    # committed folder now says top_k=10.
+    pipeline.run("smoke", ["top_k=10"], build=False)
+    log = pipeline.read_runlog("smoke")
+    pipeline.run("smoke", ["top_k=5"], build=False)
+    artifacts.write_json(paths.stage_dir("smoke", "language_shares") / "params.json",
+                         artifacts.stage_params(config.resolve("smoke", ["top_k=10"]), "language_shares"))
+    assert pipeline.stage_status(config.resolve("smoke", ["top_k=10"]))["language_shares"] == "stale"
+    pipeline.run("smoke", ["top_k=10"], build=False)
+    assert statuses("smoke")["language_shares"] == "ran" and log["stages"]["tracin"]["fingerprint"]
+
     # An interrupted fine-tuning stage: a half-written folder and no committed one. The rerun resumes there,
     # ignores the partial folder and recomputes every later stage.
     run_dir = paths.run_dir("smoke")

@@ -77,6 +77,9 @@ RELIANCE_FRACTION = 0.25
 def shares_verdict(wide: pd.DataFrame, language_blind: float, k: int, kind: str) -> str:
     """The claims scoreboard line for this chapter, from :func:`cross_lingual_by_checkpoint`'s table."""
     checkpoints = list(wide.columns)
+    if language_blind == 0:
+        return ("With a single fine-tuning language there is no other language to draw on: cross-lingual sharing "
+                "within fine-tuning cannot be judged (the zero-shot rows still show where test languages draw from).")
     first, final = wide.loc["mean"].iloc[0], wide.loc["mean"].iloc[-1]
     relies = final >= RELIANCE_FRACTION * language_blind
     blind = abs(final - language_blind) <= TREND_TOLERANCE

@@ -178,6 +178,9 @@ def _check_relations(cfg: dict[str, Any]) -> None:
     if ft is not None and zs is not None and set(ft) & set(zs):
         raise ConfigError(f"parameter 'zero_shot_languages' overlaps 'fine_tune_languages' in "
                           f"{sorted(set(ft) & set(zs))}; zero-shot languages must be unseen in fine-tuning")
+    if cfg.get("learning_rate") == 0:
+        raise ConfigError("parameter 'learning_rate' is 0: nothing would be learned and every TracIn score would be "
+                          "0; allowed: a number > 0")
     if "run_name" in cfg and not re.fullmatch(r"[A-Za-z0-9_.-]+", cfg["run_name"]):
         raise ConfigError(f"parameter 'run_name' must use letters, digits, '.', '_' or '-', got {cfg['run_name']!r}")
     if "tracin_params" in cfg and not _tracin_subsets(cfg["tracin_params"]):
@@ -205,6 +208,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     except yaml.YAMLError as err:
         raise ConfigError(f"parameter {key!r}: cannot read value {raw!r} ({err})") from None
     key = key.strip()
+    if key in PARAMETERS and PARAMETERS[key].type is str:
+        return key, raw.strip()  # a name such as run_name=2024 stays a string
     if isinstance(value, str) and key in PARAMETERS and PARAMETERS[key].type is float:
         try:  # YAML 1.1 reads "1e-4" as a string
             value = float(value)

@@ -216,7 +216,30 @@ def load_splits(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def parallel_examples(test: pd.DataFrame, n: int = 1) -> pd.DataFrame:
-    """The first ``n`` test verses in every test language, side by side (shows the alignment)."""
-    first = list(dict.fromkeys(test["pair_id"]))[:n]
+    """``n`` test verses that every test language has, side by side (shows the alignment); empty when the test
+    set is not parallel."""
+    per_language = test.groupby("language")["pair_id"].apply(set)
+    shared = set.intersection(*per_language)
+    first = [p for p in dict.fromkeys(test["pair_id"]) if p in shared][:n]
     rows = test[test["pair_id"].isin(first)]
     return rows.pivot(index="language", columns="pair_id", values="text").reindex(test["language"].unique())
+
+
+def describe_sampling(cfg: Mapping[str, Any], train: pd.DataFrame, test: pd.DataFrame) -> str:
+    """A paragraph saying how these splits were drawn (for the data chapter)."""
+    task = LABELS[cfg["label"]]
+    n_ft = len(cfg["fine_tune_languages"])
+    text = (f"Task **{cfg['label']}**: {task.help} ({', '.join(task.names)}); chance accuracy "
+            f"{1 / len(task.names):.0%}. Training set: {len(train)} samples, {cfg['train_per_language']} per language "
+            f"in {n_ft} languages, balanced over labels; ")
+    text += ("the same verses in every language (parallel, like XNLI's translated training data). "
+             if cfg["parallel_train"] else "different verses in each language (non-parallel). ")
+    text += f"Test set: {len(test)} samples, {cfg['test_per_language']} per language in {test['language'].nunique()} "
+    if cfg["test_translations_in_train"]:
+        overlap = len(set(test["pair_id"]) & set(train["pair_id"]))
+        text += (f"languages, different verses in each; translations of test verses may be trained on ({overlap} "
+                 "of them are), never a test sample itself.")
+    else:
+        text += ("languages, the same verses in every language (a parallel test set, like XNLI's), none of which is "
+                 "trained on in any language.")
+    return text

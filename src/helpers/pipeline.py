@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+from nbclient.exceptions import DeadKernelError
 
 from . import artifacts, config, paths
 
@@ -56,19 +58,31 @@ def read_runlog(run_name: str) -> dict[str, Any]:
     return artifacts.read_json(path) if path.exists() else {}
 
 
-def notebook_sha(stage: str) -> str:
-    """Hash of a stage's source notebook: editing the notebook makes its stage (and the later ones) run again."""
-    return hashlib.sha256((paths.NOTEBOOKS / NOTEBOOKS[stage]).read_bytes()).hexdigest()
+def fingerprint(stage: str, params: dict[str, Any]) -> str:
+    """What a stage's outputs depend on: its notebook's source and the parameters of it and every earlier stage.
+    Editing the notebook or changing such a parameter makes the stage (and every later one) run again."""
+    digest = hashlib.sha256((paths.NOTEBOOKS / NOTEBOOKS[stage]).read_bytes())
+    digest.update(json.dumps(artifacts.stage_params(params, stage), sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def is_fresh(stage: str, params: dict[str, Any], runlog: dict[str, Any]) -> bool:
+    """Up to date: committed outputs made with ``params``, and an executed notebook that the runner recorded for
+    the same fingerprint (outputs written by other means, e.g. nbval or an interrupted run, do not count)."""
+    run_name = params["run_name"]
+    return (artifacts.is_complete(run_name, stage, params)
+            and (paths.run_dir(run_name) / "executed" / NOTEBOOKS[stage]).exists()
+            and runlog.get("stages", {}).get(stage, {}).get("fingerprint") == fingerprint(stage, params))
 
 
 def stage_status(params: dict[str, Any]) -> dict[str, str]:
-    """For each stage: 'up to date', 'stale' (other parameters) or 'missing'."""
-    run = params["run_name"]
+    """For each stage: 'up to date', 'stale' (other parameters or notebook) or 'missing'."""
+    runlog = read_runlog(params["run_name"])
     out = {}
     for stage in config.STAGES:
-        if artifacts.is_complete(run, stage, params):
+        if is_fresh(stage, params, runlog) and stage not in ALWAYS_RUN:
             out[stage] = "up to date"
-        elif artifacts.is_complete(run, stage):
+        elif artifacts.is_complete(params["run_name"], stage):
             out[stage] = "stale"
         else:
             out[stage] = "missing"
@@ -104,6 +118,9 @@ def execute_stage(stage: str, params: dict[str, Any], log_output: bool = True) -
         raise StageFailed(f"stage {stage!r} failed in notebook notebooks/{source.name} "
                           f"(cell {err.exec_count}): {err.ename}: {err.evalue}\n"
                           f"The executed notebook with the traceback is {partial}") from None
+    except DeadKernelError as err:
+        raise StageFailed(f"stage {stage!r}: the kernel running notebooks/{source.name} died ({err}); out of "
+                          f"memory? The partly executed notebook is {partial}") from None
     _tag_parameter_cells(partial)
     os.replace(partial, target)
     return target
@@ -119,12 +136,8 @@ def run(profile: str, overrides: list[str] | None = None, force: bool = False, b
     stages = runlog.setdefault("stages", {})
     rerun = force
     for i, stage in enumerate(config.STAGES, 1):
-        executed = paths.run_dir(run_name) / "executed" / NOTEBOOKS[stage]
-        source_sha = notebook_sha(stage)
-        fresh = (artifacts.is_complete(run_name, stage, params) and executed.exists()
-                 and stages.get(stage, {}).get("notebook_sha256") == source_sha)
         header = f"[{i}/{len(config.STAGES)}] {stage} ({NOTEBOOKS[stage]})"
-        if fresh and not rerun and stage not in ALWAYS_RUN:
+        if not rerun and stage not in ALWAYS_RUN and is_fresh(stage, params, runlog):
             print(f"{header}: up to date, skipped", flush=True)
             stages.setdefault(stage, {})["status"] = "reused"
         else:
@@ -132,7 +145,7 @@ def run(profile: str, overrides: list[str] | None = None, force: bool = False, b
             start = time.perf_counter()
             execute_stage(stage, params)
             seconds = time.perf_counter() - start
-            stages[stage] = {"status": "ran", "seconds": round(seconds, 1), "notebook_sha256": source_sha,
+            stages[stage] = {"status": "ran", "seconds": round(seconds, 1), "fingerprint": fingerprint(stage, params),
                              "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
             print(f"{header}: done in {seconds:.0f} s", flush=True)
             rerun = rerun or stage not in ALWAYS_RUN  # later stages read what this one just wrote
