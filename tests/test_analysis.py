@@ -64,3 +64,17 @@ def test_cross_lingual_share_and_verdict():
 def test_verdict_with_a_single_fine_tuning_language_says_it_cannot_be_judged():
     wide = pd.DataFrame({"epoch1": [0.0, 0.0]}, index=["en", "mean"])
     assert "cannot be judged" in analysis.shares_verdict(wide, 0.0, 4, "proponents")
+
+
+def test_share_report_bundles_the_chapter(tmp_path):
+    report = analysis.share_report(make_scores([PLANTED, PLANTED[::-1]], TRAIN, ["en", "fr"]), 3, "proponents",
+                                   ["en", "fr"])
+    assert report.language_blind == pytest.approx(0.5)
+    assert set(report.last["train_language"]) == {"en", "fr"} and "checkpoint" not in report.last
+    # epoch2 reverses the pattern: all of en's top-3 come from fr
+    assert report.cross_wide.loc["en", "epoch2"] == pytest.approx(1.0)
+    assert report.cross_wide.loc["en", "epoch1"] == pytest.approx(0.0)
+    assert "**consistent**" in report.verdict
+    report.save(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {"shares_last_checkpoint.csv", "shares_per_checkpoint.csv",
+                                                     "cross_lingual_share.csv"}

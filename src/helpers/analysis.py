@@ -7,6 +7,9 @@ the languages they are written in, and average these shares over the test sample
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import pandas as pd
 
 from .tracin import InfluenceScores
@@ -101,3 +104,31 @@ def shares_verdict(wide: pd.DataFrame, language_blind: float, k: int, kind: str)
                  "neither confirms nor contradicts the growth the paper reports.")
     return text + (f"Over fine-tuning, the cross-lingual share went from {first:.1%} ({checkpoints[0]}) to "
                    f"{final:.1%} ({checkpoints[-1]}): " + trend)
+
+
+@dataclass
+class ShareReport:
+    """Everything the language-shares chapter shows, computed from one run's scores."""
+
+    last: pd.DataFrame  # language_shares at the last checkpoint (long)
+    per_checkpoint: pd.DataFrame  # the same for every checkpoint, with a checkpoint column
+    cross: pd.DataFrame  # cross_lingual_share per checkpoint (long)
+    cross_wide: pd.DataFrame  # rows fine-tuning test language + mean, columns checkpoint
+    language_blind: float  # the cross-lingual share a language-blind ranking would give
+    verdict: str
+
+    def save(self, folder: Path) -> None:
+        self.last.to_csv(folder / "shares_last_checkpoint.csv", index=False)
+        self.per_checkpoint.to_csv(folder / "shares_per_checkpoint.csv", index=False)
+        self.cross.to_csv(folder / "cross_lingual_share.csv", index=False)
+
+
+def share_report(scores: InfluenceScores, k: int, kind: str, fine_tune_languages: list[str]) -> ShareReport:
+    """The chapter's tables and verdict for the top-``k`` ``kind`` of every test sample."""
+    per_ckpt = shares_per_checkpoint(scores, k, kind)
+    last = per_ckpt[per_ckpt["checkpoint"] == scores.checkpoints[-1]].drop(columns="checkpoint")
+    cross = cross_lingual_share(per_ckpt, fine_tune_languages)
+    wide = cross_lingual_by_checkpoint(cross, fine_tune_languages, scores.checkpoints)
+    blind = 1 - 1 / len(fine_tune_languages)
+    return ShareReport(last.reset_index(drop=True), per_ckpt, cross, wide, blind,
+                       shares_verdict(wide, blind, k, kind))

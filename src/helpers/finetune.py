@@ -178,6 +178,19 @@ class FinetuneOutputs:
     test: Dataset
     info: dict
 
+    ID_COLUMNS = ("uid", "language", "pair_id", "label", "label_name")
+
+    def ids(self, split: str) -> pd.DataFrame:
+        """One row per sample of ``split`` (train or test): what links a TracIn row or column back to it."""
+        ds = {"train": self.train, "test": self.test}[split]
+        return ds.select_columns(list(self.ID_COLUMNS)).to_pandas()
+
+    def tracin_checkpoints(self) -> list:
+        """The checkpoints with the learning rate TracIn weights each by."""
+        from .tracin import Checkpoint
+
+        return [Checkpoint(path=c["path"], learning_rate=c["learning_rate"], name=c["name"]) for c in self.checkpoints]
+
 
 def run(cfg: dict[str, Any], data_params: dict[str, Any], data_folder: Path, out: Path) -> FinetuneOutputs:
     """The whole stage: tokenise the data stage's splits, fine-tune, write everything into ``out``."""
