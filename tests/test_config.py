@@ -92,3 +92,15 @@ def test_string_parameters_stay_strings_and_a_zero_learning_rate_is_refused():
     assert config.resolve("smoke", ["run_name=2024"])["run_name"] == "2024"
     with pytest.raises(ConfigError, match="'learning_rate' is 0"):
         config.resolve("smoke", ["learning_rate=0"])
+
+
+def test_a_notebook_checks_its_parameters_against_the_earlier_stages(tmp_path, monkeypatch):
+    from helpers import artifacts
+
+    monkeypatch.setenv("HELPERS_ARTIFACTS", str(tmp_path))
+    params = config.resolve("smoke")
+    artifacts.write_json(paths.stage_dir("smoke", "tracin") / "params.json", artifacts.stage_params(params, "tracin"))
+    namespace = {"run_name": "smoke", "seed": 0, "top_k": 10, "influence_kind": "proponents"}
+    assert config.for_stage("language_shares", namespace, show=False)["top_k"] == 10
+    with pytest.raises(ConfigError, match="'top_k' is 1000"):
+        config.for_stage("language_shares", {**namespace, "top_k": 1000}, show=False)

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -37,6 +38,17 @@ def write_json(path: Path, obj: Any) -> None:
         json.dump(obj, fh, indent=2, sort_keys=True, default=str)
         fh.write("\n")
     os.replace(tmp, path)
+
+
+def replace_dir(tmp: Path, final: Path) -> Path:
+    """Publish the finished folder ``tmp`` as ``final``, replacing an earlier ``final``. Each step is a rename, so a
+    reader sees the old folder or the new one, never a mix; an interruption leaves at most a hidden leftover."""
+    old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
 
 
 def read_json(path: Path) -> Any:
@@ -126,12 +138,6 @@ class StageOutput:
         """Record provenance and atomically publish the folder; returns its final path."""
         write_json(self.path / "env.json", environment())
         write_json(self.path / "params.json", self.params)
-        old = self.final.parent / f".{self.stage}.old"
-        if old.exists():
-            shutil.rmtree(old)
-        if self.final.exists():
-            os.replace(self.final, old)
-        os.replace(self.path, self.final)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(self.path, self.final)
         print(f"Stage {self.stage!r} committed to {self.final}")
         return self.final

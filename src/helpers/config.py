@@ -242,6 +242,12 @@ def for_stage(stage: str, namespace: dict[str, Any], show: bool = True) -> dict[
     """Validate the parameters a notebook received (its own stage's keys, read from ``namespace``)."""
     keys = stage_keys(stage)
     cfg = check({k: namespace[k] for k in keys if k in namespace}, keys=keys)
+    if STAGES.index(stage):  # relations with earlier stages' parameters (e.g. top_k vs the training set)
+        from . import artifacts
+
+        previous = STAGES[STAGES.index(stage) - 1]
+        if artifacts.is_complete(cfg["run_name"], previous):
+            _check_relations({**artifacts.upstream_params(cfg["run_name"], previous), **cfg})
     if show:
         width = max(map(len, keys))
         print(f"Effective parameters of stage {stage!r}:")

@@ -88,6 +88,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .artifacts import replace_dir
 from .models import pad_batch
 
 #: The parameter subset the book uses unless a profile says otherwise (see the module docstring for why).
@@ -573,13 +574,7 @@ def _write_atomically(directory: Path, write: Callable[[Path], None]) -> Path:
     tmp.mkdir()
     try:
         write(tmp)
-        if directory.exists():
-            old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
-            directory.rename(old)
-            tmp.rename(directory)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(directory)
+        replace_dir(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
