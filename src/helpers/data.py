@@ -68,9 +68,6 @@ class Label:
     books: dict[int, int]
     help: str
 
-    def of_book(self, book: int) -> int | None:
-        return self.books.get(book)
-
 
 def _ranges(*groups: tuple[int, int]) -> dict[int, int]:
     return {b: cls for cls, (lo, hi) in enumerate(groups) for b in range(lo, hi + 1)}

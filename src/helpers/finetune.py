@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,15 +24,9 @@ from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from . import artifacts, data, models
+from . import artifacts, data, models, progress_interval
 
 CHECKPOINTS_FILE = "checkpoints.json"
-
-
-def progress_interval() -> float:
-    """Seconds between progress-bar refreshes: fast on a terminal, coarse in logs and notebooks (where the runner
-    streams them to the terminal)."""
-    return 0.5 if sys.stderr.isatty() else 15.0
 
 
 def set_threads() -> int:

@@ -74,7 +74,6 @@ import json
 import math
 import re
 import shutil
-import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -88,6 +87,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from . import progress_interval
 from .artifacts import replace_dir
 from .models import pad_batch
 
@@ -836,9 +836,8 @@ class TracIn:
         return out
 
     def _bar(self, total: int, progress: bool, what: str) -> tqdm:
-        interval = 0.1 if sys.stderr.isatty() else 10.0
-        return tqdm(total=total, desc=f"TracIn {what}", unit="sample", disable=not progress, mininterval=interval,
-                    smoothing=0.05)
+        return tqdm(total=total, desc=f"TracIn {what}", unit="sample", disable=not progress,
+                    mininterval=progress_interval(), smoothing=0.05)
 
     # -- public API --------------------------------------------------------------------------------------------
 
