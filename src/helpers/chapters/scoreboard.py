@@ -1,0 +1,41 @@
+"""The claims scoreboard: every claim of every chapter, with this study's value, interval and verdict.
+
+Also the study's runs, with each run's accuracy, so a reader sees at a glance what the verdicts rest on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .. import claims, finetune
+from ..stages import Stage, get
+
+STAGE = Stage("scoreboard", "90_scoreboard.ipynb", "Claims scoreboard", reads=(("finetune", "all"),),
+              reads_chapters=True, modules=("chapters/scoreboard", "claims"))
+
+
+def gather(chapter_folders: dict[str, Path]) -> pd.DataFrame:
+    """Every chapter's claims table, in chapter order, with a link to the chapter's page."""
+    parts = []
+    for stage, folder in chapter_folders.items():
+        frame = claims.load(folder)
+        if not frame.empty:
+            parts.append(frame.assign(page=f"{Path(get(stage).notebook).stem}"))
+    if not parts:
+        return claims.table([])
+    return pd.concat(parts, ignore_index=True)
+
+
+def runs_table(runs: list) -> pd.DataFrame:
+    """One row per run: what it varies, its mean test accuracy over fine-tuning and zero-shot languages."""
+    rows = []
+    for run in runs:
+        out = finetune.load(run["finetune"])
+        last = out.history[out.history["epoch"] == out.history["epoch"].max()]
+        seen = last["language"].isin(run.params["fine_tune_languages"])
+        rows.append({"run": run.name, "variant": run.run.variant, "seed": run.run.seed,
+                     "accuracy (fine-tuned languages)": last.loc[seen, "accuracy"].mean(),
+                     "accuracy (zero-shot languages)": last.loc[~seen, "accuracy"].mean()})
+    return pd.DataFrame(rows).set_index("run")

@@ -1,0 +1,85 @@
+"""Reinforcing or complementary? Are the cross-lingual proponents translations of the test language's own?
+
+In a run with parallel training (every fine-tuning language trains on the same verses) and the test verses'
+translations planted in the other languages' training data: for each test sample of a fine-tuning language, the
+fraction of its cross-lingual proponents (top-k, other languages) that are translations (same verse) of one of its
+own-language proponents. A fraction above chance means other languages *reinforce* what the test language's own
+data teaches; the rest *complements* it. Chance: the probability that a random training sample of that other
+language is such a translation. Also: how often the test sample's own translation ranks in its top-k.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import hypergeom
+
+from .. import analysis, claims
+from ..stages import Stage
+from . import Result
+
+STAGE = Stage("translations", "12_translations.ipynb", "Reinforcing or complementary", reads=(("tracin", "parallel"),),
+              params=("top_k", "influence_kind", "n_bootstrap", "confidence"),
+              modules=("chapters/translations", "analysis", "claims"))
+
+
+def sample_rows(scores, k: int, kind: str, run: str) -> pd.DataFrame:
+    """Per test sample of a fine-tuning language: reinforcing fraction and its chance, and whether a translation of
+    the test sample itself is in the top-k (with its chance)."""
+    top = analysis.top_rows(scores.total, k, kind)
+    train, test = scores.train_ids, scores.test_ids
+    t_lang, t_pair = train["language"].to_numpy(), train["pair_id"].to_numpy()
+    pairs_by_lang = {lang: set(t_pair[t_lang == lang]) for lang in np.unique(t_lang)}
+    n_train = len(train)
+    rows = []
+    for j, (lang, pair) in enumerate(zip(test["language"], test["pair_id"])):
+        if lang not in pairs_by_lang:
+            continue
+        rows_j = top[:, j]
+        own_pairs = set(t_pair[rows_j][t_lang[rows_j] == lang])
+        cross = rows_j[t_lang[rows_j] != lang]
+        if len(cross):
+            reinforcing = float(np.mean([t_pair[r] in own_pairs for r in cross]))
+            chance = float(np.mean([len(own_pairs & pairs_by_lang[t_lang[r]]) / len(pairs_by_lang[t_lang[r]])
+                                    for r in cross]))
+        else:
+            reinforcing = chance = np.nan
+        translations = int(np.sum(t_pair == pair))  # training samples that are translations of this test sample
+        in_top = float(np.any(t_pair[rows_j] == pair)) if translations else np.nan
+        top_chance = float(1 - hypergeom(n_train, translations, k).pmf(0)) if translations else np.nan
+        rows.append({"run": run, "test_row": j, "test_language": lang, "n_own": int(len(rows_j) - len(cross)),
+                     "n_cross": int(len(cross)), "reinforcing": reinforcing, "chance": chance,
+                     "translation_in_top": in_top, "translation_chance": top_chance})
+    return pd.DataFrame(rows)
+
+
+def compute(runs: list, cfg: dict[str, Any]) -> Result:
+    k, kind = cfg["top_k"], cfg["influence_kind"]
+    opts = dict(n_boot=cfg["n_bootstrap"], confidence=cfg["confidence"])
+    statement = ("Training samples from other languages can reinforce the knowledge acquired from the test "
+                 "language's own data: cross-lingual proponents are translations of the test language's own "
+                 "proponents more often than chance (the paper reports over half for XNLI, far less for PAWS-X).")
+    stat = f"share of cross-lingual top-{k} {kind} that translate an own-language one"
+    statement2 = ("A test sample draws on its own translation: when translations of a test verse are in training, "
+                  "one ranks in its top-k more often than chance.")
+    stat2 = f"share of test samples with a translation of themselves in their top-{k}"
+    if not runs:
+        why = "the study has no run with parallel_train and test_translations_in_train (role 'parallel')"
+        return Result(claims=[claims.not_tested("TR1", STAGE.name, statement, claims.SUMMARY, stat, why),
+                              claims.not_tested("TR2", STAGE.name, statement2, claims.METHOD, stat2, why)])
+    table = pd.concat([sample_rows(analysis.load_scores(r["tracin"]), k, kind, r.name) for r in runs],
+                      ignore_index=True)
+    per_language = table.groupby("test_language", sort=False)[
+        ["n_own", "n_cross", "reinforcing", "chance", "translation_in_top", "translation_chance"]].mean().reset_index()
+    chance = float(table["chance"].mean())
+    result = Result(tables={"samples": table, "per_language": per_language})
+    result.claims = [
+        claims.claim("TR1", STAGE.name, statement, claims.SUMMARY, stat, claims.interval(table, "reinforcing", **opts),
+                     chance, "chance (a random sample of the same languages)", "above"),
+        claims.claim("TR2", STAGE.name, statement2, claims.METHOD, stat2,
+                     claims.interval(table, "translation_in_top", **opts), float(table["translation_chance"].mean()),
+                     "chance (k random training samples)", "above"),
+    ]
+    return result
