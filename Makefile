@@ -30,8 +30,10 @@ book: $(STAMP)
 	$(PY) -m helpers.pipeline run --profile $(PROFILE)
 
 ## make test: unit tests, then every notebook through nbval with its stored (smoke) parameters, in order, writing
-## to a temporary artifacts folder (a smoke run of yours in artifacts/smoke is left alone). --nbval-lax: the
-## notebooks are stored without outputs, so nbval checks that every cell runs, not what it prints.
+## to a temporary artifacts folder (a smoke study of yours in artifacts/smoke is left alone; notebooks/conftest.py
+## builds the smoke study there first, since the chapters read several of its runs). --nbval-lax: the notebooks are
+## stored without outputs, so nbval checks that every cell runs, not what it prints; tests/test_chapters.py checks
+## the numbers.
 test: $(STAMP)
 	$(PY) -m pytest tests
 	HELPERS_ARTIFACTS=$$(mktemp -d) $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks

@@ -1,4 +1,4 @@
-"""Influence scores to language shares."""
+"""Influence scores to per-test-sample tables: top-k, language shares, own share, label agreement."""
 
 import numpy as np
 import pandas as pd
@@ -8,11 +8,17 @@ from helpers import analysis
 from helpers.tracin import InfluenceScores
 
 
-def make_scores(per_checkpoint, train_languages, test_languages):
+def make_scores(per_checkpoint, train_languages, test_languages, train_labels=None, test_labels=None):
     per_checkpoint = np.asarray(per_checkpoint, dtype=np.float32)
+    n_train, n_test = per_checkpoint.shape[1:]
+    train = pd.DataFrame({"uid": [f"tr{i}" for i in range(n_train)], "language": train_languages,
+                          "label": train_labels if train_labels is not None else [0] * n_train,
+                          "pair_id": [f"p{i % 4}" for i in range(n_train)]})
+    test = pd.DataFrame({"uid": [f"te{j}" for j in range(n_test)], "language": test_languages,
+                         "label": test_labels if test_labels is not None else [0] * n_test,
+                         "pair_id": [f"q{j}" for j in range(n_test)]})
     return InfluenceScores(per_checkpoint, [f"epoch{i + 1}" for i in range(len(per_checkpoint))],
-                           [1.0] * len(per_checkpoint), pd.DataFrame({"language": train_languages}),
-                           pd.DataFrame({"language": test_languages}))
+                           [1.0] * len(per_checkpoint), train, test)
 
 
 # 4 'en' and 4 'fr' training samples; the en test sample is helped most by en samples, the fr one by fr samples.
@@ -20,61 +26,42 @@ TRAIN = ["en"] * 4 + ["fr"] * 4
 PLANTED = np.array([[9, 0], [8, 0], [7, 0], [0, 6], [0, 9], [0, 8], [0, 7], [6, 0]], dtype=float)
 
 
-def test_language_shares_on_a_planted_pattern():
-    shares = analysis.language_shares(make_scores([PLANTED], TRAIN, ["en", "fr"]), k=4)
-    wide = analysis.share_matrix(shares)
-    assert wide.loc["en", "en"] == pytest.approx(0.75) and wide.loc["en", "fr"] == pytest.approx(0.25)
-    assert wide.loc["fr", "fr"] == pytest.approx(0.75) and wide.loc["fr", "en"] == pytest.approx(0.25)
-    np.testing.assert_allclose(wide.sum(axis=1), 1.0)
+def test_sample_table_on_a_planted_pattern():
+    table = analysis.sample_table(make_scores([PLANTED], TRAIN, ["en", "fr"]), k=4)
+    assert table.loc[0, "share_en"] == pytest.approx(0.75) and table.loc[0, "share_fr"] == pytest.approx(0.25)
+    assert table.loc[1, "own"] == pytest.approx(0.75)
+    np.testing.assert_allclose(table[["share_en", "share_fr"]].sum(axis=1), 1.0)
+    wide = analysis.share_matrix(analysis.mean_shares(table))
+    assert wide.loc["fr", "en"] == pytest.approx(0.25)
 
 
-def test_opponents_and_averaging_over_test_samples_of_a_language():
-    # two en test samples: the first has only fr opponents, the second only en ones -> 50/50 on average
-    scores = np.array([[0, -9], [0, -8], [0, -7], [0, -6], [-9, 0], [-8, 0], [-7, 0], [-6, 0]], dtype=float)
-    wide = analysis.share_matrix(analysis.language_shares(make_scores([scores], TRAIN, ["en", "en"]), 4,
-                                                          kind="opponents"))
-    assert wide.loc["en", "en"] == pytest.approx(0.5) and wide.loc["en", "fr"] == pytest.approx(0.5)
+def test_zero_shot_rows_have_no_own_share_and_absent_languages_get_zero_not_nan():
+    scores = make_scores([PLANTED], TRAIN, ["en", "ko"])
+    table = analysis.sample_table(scores, k=3)
+    assert np.isnan(table.loc[1, "own"])
+    assert table.loc[0, "share_fr"] == 0.0  # en's top-3 are all en: fr gets 0, not NaN
 
 
-def test_shares_per_checkpoint_use_each_checkpoints_own_scores():
-    flipped = PLANTED[::-1]  # at the second checkpoint the pattern reverses
-    per = analysis.shares_per_checkpoint(make_scores([PLANTED, flipped], TRAIN, ["en", "fr"]), k=3)
-    first = per[(per.checkpoint == "epoch1") & (per.test_language == "en") & (per.train_language == "en")]
-    second = per[(per.checkpoint == "epoch2") & (per.test_language == "en") & (per.train_language == "en")]
-    assert first["share"].item() == pytest.approx(1.0) and second["share"].item() == pytest.approx(0.0)
+def test_top_rows_breaks_ties_by_row_and_handles_opponents():
+    values = np.zeros((200, 1))
+    values[150, 0] = 1.0
+    assert analysis.top_rows(values, 3)[:, 0].tolist() == [150, 0, 1]
+    assert analysis.top_rows(-values, 3, "opponents")[:, 0].tolist() == [150, 0, 1]
+    with pytest.raises(ValueError, match="k=201"):
+        analysis.top_rows(values, 201)
 
 
-def test_cross_lingual_share_and_verdict():
-    shares = pd.DataFrame({"test_language": ["en", "en", "fr", "fr"] * 2, "train_language": ["en", "fr"] * 4,
-                           "share": [0.9, 0.1, 0.2, 0.8, 0.6, 0.4, 0.4, 0.6],
-                           "checkpoint": ["epoch1"] * 4 + ["epoch2"] * 4})
-    cross = analysis.cross_lingual_share(shares, ["en", "fr"])
-    wide = analysis.cross_lingual_by_checkpoint(cross, ["en", "fr"], ["epoch1", "epoch2"])
-    assert wide.loc["mean", "epoch1"] == pytest.approx(0.15)
-    assert wide.loc["mean", "epoch2"] == pytest.approx(0.4)
-    text = analysis.shares_verdict(wide, 0.5, k=4, kind="proponents")
-    assert "**consistent**" in text and "does draw on other languages" in text and "language-blind one" not in text
-    assert "indistinguishable from a language-blind one" in analysis.shares_verdict(wide, 0.41, 4, "proponents")
-    assert "**not** the growth" in analysis.shares_verdict(wide[["epoch2", "epoch1"]], 0.5, 4, "proponents")
-    flat = wide.copy()
-    flat["epoch2"] = flat["epoch1"] + 0.01
-    assert "**no clear change**" in analysis.shares_verdict(flat, 0.5, 4, "proponents")
+def test_same_label_share_and_language_blind_baseline():
+    labels = [0, 1, 0, 1, 0, 1, 0, 1]
+    table = analysis.sample_table(make_scores([PLANTED], TRAIN, ["en", "fr"], labels, [0, 1]), k=4)
+    assert table.loc[0, "same_label"] == pytest.approx(0.5)  # rows 0,1,2,7 -> labels 0,1,0,1
+    blind = analysis.language_blind(make_scores([PLANTED], ["en"] * 6 + ["fr"] * 2, ["en", "fr"]))
+    assert blind["en"] == pytest.approx(0.75) and blind["fr"] == pytest.approx(0.25)
 
 
-def test_verdict_with_a_single_fine_tuning_language_says_it_cannot_be_judged():
-    wide = pd.DataFrame({"epoch1": [0.0, 0.0]}, index=["en", "mean"])
-    assert "cannot be judged" in analysis.shares_verdict(wide, 0.0, 4, "proponents")
-
-
-def test_share_report_bundles_the_chapter(tmp_path):
-    report = analysis.share_report(make_scores([PLANTED, PLANTED[::-1]], TRAIN, ["en", "fr"]), 3, "proponents",
-                                   ["en", "fr"])
-    assert report.language_blind == pytest.approx(0.5)
-    assert set(report.last["train_language"]) == {"en", "fr"} and "checkpoint" not in report.last
-    # epoch2 reverses the pattern: all of en's top-3 come from fr
-    assert report.cross_wide.loc["en", "epoch2"] == pytest.approx(1.0)
-    assert report.cross_wide.loc["en", "epoch1"] == pytest.approx(0.0)
-    assert "**consistent**" in report.verdict
-    report.save(tmp_path)
-    assert {p.name for p in tmp_path.iterdir()} == {"shares_last_checkpoint.csv", "shares_per_checkpoint.csv",
-                                                     "cross_lingual_share.csv"}
+def test_matrix_per_checkpoint_and_cumulative():
+    scores = make_scores([PLANTED, -PLANTED, 2 * PLANTED], TRAIN, ["en", "fr"])
+    np.testing.assert_allclose(analysis.matrix(scores, "epoch2"), -PLANTED)
+    np.testing.assert_allclose(analysis.matrix(scores, "epoch2", cumulative=True), 0.0)
+    np.testing.assert_allclose(analysis.matrix(scores, "epoch3", cumulative=True), 2 * PLANTED)
+    np.testing.assert_allclose(analysis.matrix(scores), 2 * PLANTED)

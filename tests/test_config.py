@@ -1,71 +1,120 @@
-"""Parameter validation: every bad input stops the run with a message naming the parameter and what is allowed."""
+"""Parameters and study profiles: every bad input stops the run with a message naming it and what is allowed."""
 
 import json
 from pathlib import Path
 
 import pytest
-import yaml
 
-from helpers import config, paths
+from helpers import config, paths, stages, study
 from helpers.config import ConfigError
 
 
-def smoke():
-    return config.resolve("smoke")
-
-
 @pytest.mark.parametrize("profile", sorted(p.stem for p in paths.PARAMS.glob("*.yaml")))
-def test_every_profile_is_complete_and_valid(profile):
-    params = config.resolve(profile)
-    assert set(params) == set(config.PARAMETERS)
+def test_every_profile_resolves_to_complete_runs(profile):
+    s = study.resolve(profile)
+    assert "main-s0" in s.runs or s.first.variant == "main"
+    for run in s.runs.values():
+        assert set(run.params) == set(config.RUN_PARAMETERS)
+    assert set(s.params) == set(config.STUDY_PARAMETERS)
+
+
+def test_profiles_hold_only_differences_from_the_declared_defaults():
+    for path in paths.PARAMS.glob("*.yaml"):
+        spec = study.load_profile(path)
+        same = {k: v for k, v in spec["parameters"].items() if config.PARAMETERS[k].default == v}
+        assert not same, f"{path.name} repeats declared defaults: {same}"
+        for variant, overrides in spec["runs"].items():
+            redundant = {k: v for k, v in (overrides or {}).items()
+                         if k != "seeds" and spec["parameters"].get(k, config.PARAMETERS[k].default) == v}
+            assert not redundant, f"{path.name}: run {variant} repeats {redundant}"
 
 
 def test_unknown_parameter_is_named_with_a_suggestion():
     with pytest.raises(ConfigError, match=r"unknown parameter 'top_kk'.*did you mean 'top_k'"):
-        config.resolve("smoke", ["top_kk=5"])
+        study.resolve("smoke", ["top_kk=5"])
 
 
 def test_wrong_type_names_parameter_and_expected_type():
     with pytest.raises(ConfigError, match=r"'epochs' must be an integer, got 'three'"):
-        config.resolve("smoke", ["epochs=three"])
+        study.resolve("smoke", ["epochs=three"])
     with pytest.raises(ConfigError, match=r"'parallel_train' must be true or false"):
-        config.resolve("smoke", ["parallel_train=1"])
+        study.resolve("smoke", ["parallel_train=1"])
+    with pytest.raises(ConfigError, match=r"'learning_rate' must be a finite number"):
+        study.resolve("smoke", ["learning_rate=.nan"])
 
 
 def test_language_the_data_lacks_lists_the_allowed_ones():
     with pytest.raises(ConfigError) as err:
-        config.resolve("smoke", ["fine_tune_languages=[en,xx]"])
-    message = str(err.value)
-    assert "'fine_tune_languages'" in message and "'xx'" in message and "'ko'" in message
+        study.resolve("smoke", ["fine_tune_languages=[en,xx]"])
+    assert "'fine_tune_languages'" in str(err.value) and "'xx'" in str(err.value) and "'ko'" in str(err.value)
 
 
-def test_zero_shot_languages_must_be_unseen():
+def test_relations_between_parameters():
     with pytest.raises(ConfigError, match="overlaps 'fine_tune_languages'"):
-        config.resolve("smoke", ["zero_shot_languages=[en]"])
+        study.resolve("smoke", ["zero_shot_languages=[en]"])
+    with pytest.raises(ConfigError, match=r"'top_k'.*allowed: 1\.\.60"):
+        study.resolve("smoke", ["top_k=61"])
+    with pytest.raises(ConfigError, match="'imbalance_language' is 'pt', not a fine-tuning language"):
+        study.resolve("smoke", ["imbalance4.imbalance_language=pt"])
+    with pytest.raises(ConfigError, match="needs 'parallel_train: true'"):
+        study.resolve("smoke", ["test_translations_in_train=true"])
+    with pytest.raises(ConfigError, match="'learning_rate' is 0"):
+        study.resolve("smoke", ["learning_rate=0"])
+    with pytest.raises(ConfigError, match="'train_per_language' is 5 but label 'genre' has 6 classes"):
+        study.resolve("smoke", ["train_per_language=5"])
+    with pytest.raises(ConfigError, match="bad regular expression"):
+        study.resolve("smoke", ["tracin_params=re:("])
 
 
-def test_top_k_cannot_exceed_the_training_set():
-    params = smoke()
-    n = params["train_per_language"] * len(params["fine_tune_languages"])
-    with pytest.raises(ConfigError, match=rf"'top_k'.*allowed: 1\.\.{n}"):
-        config.resolve("smoke", [f"top_k={n + 1}"])
+def test_overrides_apply_to_every_run_and_per_variant():
+    s = study.resolve("smoke", ["epochs=2", "imbalance4.imbalance_factor=3"])
+    assert all(r.params["epochs"] == 2 for r in s.runs.values())
+    assert s.runs["imbalance4-s0"].params["imbalance_factor"] == 3
+    assert s.runs["main-s0"].params["imbalance_factor"] == 1
+    with pytest.raises(ConfigError, match="names run 'nope'"):
+        study.resolve("smoke", ["nope.epochs=2"])
+    with pytest.raises(ConfigError, match="'seed' is set by the study"):
+        study.resolve("smoke", ["seed=3"])
 
 
-def test_tracin_subset_spec_is_checked():
-    assert config.resolve("smoke", ["tracin_params=last_layers:2"])["tracin_params"] == "last_layers:2"
-    with pytest.raises(ConfigError, match="'tracin_params'.*last_layers:N"):
-        config.resolve("smoke", ["tracin_params=last_layer"])
+def test_seeds_expand_runs_and_can_be_overridden():
+    s = study.resolve("smoke")
+    assert [r.name for r in s.role("main")] == ["main-s0", "main-s1"]
+    assert [r.name for r in study.resolve("smoke", seeds=[1]).role("main")] == ["main-s1"]
+    assert s.first.name == "main-s0"
 
 
-def test_overrides_are_read_as_yaml():
-    params = config.resolve("smoke", ['fine_tune_languages=["en","de","ru"]', "top_k=5", "learning_rate=1e-4"])
-    assert params["fine_tune_languages"] == ["en", "de", "ru"]
-    assert params["top_k"] == 5 and params["learning_rate"] == pytest.approx(1e-4)
+def test_malformed_profiles_give_one_clear_error(tmp_path):
+    cases = {"list.yaml": "- a\n- b\n", "scalar.yaml": "3\n", "bad.yaml": "a: [\n", "keys.yaml": "runs: {}\nfoo: 1\n",
+             "nomain.yaml": "runs: {other: {}}\n", "binary.yaml": b"\xff\xfe\x00"}
+    for name, text in cases.items():
+        path = tmp_path / name
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        with pytest.raises(ConfigError, match=str(path.name)):
+            study.resolve(path)
+    with pytest.raises(ConfigError, match=r"profile 'nope' not found.*available: \[.*'smoke'"):
+        study.resolve("nope")
 
 
-def test_unknown_profile_lists_available_ones():
-    with pytest.raises(ConfigError, match=r"profile 'nope' not found; available: \[.*'smoke'"):
-        config.resolve("nope")
+def test_analysis_parameters_cannot_be_set_per_run(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("runs: {main: {top_k: 5}}\n")
+    with pytest.raises(ConfigError, match="parameter of the analyses"):
+        study.resolve(path)
+
+
+def test_flat_profile_is_one_main_run(tmp_path):
+    path = tmp_path / "flat.yaml"
+    path.write_text("model: tiny-random\ntrain_per_language: 12\ntest_per_language: 6\n"
+                    "attribution_test_per_language: 3\ntop_k: 10\n")
+    s = study.resolve(path)
+    assert list(s.runs) == ["main-s0"] and s.runs["main-s0"].params["model"] == "tiny-random"
+
+
+def test_study_name_cannot_leave_the_artifacts_folder():
+    for bad in ("..", ".", "a/b", "../x"):
+        with pytest.raises((ConfigError, ValueError)):
+            study.resolve("smoke", name=bad)
 
 
 def _parameter_cell(notebook: Path) -> dict:
@@ -77,30 +126,13 @@ def _parameter_cell(notebook: Path) -> dict:
     return {k: v for k, v in namespace.items() if not k.startswith("__")}
 
 
-def test_notebook_parameter_cells_declare_their_stage_keys_with_smoke_defaults():
-    from helpers.pipeline import NOTEBOOKS
-
-    profile = yaml.safe_load((paths.PARAMS / "smoke.yaml").read_text())
-    for stage, name in NOTEBOOKS.items():
-        declared = _parameter_cell(paths.NOTEBOOKS / name)
-        assert list(declared) == config.stage_keys(stage), name
-        for key, value in declared.items():
-            assert value == profile[key], f"{name}: default of {key!r} differs from params/smoke.yaml"
-
-
-def test_string_parameters_stay_strings_and_a_zero_learning_rate_is_refused():
-    assert config.resolve("smoke", ["run_name=2024"])["run_name"] == "2024"
-    with pytest.raises(ConfigError, match="'learning_rate' is 0"):
-        config.resolve("smoke", ["learning_rate=0"])
-
-
-def test_a_notebook_checks_its_parameters_against_the_earlier_stages(tmp_path, monkeypatch):
-    from helpers import artifacts
-
-    monkeypatch.setenv("HELPERS_ARTIFACTS", str(tmp_path))
-    params = config.resolve("smoke")
-    artifacts.write_json(paths.stage_dir("smoke", "tracin") / "params.json", artifacts.stage_params(params, "tracin"))
-    namespace = {"run_name": "smoke", "seed": 0, "top_k": 10, "influence_kind": "proponents"}
-    assert config.for_stage("language_shares", namespace, show=False)["top_k"] == 10
-    with pytest.raises(ConfigError, match="'top_k' is 1000"):
-        config.for_stage("language_shares", {**namespace, "top_k": 1000}, show=False)
+def test_notebook_parameter_cells_declare_their_stage_parameters_with_smoke_defaults():
+    smoke = study.resolve("smoke")
+    for stage in stages.all_stages().values():
+        declared = _parameter_cell(stage.path)
+        expected = ["study", *(["run"] if stage.scope == "run" else []), *stage.params]
+        assert list(declared) == expected, stage.notebook
+        assert declared["study"] == "smoke" and declared.get("run", smoke.first.name) == smoke.first.name
+        for key in stage.params:
+            value = smoke.first.params[key] if config.PARAMETERS[key].scope == "run" else smoke.params[key]
+            assert declared[key] == value, f"{stage.notebook}: default of {key!r} differs from the smoke study"

@@ -2,11 +2,11 @@
 
 import pytest
 
-from helpers import config, data
+from helpers import data, study
 
 
-def splits(**overrides):
-    cfg = config.resolve("smoke", overrides)
+def splits(seed=0, **overrides):
+    cfg = study.resolve("smoke", overrides, seeds=[seed]).first.params
     return cfg, *data.build_splits(cfg)
 
 
@@ -46,11 +46,41 @@ def test_parallel_training_flag(parallel):
         assert len(union) == sum(len(s) for s in sets)  # disjoint
 
 
-def test_translations_allowed_but_never_the_test_sample_itself():
-    _, train, test = splits(test_translations_in_train=True, parallel_train=False)
-    assert not set(zip(train["language"], train["pair_id"])) & set(zip(test["language"], test["pair_id"]))
+def test_planted_translations_of_every_test_sample_but_never_the_sample_itself():
+    cfg, train, test = splits(test_translations_in_train=True, parallel_train=True)
+    trained = set(zip(train["language"], train["pair_id"]))
+    assert not trained & set(zip(test["language"], test["pair_id"]))  # never the test sample itself
+    # Its translations in the other fine-tuning languages (all of them, except a language whose own test set drew
+    # the same verse: test sets are drawn independently from one pool).
+    for lang, pair in zip(test["language"], test["pair_id"]):
+        others = [lg for lg in cfg["fine_tune_languages"] if lg != lang]
+        testing = set(test.loc[test["pair_id"] == pair, "language"])
+        assert all((lg, pair) in trained for lg in others if lg not in testing)
+        assert any((lg, pair) in trained for lg in others)
     per_language = test.groupby("language")["pair_id"].apply(frozenset)
-    assert per_language.nunique() == len(per_language)  # each language has its own test verses
+    assert per_language.nunique() > 1  # each language draws its own test verses
+    assert (train.groupby("language").size() == cfg["train_per_language"]).all()
+
+
+def test_imbalance_gives_one_language_more_data_and_the_control_shifts_its_labels():
+    cfg, train, test = splits(imbalance_language="de", imbalance_factor=3, permuted_language="ru")
+    sizes = train.groupby("language").size()
+    assert sizes["de"] == 3 * cfg["train_per_language"] and sizes["en"] == cfg["train_per_language"]
+    _, plain_train, plain_test = splits(imbalance_language="de", imbalance_factor=3)
+    ru = test["language"] == "ru"
+    n = len(data.LABELS["genre"].names)
+    assert (test.loc[ru, "label"].to_numpy() == (plain_test.loc[ru, "label"].to_numpy() + 1) % n).all()
+    assert test.loc[ru, "permuted"].all() and not test.loc[~ru, "permuted"].any()
+    assert (test.loc[~ru, "label"].to_numpy() == plain_test.loc[~ru, "label"].to_numpy()).all()
+    assert train.loc[train["language"] == "ru", "permuted"].all()
+    _, half, _ = splits(permuted_language="ru", permuted_share=0.5)
+    assert half.loc[half["language"] == "ru", "permuted"].sum() == cfg["train_per_language"] // 2
+
+
+def test_no_test_verse_leaks_when_leakage_would_be_likely():
+    # A tiny pool makes leakage almost certain without the ban: the testament task on 120 verses per language.
+    cfg, train, test = splits(label="testament", train_per_language=120, test_per_language=25)
+    assert not set(train["pair_id"]) & set(test["pair_id"])
 
 
 def test_labels_follow_the_books():
@@ -66,9 +96,10 @@ def test_parallel_texts_are_translations():
 
 
 def test_parallel_examples_are_empty_without_a_parallel_test_set_and_the_description_follows_the_flags():
-    cfg, train, test = splits(test_translations_in_train=True, parallel_train=False)
+    cfg, train, test = splits(test_translations_in_train=True, parallel_train=True)
     assert data.parallel_examples(test).shape[1] == 0
     text = data.describe_sampling(cfg, train, test)
-    assert "different verses in each language (non-parallel)" in text and "never a test sample itself" in text
+    assert "parallel, like XNLI" in text and "never a test sample itself" in text
+    assert f"{len(test)} of the {len(test)} test samples have translations" in text
     cfg, train, test = splits(parallel_train=True)
     assert "parallel, like XNLI" in data.describe_sampling(cfg, train, test)

@@ -1,93 +1,147 @@
-"""The runner end to end on the smoke profile: validation before work, skipping, resuming, failing loudly.
+"""The stage graph and the runner: freshness rules, shared stages, validation before work, resuming, failing loudly.
 
-Runs the real notebooks through papermill into a temporary artifacts folder (about a minute on 2 cores).
+The graph tests are pure (identities and fingerprints); the end-to-end test runs a one-run smoke study through
+papermill into a temporary artifacts folder (about a minute on 2 cores).
 """
 
-import json
 import shutil
 
 import nbformat
 import pytest
+import yaml
 
-from helpers import artifacts, config, paths, pipeline
+from helpers import paths, pipeline, stages, study
+
+MINI = {"parameters": {"model": "tiny-random", "train_per_language": 12, "test_per_language": 6, "max_length": 48,
+                       "epochs": 2, "batch_size": 8, "learning_rate": 0.001, "attribution_test_per_language": 3,
+                       "top_k": 10, "n_bootstrap": 100, "examples_per_language": 1},
+        "runs": {"main": {}, "cosine": {"tracin_similarity": "cosine"}}}
 
 
 @pytest.fixture
 def sandbox(tmp_path, monkeypatch):
-    """Artifacts, executed notebooks and (when a test needs it) source notebooks in a temporary folder."""
+    """Artifacts and executed notebooks in a temporary folder; a small profile."""
     monkeypatch.setenv("HELPERS_ARTIFACTS", str(tmp_path / "artifacts"))
     monkeypatch.setenv("HELPERS_CACHE", str(paths.cache_dir()))  # keep sharing the real model cache
     monkeypatch.setattr(paths, "EXECUTED", tmp_path / "executed")
-    return tmp_path
+    profile = tmp_path / "mini.yaml"
+    profile.write_text(yaml.safe_dump(MINI, sort_keys=False))
+    return profile
 
 
-def statuses(run_name):
-    return {s: e["status"] for s, e in pipeline.read_runlog(run_name)["stages"].items()}
+def keyed(s):
+    return {inst.label: inst.identity for inst in stages.plan(s)}
+
+
+def test_top_k_changes_only_the_chapters_and_epochs_everything_after_data(sandbox):
+    base = keyed(study.resolve("smoke"))
+    top_k = keyed(study.resolve("smoke", ["top_k=5"]))
+    changed = {k for k in base if base[k] != top_k.get(k)}
+    assert changed and all("[" not in k for k in changed)  # no run stage
+    assert "qualitative" not in changed  # it does not read top_k
+    epochs = keyed(study.resolve("smoke", ["epochs=2"]))
+    assert base["data[main-s0]"] == epochs["data[main-s0]"]
+    assert base["finetune[main-s0]"] != epochs["finetune[main-s0]"] and base["tracin[main-s0]"] != epochs["tracin[main-s0]"]
+
+
+def test_a_variant_sharing_stages_with_the_main_run_plans_them_once(sandbox):
+    s = study.resolve(sandbox)
+    plan = stages.plan(s)
+    finetunes = [i for i in plan if i.stage.name == "finetune"]
+    assert len(finetunes) == 1  # cosine-s0 differs only in TracIn: its data and fine-tuning are main-s0's
+    rows = {r["stage"]: r for r in pipeline.status(s) if r["stage"] == "finetune"}
+    assert rows["finetune"]["runs"] == "main-s0, cosine-s0"
+
+
+def test_fingerprints_follow_notebook_code_and_upstream(sandbox, tmp_path, monkeypatch):
+    s = study.resolve(sandbox)
+    plan = stages.plan(s)
+    before = stages.expected_fingerprints(plan)
+    notebooks = tmp_path / "notebooks"
+    shutil.copytree(paths.NOTEBOOKS, notebooks)
+    monkeypatch.setattr(paths, "NOTEBOOKS", notebooks)
+    nb = nbformat.read(notebooks / "02_finetune.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_markdown_cell("an edit"))
+    nbformat.write(nb, notebooks / "02_finetune.ipynb")
+    after = stages.expected_fingerprints(stages.plan(s))
+    changed = {i.label for i in plan if before[i.key] != after[i.key]}
+    assert "data[main-s0]" not in changed
+    assert {"finetune[main-s0]", "tracin[main-s0]", "language_shares", "scoreboard"} <= changed
+    # code: a stage's module is part of its fingerprint
+    monkeypatch.setattr(paths, "NOTEBOOKS", paths.REPO_ROOT / "notebooks")
+    real = stages.source_hash
+    monkeypatch.setattr(stages, "source_hash", lambda st: real(st) + ("x" if st.name == "tracin" else ""))
+    code = stages.expected_fingerprints(plan)
+    assert {i.label for i in plan if before[i.key] != code[i.key]} >= {"tracin[main-s0]", "dynamics"}
+    assert before[plan[0].key] == code[plan[0].key]
+
+
+def test_toc_and_stages_agree():
+    toc = yaml.safe_load((paths.REPO_ROOT / "_toc.yml").read_text())
+    files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
+    executed = {f.removeprefix("book/executed/") for f in files if f.startswith("book/executed/")}
+    notebooks = {st.path.stem for st in stages.all_stages().values()}
+    assert executed == notebooks, f"in _toc.yml only: {executed - notebooks}; stages only: {notebooks - executed}"
+    assert {p.stem for p in paths.NOTEBOOKS.glob("*.ipynb")} == notebooks
 
 
 def test_bad_parameters_stop_before_any_work(sandbox, capsys):
     for bad, needle in [(["-p", "nope=1"], "unknown parameter 'nope'"),
                         (["-p", "fine_tune_languages=[en,xx]"], "'fine_tune_languages' has 'xx'"),
-                        (["-p", "epochs=2.5"], "'epochs' must be an integer")]:
-        assert pipeline.main(["run", "--profile", "smoke", "--no-book", *bad]) == 2
+                        (["-p", "epochs=2.5"], "'epochs' must be an integer"),
+                        (["--study", ".."], "must be a plain folder name")]:
+        assert pipeline.main(["run", "--profile", str(sandbox), "--no-book", *bad]) == 2
         assert needle in capsys.readouterr().err
-    assert not (sandbox / "artifacts").exists()
+    assert not paths.artifacts_root().exists()
 
 
 def test_run_skip_resume_and_partial_outputs(sandbox):
-    log = pipeline.run("smoke", build=False)
-    assert all(e["status"] == "ran" for e in log["stages"].values())
-    assert sorted(p.name for p in paths.EXECUTED.iterdir()) == sorted(pipeline.NOTEBOOKS.values())
-    params = config.resolve("smoke")
-    for stage in config.STAGES:
-        folder = paths.stage_dir("smoke", stage)
-        assert json.loads((folder / "params.json").read_text()) == artifacts.stage_params(params, stage)
-        assert (folder / "env.json").exists()
+    def statuses():
+        log = pipeline.read_runlog("mini")["stages"]
+        return {f"{e['stage']}[{e['run']}]" if e["run"] else e["stage"]: e["status"] for e in log.values()}
 
-    # Same parameters: everything but the summary is reused.
-    pipeline.run("smoke", build=False)
-    assert statuses("smoke") == {"data": "reused", "finetune": "reused", "tracin": "reused",
-                                 "language_shares": "reused", "reproducibility": "ran"}
+    pipeline.run(str(sandbox), build=False)
+    first = statuses()
+    assert all(v == "ran" for v in first.values())
+    assert "finetune[cosine-s0]" not in first  # shared with main-s0: computed once
+    assert {p.name for p in paths.EXECUTED.iterdir()} == {st.notebook for st in stages.all_stages().values()}
 
-    # A parameter of the analysis only reruns the analysis.
-    pipeline.run("smoke", ["top_k=5"], build=False)
-    assert statuses("smoke")["tracin"] == "reused" and statuses("smoke")["language_shares"] == "ran"
-    executed = nbformat.read(paths.EXECUTED / "04_language_shares.ipynb", as_version=4)
+    pipeline.run(str(sandbox), build=False)  # same parameters: only the reproducibility page runs
+    assert {k for k, v in statuses().items() if v == "ran"} == {"reproducibility"}
+
+    pipeline.run(str(sandbox), ["top_k=5"], build=False)  # an analysis parameter: only chapters
+    ran = {k for k, v in pipeline.read_runlog("mini")["stages"].items() if v["status"] == "ran"}
+    assert not any(k.startswith(("data-", "finetune-", "tracin-")) for k in ran)
+    assert any(k.startswith("language_shares-") for k in ran)
+    executed = nbformat.read(paths.EXECUTED / "10_language_shares.ipynb", as_version=4)
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert "top_k = 5" in injected[0].source and "hide-input" in injected[0].metadata.tags
 
-    # Outputs rewritten by other means (nbval, a notebook run by hand) with other parameters are not trusted: the
-    # executed notebook the book would show was made for top_k=5, so top_k=10 must run again even though the
-    # committed folder now says top_k=10.
-    pipeline.run("smoke", ["top_k=10"], build=False)
-    log = pipeline.read_runlog("smoke")
-    pipeline.run("smoke", ["top_k=5"], build=False)
-    artifacts.write_json(paths.stage_dir("smoke", "language_shares") / "params.json",
-                         artifacts.stage_params(config.resolve("smoke", ["top_k=10"]), "language_shares"))
-    assert pipeline.stage_status(config.resolve("smoke", ["top_k=10"]))["language_shares"] == "stale"
-    pipeline.run("smoke", ["top_k=10"], build=False)
-    assert statuses("smoke")["language_shares"] == "ran" and log["stages"]["tracin"]["fingerprint"]
-
-    # An interrupted fine-tuning stage: a half-written folder and no committed one. The rerun resumes there,
-    # ignores the partial folder and recomputes every later stage.
-    run_dir = paths.run_dir("smoke")
-    shutil.rmtree(run_dir / "finetune")
-    (run_dir / ".finetune.partial").mkdir()
-    (run_dir / ".finetune.partial" / "junk").write_text("half-written")
-    pipeline.run("smoke", ["top_k=5"], build=False)
-    assert statuses("smoke") == {"data": "reused", "finetune": "ran", "tracin": "ran", "language_shares": "ran",
-                                 "reproducibility": "ran"}
-    assert not (run_dir / ".finetune.partial").exists() and not (run_dir / "finetune" / "junk").exists()
+    # Interrupted fine-tuning: a half-written folder, the committed one gone. The rerun recomputes it and every
+    # stage after it, ignores the partial folder, and reuses the data.
+    s = study.resolve(sandbox)
+    ft = next(i for i in stages.plan(s) if i.stage.name == "finetune")
+    final = stages.folder("mini", ft)
+    shutil.rmtree(final)
+    partial = final.parent / f".{final.name}.partial"
+    partial.mkdir()
+    (partial / "junk").write_text("half-written")
+    pipeline.run(str(sandbox), build=False)
+    log = pipeline.read_runlog("mini")["stages"]
+    assert log[f"finetune-{ft.identity}"]["status"] == "ran"
+    assert log[f"data-{stages.plan(s)[0].identity}"]["status"] == "reused"
+    assert not partial.exists() and not (final / "junk").exists()
 
 
-def test_failing_cell_exits_nonzero_naming_the_notebook(sandbox, monkeypatch, capsys):
-    notebooks = sandbox / "notebooks"
+def test_failing_cell_exits_nonzero_naming_the_notebook(sandbox, tmp_path, monkeypatch, capsys):
+    notebooks = tmp_path / "notebooks"
     shutil.copytree(paths.NOTEBOOKS, notebooks)
     nb = nbformat.read(notebooks / "01_data.ipynb", as_version=4)
     nb.cells.insert(len(nb.cells) - 1, nbformat.v4.new_code_cell("raise RuntimeError('planted failure')"))
     nbformat.write(nb, notebooks / "01_data.ipynb")
     monkeypatch.setattr(paths, "NOTEBOOKS", notebooks)
-    assert pipeline.main(["run", "--profile", "smoke", "--no-book"]) == 1
+    assert pipeline.main(["run", "--profile", str(sandbox), "--no-book"]) == 1
     err = capsys.readouterr().err
     assert "01_data.ipynb" in err and "planted failure" in err
-    assert not artifacts.is_complete("smoke", "data")  # the stage never committed
+    s = study.resolve(sandbox)
+    assert stages.read_record(stages.folder("mini", stages.plan(s)[0])) is None  # the stage never committed

@@ -42,7 +42,7 @@ def compute(runs: list, cfg: dict[str, Any]) -> Result:
         part = table[table["test_language"] == lang].copy()
         for by in ("family", "script"):
             rel = related(lang, train_languages, by)
-            part[f"share_same_{by}"] = part[[f"share_{t}" for t in rel]].sum(1) if rel else float("nan")
+            part[f"share_same_{by}"] = part[[f"share_{t}" for t in rel]].sum(axis=1) if rel else float("nan")
             value, low, high = claims.interval(part, f"share_same_{by}", **opts)
             rows.append({"test_language": lang, "by": by, "related": ", ".join(rel) or "none", "share": value,
                          "low": low, "high": high, "language_blind": float(blind[rel].sum()) if rel else float("nan"),

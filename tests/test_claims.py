@@ -1,0 +1,54 @@
+"""Intervals and verdicts: the bootstrap covers a known value at about its nominal rate; verdicts follow the rule."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import claims
+
+
+def test_verdict_rule():
+    assert claims.decide(0.3, 0.5, 0.2, "above") == "supports"
+    assert claims.decide(0.1, 0.15, 0.2, "above") == "contradicts"
+    assert claims.decide(0.1, 0.3, 0.2, "above") == "inconclusive"
+    assert claims.decide(-0.3, -0.1, 0.0, "below") == "supports"
+    assert claims.decide(0.21, 0.3, 0.2, "above", margin=0.05) == "inconclusive"
+    assert claims.decide(float("nan"), 0.3, 0.2, "above") == "inconclusive"
+
+
+@pytest.mark.parametrize("units", [1, 4])
+def test_bootstrap_interval_covers_a_known_mean_at_about_the_nominal_rate(units):
+    rng = np.random.default_rng(0)
+    hits, reps = 0, 300
+    for i in range(reps):
+        # Each unit (seed) shifts its samples by its own random offset: the two-level bootstrap must include that.
+        parts = [pd.DataFrame({"value": rng.normal(0.3 + (rng.normal(0, 0.3) if units > 1 else 0), 1, 60),
+                               "test_language": np.repeat(["a", "b", "c"], 20), "run": f"s{u}"})
+                 for u in range(units)]
+        frame = pd.concat(parts, ignore_index=True)
+        _, low, high = claims.interval(frame, "value", n_boot=400, seed=i)
+        hits += low <= 0.3 <= high
+    assert 0.85 <= hits / reps <= 0.99, hits / reps
+
+
+def test_difference_interval_and_point_values():
+    rng = np.random.default_rng(1)
+    a = pd.DataFrame({"value": rng.normal(1.0, 0.1, 200), "test_language": "x"})
+    b = pd.DataFrame({"value": rng.normal(0.5, 0.1, 200), "test_language": "x"})
+    value, low, high = claims.difference(a, b, "value", n_boot=500)
+    assert value == pytest.approx(a["value"].mean() - b["value"].mean())
+    assert low < 0.5 < high and high - low < 0.1
+
+
+def test_claims_table_round_trip_and_prose(tmp_path):
+    rows = [claims.claim("X1", "chap", "A statement.", claims.METHOD, "a share", (0.4, 0.3, 0.5), 0.2, "chance",
+                         "above"),
+            claims.not_tested("X2", "chap", "Another.", claims.SUMMARY, "a share", "no such run")]
+    frame = claims.save(rows, tmp_path)
+    loaded = claims.load(tmp_path)
+    assert list(loaded["verdict"]) == ["supports", "not tested"] == list(frame["verdict"])
+    text = claims.verdict_markdown(loaded)
+    assert "**40.0%** (30.0% to 50.0%)" in text and "against 20.0% for chance" in text and "Not tested" in text
+    bad = [claims.Claim("X", "c", "s", "src", "st", 0, 0, 0, 0, "", "above", "maybe")]
+    with pytest.raises(ValueError, match="unknown verdict"):
+        claims.table(bad)
