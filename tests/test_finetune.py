@@ -5,12 +5,12 @@ import pytest
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from helpers import config, data, finetune
+from helpers import data, finetune, study
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    cfg = config.resolve("smoke")
+    cfg = study.resolve("smoke").first.params
     train, test = data.build_splits(cfg)
     out = tmp_path_factory.mktemp("finetune")
     model, train_ds, test_ds, info = finetune.tokenise_splits("tiny-random", train, test, cfg["max_length"], True,

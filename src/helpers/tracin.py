@@ -330,6 +330,34 @@ class _Workspace:
         return buffer[:numel].view(shape)
 
 
+class _Arena:
+    """Tensors bump-allocated in a few large slabs that are kept and refilled (:meth:`reset`) from one run of samples
+    to the next (training blocks, test chunks, checkpoints). The per-example gradients of a training block are GBs;
+    allocated afresh for every block, they would be handed back to the OS and faulted in again each time, which on
+    CPU (worst in a virtual machine: seconds per GB) costs more than the products computed from them."""
+
+    SLAB = 1 << 27  # bytes
+    ALIGN = 64
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.slabs: list[torch.Tensor] = []
+        self.reset()
+
+    def reset(self) -> None:
+        self._slab, self._used = 0, 0
+
+    def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        nbytes = math.prod(shape) * (torch.finfo(dtype).bits // 8)
+        while self._slab < len(self.slabs) and self._used + nbytes > self.slabs[self._slab].numel():
+            self._slab, self._used = self._slab + 1, 0
+        if self._slab == len(self.slabs):
+            self.slabs.append(torch.empty(max(self.SLAB, nbytes), dtype=torch.uint8, device=self.device))
+        out = self.slabs[self._slab][self._used:self._used + nbytes].view(dtype).view(shape)
+        self._used += -(-nbytes // self.ALIGN) * self.ALIGN
+        return out
+
+
 class _Scored:
     """A module some of whose parameters are scored, and how to get its per-example gradient."""
 
@@ -394,11 +422,22 @@ class _Linear(_Scored):
     def factored(self) -> bool:  # type: ignore[override]
         return self.weight
 
-    def factors(self, x: torch.Tensor, delta: torch.Tensor, valid: torch.Tensor,
-                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x (B, T, d_in), delta (B, T, d_out)) in ``dtype``, delta zeroed at padded positions."""
-        x, delta = _tokens(x, delta, valid)
-        return x.to(dtype), delta.to(dtype)
+    def factors(self, x: torch.Tensor, delta: torch.Tensor, valid: torch.Tensor, dtype: torch.dtype,
+                arena: _Arena, copies: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x (B, T, d_in), delta (B, T, d_out)) copied into the arena in ``dtype``, delta zeroed at padded
+        positions. ``copies`` maps inputs already copied in this batch (the query, key and value layers share
+        theirs) to their copy."""
+        b = valid.shape[0]
+        x, delta = x.reshape(b, -1, x.shape[-1]), delta.reshape(b, -1, delta.shape[-1])
+        key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()))
+        if key not in copies:
+            copies[key] = arena.take(tuple(x.shape), dtype).copy_(x)
+        out = arena.take(tuple(delta.shape), dtype)
+        if delta.shape[1] == valid.shape[1]:
+            torch.mul(delta, valid[:, :, None], out=out)
+        else:
+            out.copy_(delta)
+        return copies[key], out
 
     def blocks(self, x, delta, valid, dtype, workspace):
         """The bias block only (the weight is factored)."""
@@ -592,13 +631,13 @@ class _Grads:
         out = workspace.take((self.n, (r1 - r0) * x.shape[-1]), x.dtype, x.device, role)
         return _weight_tile(w, r0, r1, out)
 
-    def densify(self) -> None:
-        """Form every factored weight gradient once (a bank that is multiplied by many training blocks)."""
+    def densify(self, arena: _Arena) -> None:
+        """Form every factored weight gradient once, in ``arena`` (a bank multiplied by many training blocks)."""
         for i, parts in self.weights.items():
             if isinstance(parts, torch.Tensor):
                 continue
             x, delta = parts[0]
-            dense = torch.empty(self.n, delta.shape[-1], x.shape[-1], dtype=x.dtype, device=x.device)
+            dense = arena.take((self.n, delta.shape[-1], x.shape[-1]), x.dtype)
             _weight_tile(parts, 0, delta.shape[-1], dense.view(self.n, -1))
             self.weights[i] = dense
 
@@ -892,11 +931,17 @@ class TracIn:
         block = int(max(1, min(block, (budget - chunk * bank_factored) // train_sample)))
         return _Plan(test_chunk=chunk, train_block=block, dense_bank=False)
 
-    def _probe(self, model: nn.Module, scored: list[_Scored]) -> _Probe:
-        return _Probe(model, scored, autocast=torch.bfloat16 if self.dtype == "bf16" else None)
+    def _probe(self, model: nn.Module, scored: list[_Scored], workspace: _Workspace | None = None) -> _Probe:
+        probe = _Probe(model, scored, autocast=torch.bfloat16 if self.dtype == "bf16" else None)
+        if workspace is not None:  # kept from one checkpoint to the next
+            probe.workspace = workspace
+        return probe
 
-    def _collect(self, probe: _Probe, examples: _Examples, rows: range, pad_id: int, bar: tqdm) -> _Grads:
-        """Per-example gradients of ``examples[rows]`` (Linear weights factored), in batches of ``batch_size``."""
+    def _collect(self, probe: _Probe, examples: _Examples, rows: range, pad_id: int, bar: tqdm,
+                 arena: _Arena) -> _Grads:
+        """Per-example gradients of ``examples[rows]`` (Linear weights factored), in batches of ``batch_size``, stored
+        in ``arena`` (reset first)."""
+        arena.reset()
         n, cosine = len(rows), self.similarity == "cosine"
         order: list[np.ndarray] = []
         weights: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
@@ -905,7 +950,7 @@ class TracIn:
         sq = torch.zeros(n, dtype=torch.float32, device=self.device) if cosine else None
         a = 0
         for batch in _batches(examples, rows, self.batch_size, pad_id, self.device):
-            b, valid = a + len(batch), batch.valid
+            b, valid, copies = a + len(batch), batch.valid, {}
             order.append(batch.rows)
             for i, (s, x, delta) in enumerate(probe.run(batch)):
                 if s.sparse:
@@ -915,14 +960,14 @@ class TracIn:
                         sq.index_add_(0, r.sample + a, r.values.pow(2).sum(1))
                     continue
                 if s.factored:
-                    xf, df = s.factors(x, delta, valid, self._storage)
+                    xf, df = s.factors(x, delta, valid, self._storage, arena, copies)
                     weights.setdefault(i, []).append((xf, df))
                     if cosine:
                         sq[a:b] += _weight_sq_norms(xf, df, probe.workspace)
                 stores = dense.setdefault(i, [])
                 for k, block in enumerate(s.blocks(x, delta, valid, self._storage, probe.workspace)):
                     if k == len(stores):
-                        stores.append(torch.empty(n, block.shape[1], dtype=self._storage, device=self.device))
+                        stores.append(arena.take((n, block.shape[1]), self._storage))
                     stores[k][a:b] = block
                     if cosine:
                         sq[a:b] += _sq_norms(block)
@@ -977,6 +1022,8 @@ class TracIn:
                                    _ids(test_examples, test_ids, "test_ids"))
         out = np.zeros((len(self.checkpoints), train.n, test.n), dtype=np.float32)
         plan = bar = None
+        workspace = _Workspace()
+        arenas = {k: _Arena(self.device) for k in ("bank", "dense bank", "train")}
         for c, checkpoint in enumerate(self.checkpoints):
             model, scored, pad_id = self._load(checkpoint)
             if plan is None:  # planned once, on the first checkpoint, so every checkpoint does the same passes
@@ -984,19 +1031,22 @@ class TracIn:
                 n_chunks = math.ceil(test.n / plan.test_chunk)
                 bar = self._bar(len(self.checkpoints) * (test.n + n_chunks * train.n), progress, "scores")
             bar.set_postfix_str(f"{checkpoint.name}, {n_chunks} test chunk(s)", refresh=False)
-            with self._probe(model, scored) as probe:
+            with self._probe(model, scored, workspace) as probe:
                 for start in range(0, test.n, plan.test_chunk):
-                    bank = self._collect(probe, test, range(start, min(start + plan.test_chunk, test.n)), pad_id, bar)
+                    bank = self._collect(probe, test, range(start, min(start + plan.test_chunk, test.n)), pad_id, bar,
+                                         arenas["bank"])
                     if plan.dense_bank:
-                        bank.densify()
+                        arenas["dense bank"].reset()
+                        bank.densify(arenas["dense bank"])
                     for first in range(0, train.n, plan.train_block):
                         block = self._collect(probe, train, range(first, min(first + plan.train_block, train.n)),
-                                              pad_id, bar)
-                        scores = self._score(scored, block, bank, probe.workspace) * checkpoint.learning_rate
+                                              pad_id, bar, arenas["train"])
+                        scores = self._score(scored, block, bank, workspace) * checkpoint.learning_rate
                         out[c][np.ix_(block.rows, bank.rows)] = scores.cpu().numpy()
-                        del block, scores  # before the next block is collected
+                        del block, scores
                     del bank
             del model, probe
+        del arenas, workspace
         bar.close()
         return InfluenceScores(per_checkpoint=out, checkpoints=[c.name for c in self.checkpoints],
                                learning_rates=[c.learning_rate for c in self.checkpoints], train_ids=train_table,
