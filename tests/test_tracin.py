@@ -518,12 +518,13 @@ def test_plan_fits_free_memory(perturbed, monkeypatch):
 
     assert plan(1 << 40) == tracin._Plan(test_chunk=40, train_block=tracin._MAX_TRAIN_BLOCK, dense_bank=True)
     assert plan(1 << 40, n_train=50) == tracin._Plan(test_chunk=40, train_block=50, dense_bank=True)
-    weights = sum(p.numel() for n, p in model.named_parameters() if re.search(r"(query|key|value|dense|classifier)\.weight", n))
-    tight = plan(2 * 40 * weights * 4)  # the dense bank alone would take the whole budget
-    assert not tight.dense_bank and tight.test_chunk == 40 and 1 <= tight.train_block <= tracin._MAX_TRAIN_BLOCK
-    tiny = plan(1 << 22)
-    assert not tiny.dense_bank and tiny.test_chunk < 40 and tiny.train_block < tight.train_block
-    assert plan(1 << 22, n_train=6000) == tiny
+    dense_bank = 40 * 4 * sum(p.numel() for n, p in model.named_parameters()
+                              if re.search(r"(query|key|value|dense|classifier)\.weight", n))
+    tight = plan(2 * dense_bank)  # the dense bank alone would take the whole budget
+    assert not tight.dense_bank and 1 <= tight.train_block <= tracin._MAX_TRAIN_BLOCK
+    tiny = plan(1 << 21)
+    assert not tiny.dense_bank and tiny.test_chunk < tight.test_chunk and tiny.train_block < tight.train_block
+    assert plan(1 << 21, n_train=6000) == tiny
     assert TracIn(ckpts, params="all", test_chunk_size=7)._plan(
         scored, tracin._Examples(perturbed["train"], "train"), test_ex).test_chunk == 7
 

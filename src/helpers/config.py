@@ -122,12 +122,6 @@ PARAMETERS: dict[str, Param] = {
         Param("tracin_similarity", str, "dot", "gradient similarity", choices=("dot", "cosine")),
         Param("tracin_batch_size", int, 32, "training samples per TracIn batch", minimum=1),
         Param("device", str, "auto", "where TracIn runs", choices=("auto", "cpu", "cuda")),
-        Param("attribution_groups", list, ["embeddings", "classifier", "last_layers:1", "last_layers:6", "all"],
-              "parameter subsets compared by the attribution chapter, all scored in one full-model pass",
-              choices=None),
-        Param("attribution_test_per_language", int, 25,
-              "test samples per language scored by the attribution chapter's full-model pass (its cost grows with it)",
-              minimum=1),
         # --- analyses (the same for every run of a study) ---
         Param("top_k", int, 100, "how many most influential training samples per test sample (100 in the paper)",
               scope="study", minimum=1, maximum=10000),
@@ -233,7 +227,7 @@ def check_relations(cfg: dict[str, Any]) -> None:
     if cfg.get("learning_rate") == 0:
         raise ConfigError("parameter 'learning_rate' is 0: nothing would be learned and every TracIn score would be "
                           "0; allowed: a number > 0")
-    for key in ("tracin_params", *(["attribution_groups"] if "attribution_groups" in cfg else [])):
+    for key in ("tracin_params",):
         values = cfg.get(key)
         for value in ([values] if isinstance(values, str) else values or []):
             if not re.fullmatch(_TRACIN_SUBSET, value):
@@ -257,10 +251,6 @@ def check_relations(cfg: dict[str, Any]) -> None:
         if cfg["top_k"] > n_train:
             raise ConfigError(f"parameter 'top_k' is {cfg['top_k']} but the training set has only {n_train} samples "
                               f"(train_per_language x fine_tune_languages); allowed: 1..{n_train}")
-    if "attribution_test_per_language" in cfg and "test_per_language" in cfg:
-        if cfg["attribution_test_per_language"] > cfg["test_per_language"]:
-            raise ConfigError(f"parameter 'attribution_test_per_language' is {cfg['attribution_test_per_language']}"
-                              f"; allowed: 1..{cfg['test_per_language']} (test_per_language)")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
