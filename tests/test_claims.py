@@ -14,6 +14,7 @@ def test_verdict_rule():
     assert claims.decide(-0.3, -0.1, 0.0, "below") == "supports"
     assert claims.decide(0.21, 0.3, 0.2, "above", margin=0.05) == "inconclusive"
     assert claims.decide(float("nan"), 0.3, 0.2, "above") == "inconclusive"
+    assert claims.decide(0.2 + 1e-12, 0.2 + 1e-12, 0.2, "above") == "inconclusive"  # equal up to rounding
 
 
 @pytest.mark.parametrize("units", [1, 4])

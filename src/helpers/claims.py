@@ -57,6 +57,7 @@ def decide(low: float, high: float, baseline: float, expect: str, margin: float 
         raise ValueError(f"expect={expect!r} is not 'above' or 'below'")
     if not (np.isfinite(low) and np.isfinite(high)):
         return "inconclusive"
+    margin = max(margin, 1e-9)  # a value equal to the baseline up to rounding is not beyond it
     above, below = low > baseline + margin, high < baseline - margin
     if expect == "above":
         return "supports" if above else "contradicts" if below else "inconclusive"
