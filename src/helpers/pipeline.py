@@ -225,9 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         run(args.profile, args.param, force=args.force, build=not args.no_book, seeds=_seeds(args.seeds),
             name=args.study)
         return 0
-    except (ConfigError, ValueError) as err:
+    except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except (study_mod.MissingStudyError, stages.MissingStageError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except StageFailed as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

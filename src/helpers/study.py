@@ -192,7 +192,10 @@ def resolve(profile: str | Path, overrides: list[str] | dict[str, Any] | None = 
     except ConfigError as err:
         raise ConfigError(f"run {smallest.variant!r}: {err}") from None
     study_name = name or profile_path(profile).stem
-    paths.study_dir(study_name)  # refuses names outside the artifacts root
+    try:
+        paths.study_dir(study_name)  # refuses names outside the artifacts root
+    except ValueError as err:
+        raise ConfigError(f"option --study: {err}") from None
     return Study(study_name, str(profile), study_params, runs)
 
 
