@@ -52,23 +52,18 @@ def compute(runs: list, cfg: dict[str, Any]) -> Result:
         rows.append({"view": view, "step": step, "checkpoint": name, "own": value, "low": low, "high": high})
     summary = pd.DataFrame(rows)
     result = Result(tables={"per_checkpoint": summary})
-    statement = ("Reliance on other languages' data increases as fine-tuning progresses (the own-language share "
-                 "of the top-k falls).")
-    stat = f"change of the own-language share of the top-{k}, first to last checkpoint (each checkpoint's own scores)"
-    if len(steps) < 2:
-        result.claims.append(claims.not_tested("DY1", STAGE.name, statement, claims.ABSTRACT, stat,
-                                               "the runs have a single checkpoint"))
-    else:
-        result.claims.append(claims.claim("DY1", STAGE.name, statement, claims.ABSTRACT, stat,
-                                          claims.interval(change(frame, "own checkpoint", steps[0], steps[-1]),
-                                                          "delta", **opts), 0.0, "no change", "below"))
-    statement2 = "Languages rely less on their own data after epoch 2."
-    stat2 = f"change of the own-language share of the top-{k}, checkpoint 2 to the last (each checkpoint's own scores)"
-    if len(steps) < 3:
-        result.claims.append(claims.not_tested("DY2", STAGE.name, statement2, claims.SUMMARY, stat2,
-                                               "needs at least 3 checkpoints"))
-    else:
-        result.claims.append(claims.claim("DY2", STAGE.name, statement2, claims.SUMMARY, stat2,
-                                          claims.interval(change(frame, "own checkpoint", 2, steps[-1]), "delta",
-                                                          **opts), 0.0, "no change", "below"))
+    checks = [  # (id, statement, source, statistic, checkpoints needed, start checkpoint)
+        ("DY1", "Reliance on other languages' data increases as fine-tuning progresses (the own-language share of "
+         "the top-k falls).", claims.ABSTRACT, "first", 2, steps[0]),
+        ("DY2", "Languages rely less on their own data after epoch 2.", claims.SUMMARY, "2", 3, 2)]
+    for claim_id, statement, source, start_name, needed, start in checks:
+        stat = (f"change of the own-language share of the top-{k}, checkpoint {start_name} to the last (each "
+                "checkpoint's own scores)")
+        if len(steps) < needed:
+            result.claims.append(claims.not_tested(claim_id, STAGE.name, statement, source, stat,
+                                                   f"needs at least {needed} checkpoints"))
+        else:
+            delta = change(frame, "own checkpoint", start, steps[-1])
+            result.claims.append(claims.claim(claim_id, STAGE.name, statement, source, stat,
+                                              claims.interval(delta, "delta", **opts), 0.0, "no change", "below"))
     return result
