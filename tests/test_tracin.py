@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from transformers import (AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification,
                           XLMRobertaConfig, XLMRobertaForSequenceClassification)
 
+from helpers import tracin
 from helpers.tracin import Checkpoint, InfluenceScores, TracIn, select_parameters
 
 SPECS = ["all", "classifier", "last_layers:1", "last_layers:2", "embeddings",
@@ -480,3 +481,72 @@ def test_gpu_memory_does_not_grow_with_training_samples(trained):
         TracIn(ckpts, params="all", device="cuda", batch_size=16).scores(train[:n], test, progress=False)
         peaks.append(torch.cuda.max_memory_allocated())
     assert peaks[1] <= 1.1 * peaks[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# How the work is split: test chunks, training blocks, factored or dense bank
+
+
+@pytest.mark.parametrize("plan", [dict(test_chunk=3, train_block=4, dense_bank=False),
+                                  dict(test_chunk=4, train_block=3, dense_bank=True),
+                                  dict(test_chunk=1, train_block=1, dense_bank=False)])
+@pytest.mark.parametrize("similarity", ["dot", "cosine"])
+def test_every_plan_equals_brute_force(perturbed, monkeypatch, plan, similarity):
+    """Several test chunks and training blocks, the bank's Linear weight gradients kept factored (formed again for
+    every training block) or formed once: the same scores."""
+    ckpts, train, test = perturbed["ckpts"], perturbed["train"], perturbed["test"]
+    monkeypatch.setattr(TracIn, "_plan", lambda self, *args: tracin._Plan(**plan))
+    ours = TracIn(ckpts, params="all", similarity=similarity, batch_size=2).scores(train, test, progress=False)
+    ref = brute_force(ckpts, "all", train, test, cosine=similarity == "cosine")
+    for c in range(len(ckpts)):
+        assert rel_err(ours.per_checkpoint[c], ref[c]) <= 1e-4, (plan, c)
+
+
+def test_plan_fits_free_memory(perturbed, monkeypatch):
+    """Plenty of memory: the whole test set in one bank, formed once, and the largest training block. Little
+    memory: a factored bank, several test chunks if need be, smaller training blocks, within half the free memory.
+    The plan does not depend on how many training samples there are beyond one block."""
+    ckpts, test = perturbed["ckpts"], perturbed["test"]
+    model = AutoModelForSequenceClassification.from_pretrained(ckpts[0].path)
+    scored = tracin._scored_modules(model, select_parameters(model, "all"))
+    engine = TracIn(ckpts, params="all")
+    test_ex = tracin._Examples(test * 10, "test")
+
+    def plan(free: int, n_train: int = 600) -> tracin._Plan:
+        monkeypatch.setattr(tracin, "_free_memory", lambda device: free)
+        return engine._plan(scored, tracin._Examples(perturbed["train"] * (n_train // 10), "train"), test_ex)
+
+    assert plan(1 << 40) == tracin._Plan(test_chunk=40, train_block=tracin._MAX_TRAIN_BLOCK, dense_bank=True)
+    assert plan(1 << 40, n_train=50) == tracin._Plan(test_chunk=40, train_block=50, dense_bank=True)
+    dense_bank = 40 * 4 * sum(p.numel() for n, p in model.named_parameters()
+                              if re.search(r"(query|key|value|dense|classifier)\.weight", n))
+    tight = plan(2 * dense_bank)  # the dense bank alone would take the whole budget
+    assert not tight.dense_bank and 1 <= tight.train_block <= tracin._MAX_TRAIN_BLOCK
+    tiny = plan(1 << 21)
+    assert not tiny.dense_bank and tiny.test_chunk < tight.test_chunk and tiny.train_block < tight.train_block
+    assert plan(1 << 21, n_train=6000) == tiny
+    assert TracIn(ckpts, params="all", test_chunk_size=7)._plan(
+        scored, tracin._Examples(perturbed["train"], "train"), test_ex).test_chunk == 7
+
+
+def test_memory_does_not_grow_with_training_samples(perturbed, monkeypatch):
+    """Per-example gradients live in arenas reused from one training block to the next: 4x the training samples,
+    the same memory."""
+    ckpts, train, test = perturbed["ckpts"], perturbed["train"], perturbed["test"]
+    monkeypatch.setattr(tracin, "_MAX_TRAIN_BLOCK", 5)
+    monkeypatch.setattr(tracin._Arena, "SLAB", 1 << 12)  # small slabs: their total follows what is stored
+    slabs: list[int] = []
+    take = tracin._Arena.take
+
+    def spy(self, shape, dtype):
+        out = take(self, shape, dtype)
+        slabs.append(sum(s.numel() for s in self.slabs))
+        return out
+
+    monkeypatch.setattr(tracin._Arena, "take", spy)
+    peaks = []
+    for n in (10, 40):
+        slabs.clear()
+        TracIn(ckpts, params="all", batch_size=2).scores((train * 4)[:n], test, progress=False)
+        peaks.append(max(slabs))
+    assert 0 < peaks[1] <= peaks[0]

@@ -28,9 +28,12 @@ Encoder layers are found generically, as the ``ModuleList`` named ``encoder.laye
 **Default for the book: ``"last_layers:1"``** (:data:`DEFAULT_PARAMS`), the last encoder layer and the head.
 
 * Cost: only that layer is back-propagated and compared. For multilingual-e5-small (the embedded model) that is
-  1.9M of 118M parameters (33M with a 30k-token trimmed vocabulary); for XLM-R base 7.7M of 278M. A per-example gradient of that size and a test bank of a few
-  hundred of them fit in CPU memory, so the default profile runs on a laptop; a full-model bank (21M per test sample
-  for e5-small, 86M for XLM-R, plus the sparse embeddings) is a GPU job (``"all"`` in the paper profile).
+  1.9M of 118M parameters (33M with a 30k-token trimmed vocabulary); for XLM-R base 7.7M of 278M. The whole model
+  (``"all"``: 21M dense parameters per sample for e5-small, plus the sparse word embeddings) is affordable on CPU
+  too: on the default run (1,000 training x 175 test samples, 3 checkpoints) it took 2.3x the time of the
+  fine-tuning that produced the checkpoints, both on one thread, with a peak of 7.6 GiB (``benchmarks/tracin.py
+  --mode full``, README); the largest cost is the products of per-example gradients, ``2 n_test P`` operations per
+  training sample and checkpoint (7.4 GFLOP here), then back-propagation and forming the gradients.
 * Bias: word-embedding TracIn (``"embeddings"``) can only connect samples that share subword tokens, so across
   scripts (e.g. Russian and English) it sees little more than ``<s>``, ``</s>`` and punctuation: it structurally
   under-states exactly the cross-lingual influence the book studies. The last layer sees every sample through the
@@ -41,21 +44,30 @@ How it is computed (lessons from captum, kronfluence, TRAK, dattri, bergson and 
 
 * Each checkpoint is loaded once and put in ``eval()`` mode (no dropout). For each chunk of test samples, the
   per-example test gradients are computed once and kept as a *bank*; the training set is then streamed through it in
-  batches, so memory depends on the batch size and the test chunk, never on the number of training samples. The test
-  bank is chunked to fit memory (``test_chunk_size``, chosen from free memory when ``None``); each extra chunk costs
-  one more pass over the training set.
+  *blocks* of up to ``_MAX_TRAIN_BLOCK`` (256) samples, so memory depends on the block and the test chunk, never on
+  the number of training samples. Both are sized from free memory (:meth:`TracIn._plan`; ``test_chunk_size`` fixes
+  the chunk); each extra test chunk costs one more pass over the training set. The default run's full-model bank
+  (175 test samples) fits in one chunk.
 * Per-example gradients come from module hooks, not from ``B`` backward passes: one forward pass records each scored
   module's input ``x`` and ``torch.autograd.grad`` returns the gradient ``delta`` of the summed loss with respect to
   its output (no weight gradient is ever formed by autograd; layers below the subset run without a graph). For a
-  Linear layer the per-example weight gradient is ``sum_t delta_t x_t^T`` (one batched matmul), for a LayerNorm
-  ``sum_t delta_t * xhat_t``, for an embedding the rows ``sum_{t: id_t = v} delta_t``.
-* Scoring materialises one module's per-example gradients at a time and multiplies them with that module's slice of
-  the test bank (one GEMM per parameter block). The alternative "ghost" contraction
-  ``sum_{t,s} (x_t . x'_s)(delta_t . delta'_s)`` costs ``2 T T' (d_in + d_out)`` per pair instead of
-  ``2 d_in d_out`` (+ the per-example gradient, shared by all test samples), which only pays for sequences shorter
-  than ``d_in d_out / (d_in + d_out)`` tokens against *one* test sample; against a bank of tens or hundreds of test
-  samples the GEMM wins, and it is what the benchmark measures. Self-influence (one pair per sample) uses the ghost
-  form whenever it is cheaper.
+  Linear layer the per-example weight gradient is ``sum_t delta_t x_t^T``, for a LayerNorm ``sum_t delta_t * xhat_t``,
+  for an embedding the rows ``sum_{t: id_t = v} delta_t``.
+* Linear weight gradients are kept *factored*: the ``x_t`` and ``delta_t`` of every token, ``T (d_in + d_out)``
+  numbers instead of ``d_in d_out`` (for e5-small about 0.3 MB per token against 86 MB per sample dense, so the
+  default run's full-model test bank takes about 2 GB instead of 15 GB). Scoring forms the per-example gradients of
+  a training block and of the bank one tile of a weight's rows at a time (one batched matmul per batch, into reused
+  buffers) and multiplies the two tiles (one GEMM, ``block x bank``, per tile); the bank is formed once and kept when
+  that fits in memory (``"last_layers:1"``), else formed again for every block, which costs
+  ``n_test T' / (block T)`` of the training side's forming (about 0.7 for the default run). A block of hundreds of
+  samples keeps the GEMM compute-bound: a batch of 32 against a bank streamed from memory ran at a third of the speed.
+  The alternative "ghost" contraction ``sum_{t,s} (x_t . x'_s)(delta_t . delta'_s)`` costs ``2 T T' (d_in + d_out)``
+  per pair instead of ``2 d_in d_out`` (+ forming, shared by all test samples), which only pays for sequences
+  shorter than ``d_in d_out / (d_in + d_out)`` tokens against *one* test sample (about 4-6x more work at the default
+  run's 37 tokens); self-influence (one pair per sample) uses it whenever it is cheaper.
+* Memory is reused: the factors, bank and blocks live in arenas (:class:`_Arena`) refilled from one block, chunk and
+  checkpoint to the next, and tiles in kept buffers, because on CPU touching memory fresh from the OS costs more
+  than the arithmetic done on it (measured here, in a virtual machine: from 0.3 to about 4 s per GB).
 * Word embeddings are never densified: each sample's gradient is coalesced into (token id, row) pairs, the test bank
   is sorted by token id, and every (training row, test row) pair with the same id adds ``row . row'`` to its score.
 * Padding: batches are padded to their longest sample (samples are grouped by length to waste little) and the
@@ -218,6 +230,11 @@ class _Examples:
     def max_length(self, rows: range) -> int:
         return max(len(ids) for ids in self.read(list(rows))[0])
 
+    def mean_length(self, at_most: int = 4096) -> float:
+        """Mean number of tokens per sample (over at most ``at_most`` evenly spaced samples)."""
+        rows = np.unique(np.linspace(0, self.n - 1, min(self.n, at_most)).round().astype(int)).tolist()
+        return float(np.mean([len(ids) for ids in self.read(rows)[0]]))
+
 
 @dataclass
 class _Batch:
@@ -307,25 +324,58 @@ def _coalesce(ids: torch.Tensor, delta: torch.Tensor, valid: torch.Tensor, paddi
 
 
 class _Workspace:
-    """Reusable output buffers for per-example gradient blocks. A block is tens of MB per batch; on CPU, allocating it
-    afresh for every module and batch costs more than the matmul that fills it (the allocator maps new pages), so the
-    buffer of each shape is kept. A block is consumed (copied into the bank or multiplied) before the next is made."""
+    """Reusable output buffers for per-example gradient tiles, one flat buffer per role (training tile, bank tile,
+    ...). A tile is tens to hundreds of MB; on CPU, allocating it afresh for every module and block costs more than the
+    matmul that fills it (the allocator maps new pages), so each role's buffer is kept (grown when needed). A tile is
+    consumed (copied or multiplied) before its role's buffer is taken again."""
 
     def __init__(self) -> None:
         self._buffers: dict[tuple, torch.Tensor] = {}
 
-    def take(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        key = (tuple(shape[1:]), dtype, device)
+    def take(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, role: str) -> torch.Tensor:
+        key = (role, dtype, device)
+        numel = math.prod(shape)
         buffer = self._buffers.get(key)
-        if buffer is None or buffer.shape[0] < shape[0]:
-            buffer = self._buffers[key] = torch.empty(shape, dtype=dtype, device=device)
-        return buffer[:shape[0]]
+        if buffer is None or buffer.numel() < numel:
+            self._buffers.pop(key, None)
+            buffer = self._buffers[key] = torch.empty(numel, dtype=dtype, device=device)
+        return buffer[:numel].view(shape)
+
+
+class _Arena:
+    """Tensors bump-allocated in a few large slabs that are kept and refilled (:meth:`reset`) from one run of samples
+    to the next (training blocks, test chunks, checkpoints). The per-example gradients of a training block are GBs;
+    allocated afresh for every block, they would be handed back to the OS and faulted in again each time, which on
+    CPU (worst in a virtual machine: seconds per GB) costs more than the products computed from them."""
+
+    SLAB = 1 << 27  # bytes
+    ALIGN = 64
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.slabs: list[torch.Tensor] = []
+        self.reset()
+
+    def reset(self) -> None:
+        self._slab, self._used = 0, 0
+
+    def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        nbytes = math.prod(shape) * (torch.finfo(dtype).bits // 8)
+        while self._slab < len(self.slabs) and self._used + nbytes > self.slabs[self._slab].numel():
+            self._slab, self._used = self._slab + 1, 0
+        if self._slab == len(self.slabs):
+            self.slabs.append(torch.empty(max(self.SLAB, nbytes), dtype=torch.uint8, device=self.device))
+        out = self.slabs[self._slab][self._used:self._used + nbytes].view(dtype).view(shape)
+        self._used += -(-nbytes // self.ALIGN) * self.ALIGN
+        return out
 
 
 class _Scored:
     """A module some of whose parameters are scored, and how to get its per-example gradient."""
 
     sparse = False
+    #: Whether the weight's per-example gradient is kept in factored form (a Linear weight: see ``factors``).
+    factored = False
 
     def __init__(self, name: str, module: nn.Module, weight: bool, bias: bool):
         self.name, self.module, self.weight, self.bias = name, module, weight, bias
@@ -339,9 +389,13 @@ class _Scored:
             sizes.append(self.module.bias.numel())
         return sizes
 
+    def block_sizes(self) -> list[int]:
+        """Sizes of the blocks :meth:`blocks` returns (every scored parameter but a factored weight)."""
+        return self.sizes()[1:] if self.factored else self.sizes()
+
     def blocks(self, x: torch.Tensor, delta: torch.Tensor, valid: torch.Tensor, dtype: torch.dtype,
                workspace: _Workspace) -> list[torch.Tensor]:
-        """Per-example gradients, one (B, size) block per scored parameter, in ``dtype``."""
+        """Per-example gradients, one (B, size) block per scored parameter (but a factored weight), in ``dtype``."""
         raise NotImplementedError
 
     def sq_norms(self, x: torch.Tensor, delta: torch.Tensor, valid: torch.Tensor, dtype: torch.dtype,
@@ -350,33 +404,64 @@ class _Scored:
         return sum(_sq_norms(block) for block in self.blocks(x, delta, valid, dtype, workspace))
 
 
+def _weight_tile(parts: list[tuple[torch.Tensor, torch.Tensor]], r0: int, r1: int, out: torch.Tensor) -> torch.Tensor:
+    """Rows ``r0:r1`` of every sample's Linear weight gradient ``sum_t delta_t x_t^T``, from its factors (``x``
+    (B, T, d_in) and ``delta`` (B, T, d_out) per batch, samples in order), flattened into ``out`` (n, (r1-r0) d_in)."""
+    a = 0
+    for x, delta in parts:
+        b = a + x.shape[0]
+        torch.bmm(delta[:, :, r0:r1].transpose(1, 2), x, out=out[a:b].view(b - a, r1 - r0, x.shape[-1]))
+        a = b
+    return out
+
+
+def _weight_sq_norms(x: torch.Tensor, delta: torch.Tensor, workspace: _Workspace) -> torch.Tensor:
+    """Squared norm of each sample's weight gradient from its factors (x (B, T, d_in), delta (B, T, d_out)): the
+    ghost norm ``sum_{t,s} (x_t.x_s)(delta_t.delta_s)`` when it is cheaper than forming the gradient."""
+    t, d_in, d_out = x.shape[1], x.shape[-1], delta.shape[-1]
+    if t * (d_in + d_out) < d_in * d_out:
+        return (_bmm(x, x.transpose(1, 2)) * _bmm(delta, delta.transpose(1, 2))).sum((1, 2))
+    out = workspace.take((x.shape[0], d_out * d_in), x.dtype, x.device, "weight")
+    return _sq_norms(_weight_tile([(x, delta)], 0, d_out, out))
+
+
 class _Linear(_Scored):
-    def _weight_block(self, x: torch.Tensor, delta: torch.Tensor, dtype: torch.dtype,
-                      workspace: _Workspace) -> torch.Tensor:
-        """sum_t delta_t x_t^T per sample, flattened to (B, d_out * d_in)."""
-        out = workspace.take((x.shape[0], delta.shape[-1], x.shape[-1]), dtype, x.device)
-        return torch.bmm(delta.transpose(1, 2).to(dtype), x.to(dtype), out=out).flatten(1)
+    """A Linear layer. Its weight's per-example gradient ``sum_t delta_t x_t^T`` has rank at most the sample's length,
+    so it is kept as its factors (``x``, ``delta``: ``T (d_in + d_out)`` numbers instead of ``d_in d_out``) and formed
+    only when multiplied, a tile of rows at a time (:func:`_weight_tile`)."""
+
+    @property
+    def factored(self) -> bool:  # type: ignore[override]
+        return self.weight
+
+    def factors(self, x: torch.Tensor, delta: torch.Tensor, valid: torch.Tensor, dtype: torch.dtype,
+                arena: _Arena, copies: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x (B, T, d_in), delta (B, T, d_out)) copied into the arena in ``dtype``, delta zeroed at padded
+        positions. ``copies`` maps inputs already copied in this batch (the query, key and value layers share
+        theirs) to their copy."""
+        b = valid.shape[0]
+        x, delta = x.reshape(b, -1, x.shape[-1]), delta.reshape(b, -1, delta.shape[-1])
+        key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()))
+        if key not in copies:
+            copies[key] = arena.take(tuple(x.shape), dtype).copy_(x)
+        out = arena.take(tuple(delta.shape), dtype)
+        if delta.shape[1] == valid.shape[1]:
+            torch.mul(delta, valid[:, :, None], out=out)
+        else:
+            out.copy_(delta)
+        return copies[key], out
 
     def blocks(self, x, delta, valid, dtype, workspace):
-        x, delta = _tokens(x, delta, valid)
-        out = []
-        if self.weight:
-            out.append(self._weight_block(x, delta, dtype, workspace))
-        if self.bias:
-            out.append(delta.float().sum(1).to(dtype))
-        return out
+        """The bias block only (the weight is factored)."""
+        if not self.bias:
+            return []
+        return [_tokens(x, delta, valid)[1].float().sum(1).to(dtype)]
 
     def sq_norms(self, x, delta, valid, dtype, workspace):
         x, delta = _tokens(x, delta, valid)
-        d_out, d_in = delta.shape[-1], x.shape[-1]
         total = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
         if self.weight:
-            if x.shape[1] * (d_in + d_out) < d_in * d_out:  # ghost norm: sum_{t,s} (x_t.x_s)(delta_t.delta_s)
-                xx = _bmm(x.to(dtype), x.to(dtype).transpose(1, 2))
-                dd = _bmm(delta.to(dtype), delta.to(dtype).transpose(1, 2))
-                total += (xx * dd).sum((1, 2))
-            else:
-                total += _sq_norms(self._weight_block(x, delta, dtype, workspace))
+            total += _weight_sq_norms(x.to(dtype), delta.to(dtype), workspace)
         if self.bias:
             total += delta.float().sum(1).pow(2).sum(1)
         return total
@@ -406,7 +491,7 @@ class _Embedding(_Scored):
 
     def blocks(self, x, delta, valid, dtype, workspace):
         rows = self.rows(x, delta, valid)
-        dense = workspace.take((valid.shape[0], *self.module.weight.shape), dtype, delta.device).zero_()
+        dense = workspace.take((valid.shape[0], *self.module.weight.shape), dtype, delta.device, "embedding").zero_()
         dense[rows.sample, rows.token] = rows.values.to(dtype)
         return [dense.flatten(1)]
 
@@ -516,15 +601,65 @@ class _Probe:
 # Test bank and scoring
 
 
-@dataclass
-class _Bank:
-    """Per-example gradients of a chunk of test samples: dense blocks (n, size) per scored module, the sparse word
-    embedding rows sorted by token, and (for cosine) each sample's squared gradient norm."""
+#: Elements of one sample's Linear weight gradient formed at once when scoring (a tile of the weight's rows).
+_TILE_ELEMENTS = 1 << 18
+#: Most training samples scored against the test bank at once (a *training block*; see TracIn._plan).
+_MAX_TRAIN_BLOCK = 256
 
+
+def _tile_rows(d_out: int, d_in: int) -> int:
+    """Rows per tile of a (d_out, d_in) weight gradient: even tiles of at most ``_TILE_ELEMENTS`` elements."""
+    tiles = math.ceil(d_out * d_in / _TILE_ELEMENTS)
+    return math.ceil(d_out / tiles)
+
+
+@dataclass
+class _Grads:
+    """Per-example gradients of a run of samples (a test chunk: the *bank*; or a training block), in the order they
+    were computed: position ``k`` is sample ``rows[k]``.
+
+    ``weights[i]``: the Linear weight of scored module ``i``, either factored (its ``(x, delta)`` per batch, see
+    :func:`_weight_tile`) or dense (n, d_out, d_in); ``dense[i]``: the module's other blocks, (n, size) each;
+    ``sparse``: the word-embedding rows (``sample`` = position); ``sq_norms``: squared gradient norms (cosine only).
+    """
+
+    rows: np.ndarray
+    weights: dict[int, list[tuple[torch.Tensor, torch.Tensor]] | torch.Tensor]
     dense: dict[int, list[torch.Tensor]]
-    rows: _Rows | None
-    sq_norms: torch.Tensor
-    n: int
+    sparse: _Rows | None
+    sq_norms: torch.Tensor | None
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+    def weight_tile(self, i: int, r0: int, r1: int, workspace: _Workspace, role: str) -> torch.Tensor:
+        """Rows ``r0:r1`` of module ``i``'s weight gradients, (n, (r1 - r0) d_in): a view of the dense bank, or formed
+        from the factors into the workspace buffer of ``role``."""
+        w = self.weights[i]
+        if isinstance(w, torch.Tensor):
+            return w[:, r0:r1].flatten(1)  # a view: each sample's rows r0:r1 are contiguous
+        x = w[0][0]
+        out = workspace.take((self.n, (r1 - r0) * x.shape[-1]), x.dtype, x.device, role)
+        return _weight_tile(w, r0, r1, out)
+
+    def densify(self, arena: _Arena) -> None:
+        """Form every factored weight gradient once, in ``arena`` (a bank multiplied by many training blocks)."""
+        for i, parts in self.weights.items():
+            if isinstance(parts, torch.Tensor):
+                continue
+            x, delta = parts[0]
+            dense = arena.take((self.n, delta.shape[-1], x.shape[-1]), x.dtype)
+            _weight_tile(parts, 0, delta.shape[-1], dense.view(self.n, -1))
+            self.weights[i] = dense
+
+
+def _addmm(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``out += a @ b.T``, accumulated in fp32."""
+    if a.dtype == torch.bfloat16:
+        out += _mm(a, b.T)
+    else:
+        out.addmm_(a, b.T)
 
 
 def _sparse_scores(train: _Rows, bank: _Rows, out: torch.Tensor) -> None:
@@ -699,6 +834,26 @@ class SelfInfluence:
 # The engine
 
 
+def _free_memory(device: torch.device) -> int:
+    """Bytes of memory free on ``device`` (CPU: available system memory)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How :meth:`TracIn.scores` walks the data: test samples per bank (each chunk is one more pass over the training
+    set), training samples scored against the bank at once, and whether the bank's Linear weight gradients are
+    formed once and kept (``dense_bank``) or kept factored and formed again for every training block."""
+
+    test_chunk: int
+    train_block: int
+    dense_bank: bool
+
+
 def _default_loader(path: str) -> nn.Module:
     from transformers import AutoModelForSequenceClassification
 
@@ -761,78 +916,102 @@ class TracIn:
     def _storage(self) -> torch.dtype:
         return DTYPES[self.dtype]
 
-    def _chunk_size(self, scored: list[_Scored], test: _Examples) -> int:
-        """Test samples per bank: as many as fit in half the free memory, after room for one batch's gradients."""
-        if self.test_chunk_size is not None:
-            return min(self.test_chunk_size, test.n)
+    def _plan(self, scored: list[_Scored], train: _Examples, test: _Examples) -> _Plan:
+        """Test chunk, training block and bank form, from half the free memory (:class:`_Plan`)."""
         elem = torch.finfo(self._storage).bits // 8
-        dense = sum(sum(s.sizes()) for s in scored) * elem
-        sparse = sum(test.max_length(range(test.n)) * s.module.weight.shape[1] * 4 for s in scored if s.sparse)
-        per_sample = dense + sparse + 8
-        workspace = self.batch_size * max(max(s.sizes(), default=0) for s in scored) * elem * 2
-        if self.device.type == "cuda":
-            free = torch.cuda.mem_get_info(self.device)[0]
-        else:
-            import psutil
+        factored = [s for s in scored if s.factored]
+        per_token = sum(s.module.weight.shape[0] + s.module.weight.shape[1] for s in factored) * elem
+        per_token += sum(s.module.weight.shape[1] * 4 + 16 for s in scored if s.sparse)  # word-embedding rows
+        blocks = sum(sum(s.block_sizes()) for s in scored) * elem + 8
+        weights = sum(s.module.weight.numel() for s in factored) * elem
+        tile = max((s.module.weight.shape[1] * _tile_rows(*s.module.weight.shape) for s in factored),
+                   default=0) * elem
 
-            free = psutil.virtual_memory().available
-        return int(max(1, min(test.n, (free // 2 - workspace) // per_sample)))
+        def tokens(examples: _Examples) -> float:  # per sample, with some room for padding in a sorted batch
+            return 1.25 * examples.mean_length() + 1
 
-    # -- per-batch work ------------------------------------------------------------------------------------------
+        train_sample = tokens(train) * per_token + blocks + tile
+        bank_factored = tokens(test) * per_token + blocks + tile
+        bank_dense = bank_factored - tile + weights  # formed from the factors, then kept
+        budget = _free_memory(self.device) // 2
+        chunk = test.n if self.test_chunk_size is None else min(self.test_chunk_size, test.n)
+        block = min(train.n, _MAX_TRAIN_BLOCK)
+        if chunk * bank_dense + block * train_sample <= budget:
+            return _Plan(test_chunk=chunk, train_block=block, dense_bank=True)
+        if self.test_chunk_size is None:
+            chunk = int(max(1, min(chunk, budget // 2 // bank_factored)))
+        block = int(max(1, min(block, (budget - chunk * bank_factored) // train_sample)))
+        return _Plan(test_chunk=chunk, train_block=block, dense_bank=False)
 
-    def _probe(self, model: nn.Module, scored: list[_Scored]) -> _Probe:
-        return _Probe(model, scored, autocast=torch.bfloat16 if self.dtype == "bf16" else None)
+    def _probe(self, model: nn.Module, scored: list[_Scored], workspace: _Workspace | None = None) -> _Probe:
+        probe = _Probe(model, scored, autocast=torch.bfloat16 if self.dtype == "bf16" else None)
+        if workspace is not None:  # kept from one checkpoint to the next
+            probe.workspace = workspace
+        return probe
 
-    def _bank(self, probe: _Probe, test: _Examples, rows: range, pad_id: int, bar: tqdm) -> _Bank:
-        n = len(rows)
+    def _collect(self, probe: _Probe, examples: _Examples, rows: range, pad_id: int, bar: tqdm,
+                 arena: _Arena) -> _Grads:
+        """Per-example gradients of ``examples[rows]`` (Linear weights factored), in batches of ``batch_size``, stored
+        in ``arena`` (reset first)."""
+        arena.reset()
+        n, cosine = len(rows), self.similarity == "cosine"
+        order: list[np.ndarray] = []
+        weights: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         dense: dict[int, list[torch.Tensor]] = {}
         sparse: list[_Rows] = []
-        sq = torch.zeros(n, dtype=torch.float32, device=self.device)
-        for batch in _batches(test, rows, self.batch_size, pad_id, self.device):
-            cols = torch.as_tensor(batch.rows - rows.start, device=self.device)
-            valid = batch.valid
+        sq = torch.zeros(n, dtype=torch.float32, device=self.device) if cosine else None
+        a = 0
+        for batch in _batches(examples, rows, self.batch_size, pad_id, self.device):
+            b, valid, copies = a + len(batch), batch.valid, {}
+            order.append(batch.rows)
             for i, (s, x, delta) in enumerate(probe.run(batch)):
                 if s.sparse:
                     r = s.rows(x, delta, valid)
-                    sparse.append(_Rows(cols[r.sample], r.token, r.values))
-                    if self.similarity == "cosine":
-                        sq.index_add_(0, cols[r.sample], r.values.pow(2).sum(1))
+                    sparse.append(_Rows(r.sample + a, r.token, r.values))
+                    if cosine:
+                        sq.index_add_(0, r.sample + a, r.values.pow(2).sum(1))
                     continue
-                blocks = s.blocks(x, delta, valid, self._storage, probe.workspace)
-                if i not in dense:
-                    dense[i] = [torch.empty(n, b.shape[1], dtype=self._storage, device=self.device) for b in blocks]
-                for store, block in zip(dense[i], blocks):
-                    store[cols] = block
-                    if self.similarity == "cosine":
-                        sq.index_add_(0, cols, _sq_norms(block))
+                if s.factored:
+                    xf, df = s.factors(x, delta, valid, self._storage, arena, copies)
+                    weights.setdefault(i, []).append((xf, df))
+                    if cosine:
+                        sq[a:b] += _weight_sq_norms(xf, df, probe.workspace)
+                stores = dense.setdefault(i, [])
+                for k, block in enumerate(s.blocks(x, delta, valid, self._storage, probe.workspace)):
+                    if k == len(stores):
+                        stores.append(arena.take((n, block.shape[1]), self._storage))
+                    stores[k][a:b] = block
+                    if cosine:
+                        sq[a:b] += _sq_norms(block)
             bar.update(len(batch))
+            a = b
         rows_ = None
         if sparse:
             sample = torch.cat([r.sample for r in sparse])
             token = torch.cat([r.token for r in sparse])
-            order = torch.argsort(token * n + sample)
-            rows_ = _Rows(sample[order], token[order], torch.cat([r.values for r in sparse])[order])
-        return _Bank(dense=dense, rows=rows_, sq_norms=sq, n=n)
+            key = torch.argsort(token * n + sample)  # sorted by token (what _sparse_scores needs of the bank)
+            rows_ = _Rows(sample[key], token[key], torch.cat([r.values for r in sparse])[key])
+        return _Grads(rows=np.concatenate(order), weights=weights, dense=dense, sparse=rows_, sq_norms=sq)
 
-    def _score(self, probe: _Probe, batch: _Batch, bank: _Bank) -> torch.Tensor:
-        out = torch.zeros(len(batch), bank.n, dtype=torch.float32, device=self.device)
-        sq = torch.zeros(len(batch), dtype=torch.float32, device=self.device)
-        cosine, valid = self.similarity == "cosine", batch.valid
-        for i, (s, x, delta) in enumerate(probe.run(batch)):
-            if s.sparse:
-                r = s.rows(x, delta, valid)
-                if bank.rows is not None:
-                    _sparse_scores(r, bank.rows, out)
-                if cosine:
-                    sq.index_add_(0, r.sample, r.values.pow(2).sum(1))
-                continue
-            for block, store in zip(s.blocks(x, delta, valid, self._storage, probe.workspace), bank.dense[i]):
-                out += _mm(block, store.T)
-                if cosine:
-                    sq += _sq_norms(block)
-        if cosine:
-            out /= sq.sqrt().clamp_min(torch.finfo(torch.float32).tiny)[:, None]
-            out /= bank.sq_norms.sqrt().clamp_min(torch.finfo(torch.float32).tiny)[None, :]
+    def _score(self, scored: list[_Scored], train: _Grads, bank: _Grads, workspace: _Workspace) -> torch.Tensor:
+        """(train.n, bank.n) scores (dot or cosine, without the learning rate), in the two runs' orders."""
+        out = torch.zeros(train.n, bank.n, dtype=torch.float32, device=self.device)
+        for i, s in enumerate(scored):
+            if s.factored:
+                d_out, d_in = s.module.weight.shape
+                step = _tile_rows(d_out, d_in)
+                for r0 in range(0, d_out, step):
+                    r1 = min(d_out, r0 + step)
+                    _addmm(out, train.weight_tile(i, r0, r1, workspace, "train"),
+                           bank.weight_tile(i, r0, r1, workspace, "bank"))
+            for block, store in zip(train.dense.get(i, ()), bank.dense.get(i, ())):
+                _addmm(out, block, store)
+        if train.sparse is not None and bank.sparse is not None:
+            _sparse_scores(train.sparse, bank.sparse, out)
+        if self.similarity == "cosine":
+            tiny = torch.finfo(torch.float32).tiny
+            out /= train.sq_norms.sqrt().clamp_min(tiny)[:, None]
+            out /= bank.sq_norms.sqrt().clamp_min(tiny)[None, :]
         return out
 
     def _bar(self, total: int, progress: bool, what: str) -> tqdm:
@@ -854,24 +1033,32 @@ class TracIn:
         train_table, test_table = (_ids(train_examples, train_ids, "train_ids"),
                                    _ids(test_examples, test_ids, "test_ids"))
         out = np.zeros((len(self.checkpoints), train.n, test.n), dtype=np.float32)
-        chunk = bar = None
+        plan = bar = None
+        workspace = _Workspace()
+        arenas = {k: _Arena(self.device) for k in ("bank", "dense bank", "train")}
         for c, checkpoint in enumerate(self.checkpoints):
             model, scored, pad_id = self._load(checkpoint)
-            if chunk is None:  # sized once, on the first checkpoint, so every checkpoint does the same passes
-                chunk = self._chunk_size(scored, test)
-                n_chunks = math.ceil(test.n / chunk)
+            if plan is None:  # planned once, on the first checkpoint, so every checkpoint does the same passes
+                plan = self._plan(scored, train, test)
+                n_chunks = math.ceil(test.n / plan.test_chunk)
                 bar = self._bar(len(self.checkpoints) * (test.n + n_chunks * train.n), progress, "scores")
             bar.set_postfix_str(f"{checkpoint.name}, {n_chunks} test chunk(s)", refresh=False)
-            with self._probe(model, scored) as probe:
-                for start in range(0, test.n, chunk):
-                    cols = range(start, min(start + chunk, test.n))
-                    bank = self._bank(probe, test, cols, pad_id, bar)
-                    for batch in _batches(train, range(train.n), self.batch_size, pad_id, self.device):
-                        scores = self._score(probe, batch, bank) * checkpoint.learning_rate
-                        out[c, batch.rows, cols.start:cols.stop] = scores.cpu().numpy()
-                        bar.update(len(batch))
+            with self._probe(model, scored, workspace) as probe:
+                for start in range(0, test.n, plan.test_chunk):
+                    bank = self._collect(probe, test, range(start, min(start + plan.test_chunk, test.n)), pad_id, bar,
+                                         arenas["bank"])
+                    if plan.dense_bank:
+                        arenas["dense bank"].reset()
+                        bank.densify(arenas["dense bank"])
+                    for first in range(0, train.n, plan.train_block):
+                        block = self._collect(probe, train, range(first, min(first + plan.train_block, train.n)),
+                                              pad_id, bar, arenas["train"])
+                        scores = self._score(scored, block, bank, workspace) * checkpoint.learning_rate
+                        out[c][np.ix_(block.rows, bank.rows)] = scores.cpu().numpy()
+                        del block, scores
                     del bank
             del model, probe
+        del arenas, workspace
         bar.close()
         return InfluenceScores(per_checkpoint=out, checkpoints=[c.name for c in self.checkpoints],
                                learning_rates=[c.learning_rate for c in self.checkpoints], train_ids=train_table,
