@@ -550,3 +550,25 @@ def test_memory_does_not_grow_with_training_samples(perturbed, monkeypatch):
         TracIn(ckpts, params="all", batch_size=2).scores((train * 4)[:n], test, progress=False)
         peaks.append(max(slabs))
     assert 0 < peaks[1] <= peaks[0]
+
+
+def test_groups_from_one_full_pass_equal_separate_runs(perturbed, tmp_path):
+    """Dot products add over parameters: one params='all' pass gives every group's dot and cosine scores exactly as
+    separate runs with that group's spec (and survives save/load)."""
+    groups = {"head": "classifier", "last": "last_layers:1", "words": "embeddings", "everything": "all"}
+    engine = TracIn(perturbed["ckpts"], params="all", groups=groups, batch_size=3)
+    scores = engine.scores(perturbed["train"], perturbed["test"], progress=False)
+    scores.save(tmp_path / "s")
+    loaded = InfluenceScores.load(tmp_path / "s")
+    np.testing.assert_array_equal(loaded.groups["last"]["dot"], scores.groups["last"]["dot"])
+    for name, spec in groups.items():
+        for similarity in ("dot", "cosine"):
+            alone = TracIn(perturbed["ckpts"], params=spec, similarity=similarity, batch_size=5).scores(
+                perturbed["train"], perturbed["test"], progress=False)
+            got = loaded.group(name, similarity).per_checkpoint
+            scale = np.abs(alone.per_checkpoint).max()
+            assert np.abs(got - alone.per_checkpoint).max() <= 1e-4 * scale, (name, similarity)
+    np.testing.assert_allclose(scores.groups["everything"]["dot"], scores.per_checkpoint, rtol=1e-5, atol=1e-8)
+    with pytest.raises(ValueError, match="outside params"):
+        TracIn(perturbed["ckpts"], params="last_layers:1", groups={"w": "embeddings"}).scores(
+            perturbed["train"], perturbed["test"], progress=False)

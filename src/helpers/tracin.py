@@ -88,7 +88,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -628,6 +628,7 @@ class _Grads:
     dense: dict[int, list[torch.Tensor]]
     sparse: _Rows | None
     sq_norms: torch.Tensor | None
+    group_sq: dict[frozenset, torch.Tensor] = field(default_factory=dict)  # per group signature (groups only)
 
     @property
     def n(self) -> int:
@@ -731,6 +732,26 @@ class InfluenceScores:
     test_ids: pd.DataFrame
     similarity: str = "dot"
     params: str = DEFAULT_PARAMS
+    #: From ``TracIn(groups=...)``: per group, its ``spec``, ``dot`` scores (like ``per_checkpoint``) and the squared
+    #: gradient norms ``train_sq`` (n_checkpoints, n_train) and ``test_sq`` (n_checkpoints, n_test).
+    groups: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def group(self, name: str, similarity: str = "dot") -> InfluenceScores:
+        """One group's scores as a plain :class:`InfluenceScores` (``cosine``: each checkpoint's dot products divided
+        by the two gradient norms, as ``TracIn(params=spec, similarity="cosine")`` computes them)."""
+        if name not in self.groups:
+            raise ValueError(f"group {name!r} is not one of {list(self.groups)}")
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity={similarity!r} is not one of {SIMILARITIES}")
+        g = self.groups[name]
+        values = g["dot"]
+        if similarity == "cosine":
+            tiny = np.finfo(np.float32).tiny
+            norms = (np.sqrt(np.maximum(g["train_sq"], tiny))[:, :, None]
+                     * np.sqrt(np.maximum(g["test_sq"], tiny))[:, None, :])
+            values = (values / norms).astype(np.float32)
+        return InfluenceScores(values, list(self.checkpoints), list(self.learning_rates), self.train_ids,
+                               self.test_ids, similarity=similarity, params=g["spec"])
 
     def __post_init__(self) -> None:
         c, n_train, n_test = self.per_checkpoint.shape
@@ -784,7 +805,7 @@ class InfluenceScores:
 
     def save(self, directory: str | Path) -> Path:
         """Write ``scores.npy``, ``train_ids.parquet``, ``test_ids.parquet`` and ``meta.json`` (atomically)."""
-        meta = {"checkpoints": list(self.checkpoints), "learning_rates": [float(x) for x in self.learning_rates],
+        meta = {"groups": {g: v["spec"] for g, v in self.groups.items()}, "checkpoints": list(self.checkpoints), "learning_rates": [float(x) for x in self.learning_rates],
                 "similarity": self.similarity, "params": self.params, "shape": list(self.per_checkpoint.shape)}
 
         def write(tmp: Path) -> None:
@@ -792,6 +813,9 @@ class InfluenceScores:
             self.train_ids.to_parquet(tmp / "train_ids.parquet", index=False)
             self.test_ids.to_parquet(tmp / "test_ids.parquet", index=False)
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+            if self.groups:
+                np.savez(tmp / "groups.npz", **{f"{g}/{key}": v[key] for g, v in self.groups.items()
+                                                for key in ("dot", "train_sq", "test_sq")})
 
         return _write_atomically(Path(directory), write)
 
@@ -802,7 +826,15 @@ class InfluenceScores:
         return cls(per_checkpoint=np.load(directory / "scores.npy"), checkpoints=meta["checkpoints"],
                    learning_rates=meta["learning_rates"], train_ids=pd.read_parquet(directory / "train_ids.parquet"),
                    test_ids=pd.read_parquet(directory / "test_ids.parquet"), similarity=meta["similarity"],
-                   params=meta["params"])
+                   params=meta["params"], groups=cls._load_groups(directory, meta.get("groups", {})))
+
+    @staticmethod
+    def _load_groups(directory: Path, specs: dict[str, str]) -> dict[str, dict[str, Any]]:
+        if not specs:
+            return {}
+        with np.load(directory / "groups.npz") as arrays:
+            return {g: {"spec": spec, **{key: arrays[f"{g}/{key}"] for key in ("dot", "train_sq", "test_sq")}}
+                    for g, spec in specs.items()}
 
 
 @dataclass
@@ -873,11 +905,17 @@ class TracIn:
         batch_size: samples per forward/backward pass (results do not depend on it).
         test_chunk_size: test samples per bank; None sizes it from free memory.
         model_loader: callable path -> model; default ``AutoModelForSequenceClassification.from_pretrained``.
+        groups: optional ``{name: params spec}``, each a union of whole modules within ``params`` (e.g. with
+            ``params="all"``: ``{"head": "classifier", "last": "last_layers:1", "words": "embeddings"}``). Dot
+            products are additive over parameters, so one pass also yields every group's dot scores and squared
+            gradient norms (``InfluenceScores.groups``; :meth:`InfluenceScores.group` gives a group's dot or cosine
+            scores), exactly as separate runs with ``params=<spec>`` would.
     """
 
     def __init__(self, checkpoints: Sequence[Checkpoint], params: str = DEFAULT_PARAMS, similarity: str = "dot",
                  device: str | torch.device | None = None, dtype: str = "fp32", batch_size: int = 32,
-                 test_chunk_size: int | None = None, model_loader: Callable[[str], nn.Module] | None = None):
+                 test_chunk_size: int | None = None, model_loader: Callable[[str], nn.Module] | None = None,
+                 groups: dict[str, str] | None = None):
         self.checkpoints = list(checkpoints)
         if not self.checkpoints or not all(isinstance(c, Checkpoint) for c in self.checkpoints):
             raise ValueError("checkpoints must be a non-empty list of Checkpoint")
@@ -899,6 +937,9 @@ class TracIn:
         self.params, self.similarity, self.dtype = params, similarity, dtype
         self.batch_size, self.test_chunk_size = batch_size, test_chunk_size
         self.model_loader = model_loader or _default_loader
+        self.groups = dict(groups or {})
+        for spec in self.groups.values():
+            _check_params_form(spec)
 
     # -- loading -----------------------------------------------------------------------------------------------
 
@@ -915,6 +956,26 @@ class TracIn:
     @property
     def _storage(self) -> torch.dtype:
         return DTYPES[self.dtype]
+
+    def _signatures(self, model: nn.Module, scored: list[_Scored]) -> list[frozenset]:
+        """For each scored module, the set of groups it belongs to (a group must hold whole modules)."""
+        names = {id(p): n for n, p in model.named_parameters()}
+        chosen = {g: set(select_parameters(model, spec)) for g, spec in self.groups.items()}
+        scored_names: set[str] = set()
+        signatures = []
+        for sc in scored:
+            mine = {names[id(getattr(sc.module, a))] for a in ("weight", "bias") if getattr(sc, a)}
+            scored_names |= mine
+            partial = [g for g, sel in chosen.items() if mine & sel and not mine <= sel]
+            if partial:
+                raise ValueError(f"group {partial[0]!r} ({self.groups[partial[0]]}) holds only part of module "
+                                 f"{sc.name!r}; groups must hold whole modules")
+            signatures.append(frozenset(g for g, sel in chosen.items() if mine <= sel))
+        for g, sel in chosen.items():
+            if sel - scored_names:
+                raise ValueError(f"group {g!r} ({self.groups[g]}) selects parameters outside params={self.params!r}, "
+                                 f"e.g. {sorted(sel - scored_names)[0]}")
+        return signatures
 
     def _plan(self, scored: list[_Scored], train: _Examples, test: _Examples) -> _Plan:
         """Test chunk, training block and bank form, from half the free memory (:class:`_Plan`)."""
@@ -950,11 +1011,13 @@ class TracIn:
         return probe
 
     def _collect(self, probe: _Probe, examples: _Examples, rows: range, pad_id: int, bar: tqdm,
-                 arena: _Arena) -> _Grads:
+                 arena: _Arena, signatures: list[frozenset] | None = None) -> _Grads:
         """Per-example gradients of ``examples[rows]`` (Linear weights factored), in batches of ``batch_size``, stored
-        in ``arena`` (reset first)."""
+        in ``arena`` (reset first). With ``signatures`` (groups), also each group signature's squared norms."""
         arena.reset()
         n, cosine = len(rows), self.similarity == "cosine"
+        group_sq = {sig: torch.zeros(n, dtype=torch.float32, device=self.device) for sig in set(signatures or [])}
+        need_norms = cosine or bool(signatures)
         order: list[np.ndarray] = []
         weights: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         dense: dict[int, list[torch.Tensor]] = {}
@@ -965,24 +1028,29 @@ class TracIn:
             b, valid, copies = a + len(batch), batch.valid, {}
             order.append(batch.rows)
             for i, (s, x, delta) in enumerate(probe.run(batch)):
+                norms = torch.zeros(len(batch), dtype=torch.float32, device=self.device)
                 if s.sparse:
                     r = s.rows(x, delta, valid)
                     sparse.append(_Rows(r.sample + a, r.token, r.values))
-                    if cosine:
-                        sq.index_add_(0, r.sample + a, r.values.pow(2).sum(1))
-                    continue
-                if s.factored:
-                    xf, df = s.factors(x, delta, valid, self._storage, arena, copies)
-                    weights.setdefault(i, []).append((xf, df))
-                    if cosine:
-                        sq[a:b] += _weight_sq_norms(xf, df, probe.workspace)
-                stores = dense.setdefault(i, [])
-                for k, block in enumerate(s.blocks(x, delta, valid, self._storage, probe.workspace)):
-                    if k == len(stores):
-                        stores.append(arena.take((n, block.shape[1]), self._storage))
-                    stores[k][a:b] = block
-                    if cosine:
-                        sq[a:b] += _sq_norms(block)
+                    if need_norms:
+                        norms.index_add_(0, r.sample, r.values.pow(2).sum(1))
+                else:
+                    if s.factored:
+                        xf, df = s.factors(x, delta, valid, self._storage, arena, copies)
+                        weights.setdefault(i, []).append((xf, df))
+                        if need_norms:
+                            norms += _weight_sq_norms(xf, df, probe.workspace)
+                    stores = dense.setdefault(i, [])
+                    for k, block in enumerate(s.blocks(x, delta, valid, self._storage, probe.workspace)):
+                        if k == len(stores):
+                            stores.append(arena.take((n, block.shape[1]), self._storage))
+                        stores[k][a:b] = block
+                        if need_norms:
+                            norms += _sq_norms(block)
+                if cosine:
+                    sq[a:b] += norms
+                if signatures:
+                    group_sq[signatures[i]][a:b] += norms
             bar.update(len(batch))
             a = b
         rows_ = None
@@ -991,28 +1059,42 @@ class TracIn:
             token = torch.cat([r.token for r in sparse])
             key = torch.argsort(token * n + sample)  # sorted by token (what _sparse_scores needs of the bank)
             rows_ = _Rows(sample[key], token[key], torch.cat([r.values for r in sparse])[key])
-        return _Grads(rows=np.concatenate(order), weights=weights, dense=dense, sparse=rows_, sq_norms=sq)
+        return _Grads(rows=np.concatenate(order), weights=weights, dense=dense, sparse=rows_, sq_norms=sq,
+                      group_sq=group_sq)
 
-    def _score(self, scored: list[_Scored], train: _Grads, bank: _Grads, workspace: _Workspace) -> torch.Tensor:
-        """(train.n, bank.n) scores (dot or cosine, without the learning rate), in the two runs' orders."""
-        out = torch.zeros(train.n, bank.n, dtype=torch.float32, device=self.device)
+    def _score(self, scored: list[_Scored], train: _Grads, bank: _Grads, workspace: _Workspace,
+               signatures: list[frozenset] | None = None) -> tuple[torch.Tensor, dict[frozenset, torch.Tensor]]:
+        """(train.n, bank.n) scores (dot or cosine, without the learning rate), in the two runs' orders; with
+        ``signatures``, also the dot products of each group signature's modules (they sum to the dot product)."""
+        parts: dict[frozenset, torch.Tensor] = {}
+
+        def target(i: int) -> torch.Tensor:
+            key = signatures[i] if signatures else frozenset()
+            if key not in parts:
+                parts[key] = torch.zeros(train.n, bank.n, dtype=torch.float32, device=self.device)
+            return parts[key]
+
+        sparse_module = None
         for i, s in enumerate(scored):
+            if s.sparse:
+                sparse_module = i
             if s.factored:
                 d_out, d_in = s.module.weight.shape
                 step = _tile_rows(d_out, d_in)
                 for r0 in range(0, d_out, step):
                     r1 = min(d_out, r0 + step)
-                    _addmm(out, train.weight_tile(i, r0, r1, workspace, "train"),
+                    _addmm(target(i), train.weight_tile(i, r0, r1, workspace, "train"),
                            bank.weight_tile(i, r0, r1, workspace, "bank"))
             for block, store in zip(train.dense.get(i, ()), bank.dense.get(i, ())):
-                _addmm(out, block, store)
+                _addmm(target(i), block, store)
         if train.sparse is not None and bank.sparse is not None:
-            _sparse_scores(train.sparse, bank.sparse, out)
+            _sparse_scores(train.sparse, bank.sparse, target(sparse_module))
+        out = sum(parts.values()) if len(parts) != 1 else next(iter(parts.values())).clone()
         if self.similarity == "cosine":
             tiny = torch.finfo(torch.float32).tiny
             out /= train.sq_norms.sqrt().clamp_min(tiny)[:, None]
             out /= bank.sq_norms.sqrt().clamp_min(tiny)[None, :]
-        return out
+        return out, (parts if signatures else {})
 
     def _bar(self, total: int, progress: bool, what: str) -> tqdm:
         return tqdm(total=total, desc=f"TracIn {what}", unit="sample", disable=not progress,
@@ -1032,12 +1114,17 @@ class TracIn:
         train, test = _Examples(train_examples, "train_examples"), _Examples(test_examples, "test_examples")
         train_table, test_table = (_ids(train_examples, train_ids, "train_ids"),
                                    _ids(test_examples, test_ids, "test_ids"))
-        out = np.zeros((len(self.checkpoints), train.n, test.n), dtype=np.float32)
+        n_ckpt = len(self.checkpoints)
+        out = np.zeros((n_ckpt, train.n, test.n), dtype=np.float32)
+        group_dot = {g: np.zeros_like(out) for g in self.groups}
+        group_sq = {g: (np.zeros((n_ckpt, train.n), np.float32), np.zeros((n_ckpt, test.n), np.float32))
+                    for g in self.groups}
         plan = bar = None
         workspace = _Workspace()
         arenas = {k: _Arena(self.device) for k in ("bank", "dense bank", "train")}
         for c, checkpoint in enumerate(self.checkpoints):
             model, scored, pad_id = self._load(checkpoint)
+            signatures = self._signatures(model, scored) if self.groups else None
             if plan is None:  # planned once, on the first checkpoint, so every checkpoint does the same passes
                 plan = self._plan(scored, train, test)
                 n_chunks = math.ceil(test.n / plan.test_chunk)
@@ -1046,23 +1133,34 @@ class TracIn:
             with self._probe(model, scored, workspace) as probe:
                 for start in range(0, test.n, plan.test_chunk):
                     bank = self._collect(probe, test, range(start, min(start + plan.test_chunk, test.n)), pad_id, bar,
-                                         arenas["bank"])
+                                         arenas["bank"], signatures)
+                    for g in self.groups:
+                        group_sq[g][1][c, bank.rows] = sum(v for k, v in bank.group_sq.items() if g in k).cpu()
                     if plan.dense_bank:
                         arenas["dense bank"].reset()
                         bank.densify(arenas["dense bank"])
                     for first in range(0, train.n, plan.train_block):
                         block = self._collect(probe, train, range(first, min(first + plan.train_block, train.n)),
-                                              pad_id, bar, arenas["train"])
-                        scores = self._score(scored, block, bank, workspace) * checkpoint.learning_rate
-                        out[c][np.ix_(block.rows, bank.rows)] = scores.cpu().numpy()
-                        del block, scores
+                                              pad_id, bar, arenas["train"], signatures)
+                        scores, parts = self._score(scored, block, bank, workspace, signatures)
+                        cells = np.ix_(block.rows, bank.rows)
+                        out[c][cells] = (scores * checkpoint.learning_rate).cpu().numpy()
+                        for g in self.groups:
+                            group_dot[g][c][cells] = (sum(v for k, v in parts.items() if g in k)
+                                                      * checkpoint.learning_rate).cpu().numpy()
+                            if start == 0:
+                                group_sq[g][0][c, block.rows] = sum(
+                                    v for k, v in block.group_sq.items() if g in k).cpu()
+                        del block, scores, parts
                     del bank
             del model, probe
         del arenas, workspace
         bar.close()
         return InfluenceScores(per_checkpoint=out, checkpoints=[c.name for c in self.checkpoints],
                                learning_rates=[c.learning_rate for c in self.checkpoints], train_ids=train_table,
-                               test_ids=test_table, similarity=self.similarity, params=self.params)
+                               test_ids=test_table, similarity=self.similarity, params=self.params,
+                               groups={g: {"spec": spec, "dot": group_dot[g], "train_sq": group_sq[g][0],
+                                           "test_sq": group_sq[g][1]} for g, spec in self.groups.items()})
 
     def self_influence(self, train_examples: Sequence[Any], train_ids: pd.DataFrame | None = None,
                        progress: bool = True) -> SelfInfluence:
