@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from helpers import config
-from helpers.chapters import control, dynamics, imbalance, language_shares, translations
+from helpers.chapters import attribution, control, dynamics, imbalance, language_shares, translations
 from helpers.stages import RunInputs
 from helpers.study import Run
 from helpers.tracin import InfluenceScores
@@ -107,3 +107,23 @@ def test_control_sees_the_permuted_language(tmp_path, monkeypatch):
     assert verdicts(result) == {"PC1": "supports"}
     own = result.tables["own_shares"].set_index(["setting", "test_language"])["own"]
     assert own["control", "de"] == 1.0 and own["main", "de"] < 0.8
+
+
+def test_attribution_compares_groups_from_one_pass(tmp_path):
+    train, test = frames()
+    own = own_language_scores(train, test, 10)
+    shape = (1, len(train), len(test))
+    groups = {name: {"spec": name, "dot": values.reshape(shape).astype(np.float32),
+                     "train_sq": np.ones((1, len(train)), np.float32), "test_sq": np.ones((1, len(test)), np.float32)}
+              for name, values in [("last_layers:1", -own), ("all", own), ("embeddings", own)]}
+    folder = tmp_path / "groups"
+    InfluenceScores(own.reshape(shape).astype(np.float32), ["epoch1"], [1.0], train, test,
+                    groups=groups).save(folder / "scores")
+    run = RunInputs(Run("main-s0", "main", 0, {}), {"tracin_groups": folder})
+    result = attribution.compute(run, CFG)
+    # the reference ranks in reverse: its top-k never meets the full model's (below chance)
+    assert verdicts(result) == {"AT1": "supports", "AT2": "supports", "AT3": "contradicts"}
+    summary = result.tables["summary"].set_index(["group", "similarity"])
+    assert summary.loc[("last_layers:1", "dot"), "spearman_vs_reference"] == pytest.approx(1.0)
+    assert summary.loc[("all", "dot"), "spearman_vs_reference"] == pytest.approx(-1.0)
+    assert summary.loc[("all", "dot"), "own"] == 1.0

@@ -14,7 +14,7 @@ from helpers import paths, pipeline, stages, study
 
 MINI = {"parameters": {"model": "tiny-random", "train_per_language": 12, "test_per_language": 6, "max_length": 48,
                        "epochs": 2, "batch_size": 8, "learning_rate": 0.001, "top_k": 10, "n_bootstrap": 100,
-                       "examples_per_language": 1},
+                       "attribution_test_per_language": 2, "examples_per_language": 1},
         "runs": {"main": {}, "cosine": {"tracin_similarity": "cosine"}}}
 
 

@@ -122,6 +122,11 @@ PARAMETERS: dict[str, Param] = {
         Param("tracin_similarity", str, "dot", "gradient similarity", choices=("dot", "cosine")),
         Param("tracin_batch_size", int, 32, "training samples per TracIn batch", minimum=1),
         Param("device", str, "auto", "where TracIn runs", choices=("auto", "cpu", "cuda")),
+        Param("attribution_groups", list, ["last_layers:1", "classifier", "last_layers:6", "all", "embeddings"],
+              "parameter subsets the attribution chapter compares (the first is the reference), all scored in one "
+              "full-model TracIn pass"),
+        Param("attribution_test_per_language", int, 10,
+              "test samples per language scored by that full-model pass (its cost grows with it)", minimum=1),
         # --- analyses (the same for every run of a study) ---
         Param("top_k", int, 100, "how many most influential training samples per test sample (100 in the paper)",
               scope="study", minimum=1, maximum=10000),
@@ -227,7 +232,7 @@ def check_relations(cfg: dict[str, Any]) -> None:
     if cfg.get("learning_rate") == 0:
         raise ConfigError("parameter 'learning_rate' is 0: nothing would be learned and every TracIn score would be "
                           "0; allowed: a number > 0")
-    for key in ("tracin_params",):
+    for key in ("tracin_params", "attribution_groups"):
         values = cfg.get(key)
         for value in ([values] if isinstance(values, str) else values or []):
             if not re.fullmatch(_TRACIN_SUBSET, value):
@@ -251,6 +256,16 @@ def check_relations(cfg: dict[str, Any]) -> None:
         if cfg["top_k"] > n_train:
             raise ConfigError(f"parameter 'top_k' is {cfg['top_k']} but the training set has only {n_train} samples "
                               f"(train_per_language x fine_tune_languages); allowed: 1..{n_train}")
+    _check_attribution(cfg)
+
+
+def _check_attribution(cfg: dict[str, Any]) -> None:
+    if "attribution_test_per_language" in cfg and "test_per_language" in cfg:
+        if cfg["attribution_test_per_language"] > cfg["test_per_language"]:
+            raise ConfigError(f"parameter 'attribution_test_per_language' is {cfg['attribution_test_per_language']}"
+                              f"; allowed: 1..{cfg['test_per_language']} (test_per_language)")
+    if cfg.get("attribution_groups") == []:
+        raise ConfigError("parameter 'attribution_groups' must name at least one parameter subset")
 
 
 def parse_override(text: str) -> tuple[str, Any]:

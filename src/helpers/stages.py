@@ -71,6 +71,9 @@ RUN_STAGES: tuple[Stage, ...] = (
           params=("model", "trim_vocabulary", "max_length", "epochs", "batch_size", "learning_rate", "warmup_ratio")),
     Stage("tracin", "03_tracin.ipynb", "TracIn", scope="run", reads=(("finetune", "same"),), modules=("tracin",),
           params=("tracin_params", "tracin_similarity", "tracin_batch_size", "device")),
+    Stage("tracin_groups", "04_tracin_groups.ipynb", "TracIn by parameter group", scope="run",
+          reads=(("finetune", "same"),), modules=("tracin",),
+          params=("attribution_groups", "attribution_test_per_language", "tracin_batch_size", "device")),
 )
 
 
