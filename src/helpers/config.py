@@ -128,7 +128,8 @@ PARAMETERS: dict[str, Param] = {
         Param("attribution_test_per_language", int, 10,
               "test samples per language scored by that full-model pass (its cost grows with it)", minimum=1),
         # --- analyses (the same for every run of a study) ---
-        Param("top_k", int, 100, "how many most influential training samples per test sample (100 in the paper)",
+        Param("top_k", int, 20, "how many most influential training samples per test sample (the paper: 100 of "
+              "thousands); keep it well below the samples per class, see the language-shares chapter",
               scope="study", minimum=1, maximum=10000),
         Param("influence_kind", str, "proponents", "proponents (most positive scores) or opponents (most negative)",
               scope="study", choices=("proponents", "opponents")),

@@ -19,6 +19,9 @@ STAGE = Stage("language_shares", "10_language_shares.ipynb", "Language shares", 
               params=("top_k", "influence_kind", "n_bootstrap", "confidence"),
               modules=("chapters/language_shares", "analysis", "claims"))
 
+#: Values of k shown in the sensitivity table (those up to the training set's size).
+K_SWEEP = (5, 10, 20, 50, 100, 200)
+
 #: The runs "rely on other languages" when the cross-lingual share is at least this fraction of what a
 #: language-blind ranking gives.
 RELIANCE_FRACTION = 0.25
@@ -37,6 +40,22 @@ def cells(table: pd.DataFrame, blind: pd.Series, cfg: dict[str, Any]) -> pd.Data
     return pd.DataFrame(rows)
 
 
+def k_sensitivity(runs: list, kind: str) -> pd.DataFrame:
+    """Own-language share and same-label share of the top-k for several k (mean over fine-tuned test samples), next
+    to the number of training samples per class: once k reaches it, a top-k that follows the label is the whole
+    class, and its language shares are forced to the language-blind value whatever the model relies on."""
+    rows = []
+    for run in runs:
+        scores = analysis.load_scores(run["tracin"])
+        per_class = int(scores.train_ids["label"].value_counts().min())
+        for k in [k for k in K_SWEEP if k <= len(scores.train_ids)]:
+            t = analysis.sample_table(scores, k, kind, run=run.name)
+            t = t[t["own"].notna()]
+            rows.append({"run": run.name, "k": k, "own": t["own"].mean(), "same_label": t["same_label"].mean(),
+                         "training samples per class": per_class})
+    return pd.DataFrame(rows).groupby("k", as_index=False).mean(numeric_only=True)
+
+
 def compute(runs: list, cfg: dict[str, Any]) -> Result:
     """``runs``: the main run's seeds (``RunInputs`` with a ``tracin`` folder)."""
     k, kind = cfg["top_k"], cfg["influence_kind"]
@@ -48,7 +67,8 @@ def compute(runs: list, cfg: dict[str, Any]) -> Result:
     seen["blind_own"] = seen["test_language"].map(blind)
     opts = dict(n_boot=cfg["n_bootstrap"], confidence=cfg["confidence"])
     blind_cross = float((1 - seen["blind_own"]).mean())
-    result = Result(tables={"samples": table, "cells": cells(table, blind, cfg)})
+    result = Result(tables={"samples": table, "cells": cells(table, blind, cfg),
+                            "k_sensitivity": k_sensitivity(runs, kind)})
     result.claims = [
         claims.claim("LS1", STAGE.name, "Models rely on data from multiple languages during fine-tuning: a test "
                      "language's top-k draws substantially on other languages' training data.", claims.ABSTRACT,
