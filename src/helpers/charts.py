@@ -87,14 +87,16 @@ def estimates(frame: pd.DataFrame, category: str, title: str, color: str | None 
     return alt.layer(*layers).properties(width=420, height=alt.Step(22 if color else 26), title=title)
 
 
-def lines(frame: pd.DataFrame, x: str, title: str, color: str, value: str = "value", low: str = "low",
-          high: str = "high", axis_title: str = "share", baseline: float | None = None) -> alt.LayerChart:
-    """Lines over ``x`` (e.g. checkpoints) with a shaded interval band, one per ``color``."""
+def lines(frame: pd.DataFrame, x: str, title: str, color: str, value: str = "value", low: str | None = "low",
+          high: str | None = "high", axis_title: str = "share", baseline: float | None = None) -> alt.LayerChart:
+    """Lines over ``x`` (e.g. checkpoints), one per ``color``, with a shaded interval band when ``low``/``high``
+    are given."""
     base = alt.Chart(frame).encode(x=alt.X(f"{x}:O", title=x.replace("_", " "), axis=alt.Axis(labelAngle=0)),
                                    color=alt.Color(f"{color}:N", title=color.replace("_", " ")))
-    layers = [base.mark_area(opacity=0.2).encode(y=alt.Y(f"{low}:Q", title=axis_title, axis=alt.Axis(format=".0%")),
-                                                 y2=f"{high}:Q"),
-              base.mark_line(point=True).encode(y=f"{value}:Q")]
+    y = alt.Y(f"{value}:Q", title=axis_title, axis=alt.Axis(format=".0%"))
+    layers = [base.mark_line(point=True).encode(y=y)]
+    if low and high:  # after the lines, so that the legend shows their colours at full strength
+        layers.append(base.mark_area(opacity=0.2).encode(y=alt.Y(f"{low}:Q", title=axis_title), y2=f"{high}:Q"))
     if baseline is not None:
         layers.append(alt.Chart(pd.DataFrame({"y": [baseline]})).mark_rule(color="gray", strokeDash=[4, 3])
                       .encode(y="y:Q"))

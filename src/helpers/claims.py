@@ -166,9 +166,10 @@ def _fmt(x: float, percent: bool) -> str:
 def sentence(row: pd.Series | Claim, percent: bool = True) -> str:
     """One claim as a sentence: the statement, this study's value with its interval, the baseline, the verdict."""
     row = pd.Series(asdict(row)) if isinstance(row, Claim) else row
+    head = f"**{row['claim_id']}** — {row['statement']} *(Source: {row['source']}.)*"
     if row["verdict"] == "not tested":
-        return f"**{row['claim_id']}** — {row['statement']} *Not tested:* {row['note']}"
-    text = (f"**{row['claim_id']}** — {row['statement']} This study: {row['statistic']} = "
+        return f"{head} *Not tested:* {row['note']}"
+    text = (f"{head} This study: {row['statistic']} = "
             f"**{_fmt(row['value'], percent)}** ({_fmt(row['low'], percent)} to {_fmt(row['high'], percent)}), "
             f"against {_fmt(row['baseline'], percent)} for {row['baseline_name']}. Verdict: **{row['verdict']}**.")
     return text + (f" {row['note']}" if isinstance(row.get("note"), str) and row["note"] else "")
