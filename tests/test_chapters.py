@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from helpers import config
-from helpers.chapters import attribution, control, dynamics, imbalance, language_shares, translations
+from helpers.chapters import attribution, control, dynamics, imbalance, language_shares, translations, zero_shot
 from helpers.stages import RunInputs
 from helpers.study import Run
 from helpers.tracin import InfluenceScores
@@ -127,3 +127,20 @@ def test_attribution_compares_groups_from_one_pass(tmp_path):
     assert summary.loc[("last_layers:1", "dot"), "spearman_vs_reference"] == pytest.approx(1.0)
     assert summary.loc[("all", "dot"), "spearman_vs_reference"] == pytest.approx(-1.0)
     assert summary.loc[("all", "dot"), "own"] == 1.0
+
+
+def test_zero_shot_sees_a_language_drawing_on_its_family(tmp_path, monkeypatch):
+    train, test = frames()
+    test = pd.concat([test, test[test["language"] == "en"].assign(language="pt", uid=lambda f: "pt" + f["uid"])],
+                     ignore_index=True)
+    values = own_language_scores(train, test, 0)
+    romance = (train["language"].to_numpy()[:, None] == "fr") & (test["language"].to_numpy()[None, :] == "pt")
+    run = fake_run(tmp_path, "main-s0", [values + 10 * romance], train, test, zero_shot_languages=["pt"])
+    run.folders["finetune"] = run.folders["tracin"]
+    history = pd.DataFrame({"epoch": [1] * 4, "language": LANGS + ["pt"], "accuracy": 0.5, "n": 6})
+    monkeypatch.setattr(zero_shot.finetune, "load", lambda folder: type("F", (), {"history": history})())
+    result = zero_shot.compute([run], CFG)
+    assert verdicts(result) == {"ZS-pt": "supports"}  # fr is pt's only same-family fine-tuning language here
+    related = result.tables["related"].set_index(["test_language", "by"])
+    assert related.loc[("pt", "family"), "related"] == "fr" and related.loc[("pt", "family"), "share"] == 1.0
+    assert related.loc[("pt", "family"), "language_blind"] == pytest.approx(1 / 3)
