@@ -14,7 +14,8 @@ from helpers import paths, pipeline, stages, study
 
 MINI = {"parameters": {"model": "tiny-random", "train_per_language": 12, "test_per_language": 6, "max_length": 48,
                        "epochs": 2, "batch_size": 8, "learning_rate": 0.001, "top_k": 10, "n_bootstrap": 100,
-                       "attribution_test_per_language": 2, "examples_per_language": 1},
+                       "attribution_test_per_language": 2, "examples_per_language": 1,
+                       "attribution_groups": ["last_layers:1", "classifier", "all", "embeddings"]},
         "runs": {"main": {}, "cosine": {"tracin_similarity": "cosine"}}}
 
 
@@ -35,7 +36,7 @@ def keyed(s):
 
 def test_top_k_changes_only_the_chapters_and_epochs_everything_after_data(sandbox):
     base = keyed(study.resolve("smoke"))
-    top_k = keyed(study.resolve("smoke", ["top_k=5"]))
+    top_k = keyed(study.resolve("smoke", ["top_k=4"]))
     changed = {k for k in base if base[k] != top_k.get(k)}
     assert changed and all("[" not in k for k in changed)  # no run stage
     assert "qualitative" not in changed  # it does not read top_k
@@ -109,13 +110,13 @@ def test_run_skip_resume_and_partial_outputs(sandbox):
     pipeline.run(str(sandbox), build=False)  # same parameters: only the reproducibility page runs
     assert {k for k, v in statuses().items() if v == "ran"} == {"reproducibility"}
 
-    pipeline.run(str(sandbox), ["top_k=5"], build=False)  # an analysis parameter: only chapters
+    pipeline.run(str(sandbox), ["top_k=4"], build=False)  # an analysis parameter: only chapters
     ran = {k for k, v in pipeline.read_runlog("mini")["stages"].items() if v["status"] == "ran"}
     assert not any(k.startswith(("data-", "finetune-", "tracin-")) for k in ran)
     assert any(k.startswith("language_shares-") for k in ran)
     executed = nbformat.read(paths.EXECUTED / "10_language_shares.ipynb", as_version=4)
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
-    assert "top_k = 5" in injected[0].source and "hide-input" in injected[0].metadata.tags
+    assert "top_k = 4" in injected[0].source and "hide-input" in injected[0].metadata.tags
 
     # Interrupted fine-tuning: a half-written folder, the committed one gone. The rerun recomputes it and every
     # stage after it, ignores the partial folder, and reuses the data.
