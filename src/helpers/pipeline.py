@@ -65,7 +65,7 @@ def status(study: study_mod.Study) -> list[dict[str, Any]]:
     users: dict[tuple[str, str], list[str]] = {}
     for run in study.runs.values():
         for stage in stages.RUN_STAGES:
-            inst = stages._run_instance(stage, run, study)
+            inst = stages.run_instance(stage, run, study)
             users.setdefault(inst.key, []).append(run.name)
     rows = []
     for inst in instances:

@@ -145,23 +145,23 @@ class Instance:
         return f"{self.stage.name}[{self.run.name}]" if self.run else self.stage.name
 
 
-def _run_instance(stage: Stage, run: Run, study: Study) -> Instance:
-    inputs = [Input("same", up, run.name, _run_instance(get(up), run, study).identity) for up, _ in stage.reads]
+def run_instance(stage: Stage, run: Run, study: Study) -> Instance:
+    inputs = [Input("same", up, run.name, run_instance(get(up), run, study).identity) for up, _ in stage.reads]
     params = {k: run.params[k] for k in stage.params}
     identity = _hash(stage.name, params, [i.identity for i in inputs])[:16]
     return Instance(stage, run, params, inputs, identity)
 
 
 def chapter_inputs(stage: Stage, study: Study) -> list[Input]:
-    inputs = [Input(role, up, run.name, _run_instance(get(up), run, study).identity)
+    inputs = [Input(role, up, run.name, run_instance(get(up), run, study).identity)
               for up, role in stage.reads for run in study.role(role)]
     if stage.reads_chapters:
-        inputs += [Input("chapter", c.name, None, _chapter_instance(c, study).identity)
+        inputs += [Input("chapter", c.name, None, chapter_instance(c, study).identity)
                    for c in chapters() if c.name != stage.name and not c.reads_chapters and not c.always_run]
     return inputs
 
 
-def _chapter_instance(stage: Stage, study: Study) -> Instance:
+def chapter_instance(stage: Stage, study: Study) -> Instance:
     inputs = chapter_inputs(stage, study)
     params = {k: study.params[k] for k in stage.params}
     identity = _hash(stage.name, params, [(i.role, i.stage, i.run, i.identity) for i in inputs])[:16]
@@ -176,7 +176,7 @@ def plan(study: Study) -> list[Instance]:
     ordered: dict[tuple[str, str], Instance] = {}
 
     def add_run_stage(name: str, run: Run) -> None:
-        inst = _run_instance(get(name), run, study)
+        inst = run_instance(get(name), run, study)
         for up, _ in inst.stage.reads:
             add_run_stage(up, run)
         ordered.setdefault(inst.key, inst)
@@ -188,7 +188,7 @@ def plan(study: Study) -> list[Instance]:
             if (stage.name, run.name) in needed:
                 add_run_stage(stage.name, run)
     for c in chapter_list:
-        inst = _chapter_instance(c, study)
+        inst = chapter_instance(c, study)
         ordered.setdefault(inst.key, inst)
     return list(ordered.values())
 
@@ -249,9 +249,9 @@ class StageContext:
         self.stage, self.cfg, self.study, self.run = stage, cfg, study, run
         params = {k: cfg[k] for k in stage.params}
         if run is not None:
-            inst = _run_instance(stage, Run(run.name, run.variant, run.seed, {**run.params, **params}), study)
+            inst = run_instance(stage, Run(run.name, run.variant, run.seed, {**run.params, **params}), study)
         else:
-            inst = _chapter_instance(stage, Study(study.name, study.profile, {**study.params, **params}, study.runs))
+            inst = chapter_instance(stage, Study(study.name, study.profile, {**study.params, **params}, study.runs))
         self.instance = inst
         self.inputs: dict[tuple[str, str | None], Path] = {}
         upstream = []

@@ -42,7 +42,7 @@ def timing_table(study: Study) -> pd.DataFrame:
             continue
         entry = log.get(f"{inst.stage.name}-{inst.identity}", {})
         users = [r.name for r in study.runs.values()
-                 if inst.run is not None and stages._run_instance(inst.stage, r, study).identity == inst.identity]
+                 if inst.run is not None and stages.run_instance(inst.stage, r, study).identity == inst.identity]
         rows.append({"stage": inst.stage.name, "runs": ", ".join(users) or "(study)",
                      "status in the last run": entry.get("status", "not run by the runner (e.g. nbval)"),
                      "seconds when computed": entry.get("seconds"), "finished (UTC)": entry.get("finished")})
