@@ -31,8 +31,6 @@ def test_sample_table_on_a_planted_pattern():
     assert table.loc[0, "share_en"] == pytest.approx(0.75) and table.loc[0, "share_fr"] == pytest.approx(0.25)
     assert table.loc[1, "own"] == pytest.approx(0.75)
     np.testing.assert_allclose(table[["share_en", "share_fr"]].sum(axis=1), 1.0)
-    wide = analysis.share_matrix(analysis.mean_shares(table))
-    assert wide.loc["fr", "en"] == pytest.approx(0.25)
 
 
 def test_zero_shot_rows_have_no_own_share_and_absent_languages_get_zero_not_nan():
@@ -42,13 +40,15 @@ def test_zero_shot_rows_have_no_own_share_and_absent_languages_get_zero_not_nan(
     assert table.loc[0, "share_fr"] == 0.0  # en's top-3 are all en: fr gets 0, not NaN
 
 
-def test_top_rows_breaks_ties_by_row_and_handles_opponents():
+def test_top_k_breaks_ties_by_row_and_handles_opponents_in_both_views():
     values = np.zeros((200, 1))
     values[150, 0] = 1.0
     assert analysis.top_rows(values, 3)[:, 0].tolist() == [150, 0, 1]
     assert analysis.top_rows(-values, 3, "opponents")[:, 0].tolist() == [150, 0, 1]
     with pytest.raises(ValueError, match="k=201"):
         analysis.top_rows(values, 201)
+    scores = make_scores([values], ["en"] * 200, ["en"])  # the engine's table uses the same definition
+    assert scores.top_k(3)["train_row"].tolist() == [150, 0, 1]
 
 
 def test_same_label_share_and_language_blind_baseline():

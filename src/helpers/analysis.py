@@ -1,4 +1,4 @@
-"""From influence scores to per-test-sample tables: the one place where "the top-k of a test sample" is computed.
+"""From influence scores to per-test-sample tables (the top-k itself is :func:`helpers.tracin.top_rows`).
 
 For each test sample, the ``k`` training samples with the highest (proponents) or lowest (opponents) score; from
 them, the share written in each training language, the share in the test sample's own language, and the share with
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .tracin import KINDS, InfluenceScores
+from .tracin import InfluenceScores, top_rows
 
 
 def load_scores(folder: Path) -> InfluenceScores:
@@ -32,17 +32,6 @@ def matrix(scores: InfluenceScores, checkpoint: str | None = None, cumulative: b
     if cumulative:
         return scores.per_checkpoint[: c + 1].sum(0, dtype=np.float64)
     return scores.per_checkpoint[c]
-
-
-def top_rows(values: np.ndarray, k: int, kind: str = "proponents") -> np.ndarray:
-    """(k, n_test) training rows of the ``k`` highest (proponents) or lowest (opponents) scores of each column,
-    strongest first; ties broken by the lower training row."""
-    if kind not in KINDS:
-        raise ValueError(f"kind={kind!r} is not one of {KINDS}")
-    if not 1 <= k <= values.shape[0]:
-        raise ValueError(f"k={k} must be in 1..{values.shape[0]} (the number of training samples)")
-    signed = -values if kind == "proponents" else values
-    return np.argsort(signed, axis=0, kind="stable")[:k]
 
 
 def train_languages(scores: InfluenceScores) -> list[str]:
@@ -80,21 +69,6 @@ def sample_table(scores: InfluenceScores, k: int, kind: str = "proponents", valu
 
 def share_columns(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if c.startswith("share_")]
-
-
-def mean_shares(table: pd.DataFrame) -> pd.DataFrame:
-    """Long (test_language, train_language, share): per test language, the mean over its test samples (and runs)."""
-    cols = share_columns(table)
-    means = table.groupby("test_language", sort=False)[cols].mean()
-    means.columns = [c.removeprefix("share_") for c in cols]
-    means.columns.name = None
-    return means.reset_index().melt(id_vars="test_language", var_name="train_language", value_name="share")
-
-
-def share_matrix(shares: pd.DataFrame, value: str = "share") -> pd.DataFrame:
-    """Wide view of a long share table: rows test language, columns training language."""
-    wide = shares.pivot(index="test_language", columns="train_language", values=value)
-    return wide.reindex(index=shares["test_language"].unique(), columns=shares["train_language"].unique())
 
 
 def runs_table(runs: list, k: int, kind: str, checkpoint: str | None = None, cumulative: bool = False,

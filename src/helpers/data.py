@@ -231,11 +231,6 @@ def permute(frame: pd.DataFrame, cfg: Mapping[str, Any], n_labels: int, split: s
     frame.loc[rows, "permuted"] = True
 
 
-def training_shares(train: pd.DataFrame) -> pd.Series:
-    """Each fine-tuning language's share of the training set (what a language-blind ranking gives it)."""
-    return train["language"].value_counts(normalize=True).reindex(list(dict.fromkeys(train["language"])))
-
-
 def label_counts(frame: pd.DataFrame) -> pd.DataFrame:
     """Samples per language (rows) and label (columns)."""
     return pd.crosstab(frame["language"], frame["label_name"]).reindex(frame["language"].unique())

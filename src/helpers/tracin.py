@@ -685,6 +685,18 @@ def _sparse_scores(train: _Rows, bank: _Rows, out: torch.Tensor) -> None:
 # Results
 
 
+def top_rows(values: np.ndarray, k: int, kind: str = "proponents") -> np.ndarray:
+    """(k, n_test) training rows of the ``k`` highest (proponents) or lowest (opponents) scores of each column of a
+    (n_train, n_test) matrix, strongest first; ties broken by the lower training row. The one definition of "the
+    top-k" that :meth:`InfluenceScores.top_k` and every analysis use."""
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} is not one of {KINDS}")
+    if not 1 <= k <= values.shape[0]:
+        raise ValueError(f"k={k} must be in 1..{values.shape[0]} (the number of training samples)")
+    signed = -values if kind == "proponents" else values
+    return np.argsort(signed, axis=0, kind="stable")[:k]
+
+
 def _default_ids(examples: Sequence[Any]) -> pd.DataFrame:
     """One row per sample with its scalar columns (language, pair id, label, ...); list columns are left out."""
     first = examples[0]
@@ -784,15 +796,9 @@ class InfluenceScores:
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         scores = self.matrix(checkpoint)
-        signed = scores if kind == "proponents" else -scores
         k = min(int(k), scores.shape[0])
-        # Rows ordered by (signed score descending, row ascending), per test column.
-        part = np.argpartition(-signed, k - 1, axis=0)[:k] if k < scores.shape[0] else \
-            np.broadcast_to(np.arange(scores.shape[0])[:, None], scores.shape).copy()
         cols = np.arange(scores.shape[1])
-        top_vals = signed[part, cols]
-        order = np.lexsort((part, -top_vals), axis=0)
-        train_rows = np.take_along_axis(part, order, 0)
+        train_rows = top_rows(scores, k, kind)
         table = pd.DataFrame({
             "test_row": np.repeat(cols, k),
             "rank": np.tile(np.arange(1, k + 1), len(cols)),
