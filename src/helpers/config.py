@@ -270,18 +270,20 @@ def _check_attribution(cfg: dict[str, Any]) -> None:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``key=value`` with the value read as YAML (``top_k=50``, ``fine_tune_languages=[en,de]``)."""
+    """``key=value`` (or ``variant.key=value``) with the value read as YAML (``top_k=50``,
+    ``fine_tune_languages=[en,de]``), typed by the parameter's declared type where YAML would guess otherwise."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key=value")
     key, raw = text.split("=", 1)
     key = key.strip()
-    if key in PARAMETERS and PARAMETERS[key].type is str:
+    param = PARAMETERS.get(key.rpartition(".")[2])
+    if param is not None and param.type is str:
         return key, raw.strip()  # a name such as a language code stays a string
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as err:
         raise ConfigError(f"parameter {key!r}: cannot read value {raw!r} ({err})") from None
-    if isinstance(value, str) and key in PARAMETERS and PARAMETERS[key].type is float:
+    if isinstance(value, str) and param is not None and param.type is float:
         try:  # YAML 1.1 reads "1e-4" as a string
             value = float(value)
         except ValueError:

@@ -141,8 +141,7 @@ def resolve(profile: str | Path, overrides: list[str] | dict[str, Any] | None = 
             if variant not in spec["runs"]:
                 raise ConfigError(f"override {key!r} names run {variant!r}; the profile's runs are "
                                   f"{list(spec['runs'])}")
-            key, raw = config.parse_override(f"{param}={value}") if isinstance(value, str) else (param, value)
-            per_variant.setdefault(variant, {})[key] = raw
+            per_variant.setdefault(variant, {})[param] = value
         else:
             base[key] = value
     if "seed" in base or any("seed" in v for v in per_variant.values()):
