@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import claims, finetune
+from .. import claims, data, finetune
 from ..stages import Stage, get
 
 STAGE = Stage("scoreboard", "90_scoreboard.ipynb", "Claims scoreboard", reads=(("finetune", "all"),),
@@ -39,3 +39,23 @@ def runs_table(runs: list) -> pd.DataFrame:
                      "accuracy (fine-tuned languages)": last.loc[seen, "accuracy"].mean(),
                      "accuracy (zero-shot languages)": last.loc[~seen, "accuracy"].mean()})
     return pd.DataFrame(rows).set_index("run")
+
+
+def learning_claim(runs: list, n_boot: int = 1000, confidence: float = 0.95) -> claims.Claim:
+    """FT1: the main run learns the task: test accuracy over the fine-tuning languages at the last epoch, against
+    twice chance. Per-sample outcomes are rebuilt from each language's accuracy and size (a mean of 0/1 outcomes
+    depends only on their counts), so the interval resamples seeds and test samples like every other claim."""
+    rows = []
+    for run in runs:
+        history = finetune.load(run["finetune"]).history
+        last = history[(history["epoch"] == history["epoch"].max())
+                       & history["language"].isin(run.params["fine_tune_languages"])]
+        for lang, acc, n in zip(last["language"], last["accuracy"], last["n"]):
+            correct = int(round(acc * n))
+            rows += [{"run": run.name, "test_language": lang, "correct": float(i < correct)} for i in range(int(n))]
+    chance = 1 / len(data.LABELS[runs[0].params["label"]].names)
+    frame = pd.DataFrame(rows)
+    return claims.claim("FT1", STAGE.name, "The fine-tuned model learns the task (the analyses need a model that "
+                        "learned something).", claims.METHOD, "test accuracy over the fine-tuning languages, last "
+                        "epoch, main run", claims.interval(frame, "correct", n_boot, confidence),
+                        2 * chance, f"twice chance ({chance:.0%} x 2)", "above")
