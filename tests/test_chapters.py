@@ -53,6 +53,10 @@ def test_language_shares_detects_planted_own_language_preference_and_its_absence
     cells = result.tables["cells"]
     assert cells.query("test_language == train_language")["share"].eq(1.0).all()
     assert cells["language_blind"].eq(1 / 3).all()
+    n_test = test.groupby("language").size()  # every top-k sample of a test sample is own-language here
+    own = cells.query("test_language == train_language").set_index("test_language")["count"]
+    assert own.to_dict() == (n_test * CFG["top_k"]).loc[own.index].to_dict()
+    assert cells.query("test_language != train_language")["count"].eq(0).all()
     blind = fake_run(tmp_path, "main-s1", [own_language_scores(train, test, 0)], train, test)
     assert verdicts(language_shares.compute([blind], CFG))["LS1"] == "supports"
 

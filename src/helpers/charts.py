@@ -1,25 +1,82 @@
-"""Altair charts of the book, rendered to inline SVG so that they show with no network.
+"""Altair charts of the book: interactive in the built book (tooltips on every cell and point) and still there
+with no network and with scripts off.
 
-Altair's default HTML output loads vega from a CDN and is blank offline; :func:`show` renders the chart with
-``vl-convert`` (a self-contained Vega engine) to SVG, which Jupyter stores in the notebook and the book inlines.
+:func:`show` renders a chart twice into one output: a static SVG made by ``vl-convert`` (a self-contained Vega
+engine), and a small script that replaces it with the live Vega chart when the page has loaded Vega. The book
+ships Vega itself (:func:`write_bundle`, called by the runner before ``jupyter-book build``, writes the bundle
+``vl-convert`` carries to ``book/_static/``), so nothing comes from a CDN. Where scripts are off, or in a notebook
+viewer without the bundle, the SVG stays.
 """
 
 from __future__ import annotations
 
+import html
+import json
+import uuid
+from pathlib import Path
+
 import altair as alt
 import pandas as pd
 import vl_convert as vlc
-from IPython.display import SVG
 
 from . import data
 
 FONT = "DejaVu Sans, Helvetica, Arial, sans-serif"
+BUNDLE = "vega-bundle.js"  # in book/_static, loaded by every page (see _config.yml)
+PERCENT = ("share", "value", "low", "high", "own", "accuracy", "language_blind", "baseline")
 
 
-def show(chart: alt.TopLevelMixin) -> SVG:
-    """Render ``chart`` to an inline SVG object (display it as a cell's last expression)."""
-    chart = chart.configure(font=FONT).configure_view(stroke=None)
-    return SVG(vlc.vegalite_to_svg(chart.to_dict()))
+class Chart:
+    """A chart as a notebook output: HTML (the static SVG and the script that makes it live) and the SVG alone."""
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.svg = vlc.vegalite_to_svg(spec)
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
+        box = f"chart-{uuid.uuid4().hex[:12]}"
+        spec = json.dumps(self.spec).replace("</", "<\\/")
+        live = (f"<script>(function () {{ var box = document.getElementById('{box}'); if (!window.vegaEmbed) return; "
+                f"vegaEmbed(box.querySelector('.vega-live'), {spec}, {{actions: false, renderer: 'svg'}})"
+                ".then(function () { box.querySelector('.vega-static').remove(); })"
+                ".catch(function () {}); })();</script>")
+        page = (f'<div id="{box}" class="companion-chart"><div class="vega-static">{self.svg}</div>'
+                f'<div class="vega-live"></div></div>{live}')
+        return {"text/html": page, "image/svg+xml": self.svg}
+
+
+def show(chart: alt.TopLevelMixin) -> Chart:
+    """Display ``chart`` (make it a cell's last expression): live with tooltips in the book, an SVG elsewhere."""
+    return Chart(chart.configure(font=FONT).configure_view(stroke=None).to_dict())
+
+
+def write_bundle(folder: Path) -> Path:
+    """Write Vega, Vega-Lite and Vega-Embed (the versions ``vl-convert`` renders with) as one script that defines
+    ``window.vegaEmbed``; rewritten only when ``vl-convert``'s version changes."""
+    path = Path(folder) / BUNDLE
+    stamp = f"// vega bundle of vl-convert {vlc.__version__}, wrapped\n"
+    if not path.exists() or not path.read_text(errors="replace").startswith(stamp):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # in a function of its own: its top-level names (e.g. '_') would clash with the theme's scripts
+        path.write_text(stamp + "(function () {\n" + vlc.javascript_bundle("window.vegaEmbed = vegaEmbed;")
+                        + "\n})();\n")
+    return path
+
+
+def tooltips(frame: pd.DataFrame, columns: list[str] | None = None, percent: bool = True) -> list[alt.Tooltip]:
+    """A tooltip with each of ``columns`` (default: every column); shares and accuracies as percentages unless
+    ``percent`` is False."""
+    out = []
+    for column in columns or list(frame.columns):
+        if column not in frame.columns:
+            continue
+        title = column.replace("_", " ")
+        if pd.api.types.is_numeric_dtype(frame[column]) and not pd.api.types.is_bool_dtype(frame[column]):
+            fmt = ".1%" if percent and column in PERCENT else ",.4~g"
+            out.append(alt.Tooltip(f"{column}:Q", title=title, format=fmt))
+        else:
+            out.append(alt.Tooltip(f"{column}:N", title=title))
+    return out
 
 
 def _language_order(codes) -> list[str]:
@@ -37,6 +94,7 @@ def accuracy_curves(history: pd.DataFrame, fine_tune_languages: list[str], n_lab
         color=alt.Color("name:N", title="language", sort=[data.LANGUAGES[c].name
                                                           for c in _language_order(frame["language"])]),
         strokeDash=alt.StrokeDash("seen:N", title="", sort=["fine-tuned", "zero-shot"]),
+        tooltip=tooltips(frame, ["name", "epoch", "accuracy", "seen"]),
     )
     chance = alt.Chart(pd.DataFrame({"y": [1 / n_labels]})).mark_rule(color="gray", strokeDash=[2, 2]).encode(y="y:Q")
     return (base.mark_line(point=True) + chance).properties(width=420, height=260)
@@ -56,9 +114,10 @@ def share_heatmap(shares: pd.DataFrame, title: str, column: str | None = None) -
         y=alt.Y("test_language:N", title="test language", sort=test_order),
     )
     cells = base.mark_rect().encode(color=alt.Color("share:Q", title="share", scale=alt.Scale(scheme="blues",
-                                                                                              domain=[0, 1])))
+                                                                                              domain=[0, 1])),
+                                    tooltip=tooltips(shares))
     text = base.mark_text(fontSize=11).encode(
-        text=alt.Text("share:Q", format=".0%"),
+        text=alt.Text("share:Q", format=".0%"), tooltip=tooltips(shares),
         color=alt.condition("datum.share > 0.5", alt.value("white"), alt.value("black")))
     chart = (cells + text).properties(width=34 * len(train_order), height=26 * len(test_order))
     if column:
@@ -80,7 +139,7 @@ def estimates(frame: pd.DataFrame, category: str, title: str, color: str | None 
     rules = base.mark_rule(strokeWidth=2).encode(x=alt.X(f"{low}:Q", title=axis_title, axis=alt.Axis(format=fmt)),
                                                  x2=f"{high}:Q", **enc, **colour)
     points = base.mark_point(filled=True, size=60).encode(x=f"{value}:Q", **enc, **colour,
-                                                          tooltip=[category, alt.Tooltip(f"{value}:Q", format=fmt)])
+                                                          tooltip=tooltips(frame, percent=percent))
     layers = [rules, points]
     if baseline:
         layers.append(base.mark_tick(color="black", thickness=2, size=14).encode(x=f"{baseline}:Q", **enc))
@@ -94,7 +153,7 @@ def lines(frame: pd.DataFrame, x: str, title: str, color: str, value: str = "val
     base = alt.Chart(frame).encode(x=alt.X(f"{x}:O", title=x.replace("_", " "), axis=alt.Axis(labelAngle=0)),
                                    color=alt.Color(f"{color}:N", title=color.replace("_", " ")))
     y = alt.Y(f"{value}:Q", title=axis_title, axis=alt.Axis(format=".0%"))
-    layers = [base.mark_line(point=True).encode(y=y)]
+    layers = [base.mark_line(point=True).encode(y=y, tooltip=tooltips(frame))]
     if low and high:  # after the lines, so that the legend shows their colours at full strength
         layers.append(base.mark_area(opacity=0.2).encode(y=alt.Y(f"{low}:Q", title=axis_title), y2=f"{high}:Q"))
     if baseline is not None:

@@ -28,7 +28,8 @@ RELIANCE_FRACTION = 0.25
 
 
 def cells(table: pd.DataFrame, blind: pd.Series, cfg: dict[str, Any]) -> pd.DataFrame:
-    """Long (test_language, train_language, share, low, high, language_blind) with a bootstrap interval per cell."""
+    """Long (test_language, train_language, share, low, high, language_blind, count) with a bootstrap interval per
+    cell; ``count``: how many top-k samples came from that training language, over every test sample and seed."""
     rows = []
     for lang in dict.fromkeys(table["test_language"]):
         part = table[table["test_language"] == lang]
@@ -36,7 +37,8 @@ def cells(table: pd.DataFrame, blind: pd.Series, cfg: dict[str, Any]) -> pd.Data
             value, low, high = claims.interval(part, col, cfg["n_bootstrap"], cfg["confidence"])
             train = col.removeprefix("share_")
             rows.append({"test_language": lang, "train_language": train, "share": value, "low": low, "high": high,
-                         "language_blind": float(blind[train])})
+                         "language_blind": float(blind[train]),
+                         "count": int(round(part[col].sum() * cfg["top_k"]))})
     return pd.DataFrame(rows)
 
 
