@@ -106,7 +106,7 @@ def test_analysis_parameters_cannot_be_set_per_run(tmp_path):
 def test_flat_profile_is_one_main_run(tmp_path):
     path = tmp_path / "flat.yaml"
     path.write_text("model: tiny-random\ntrain_per_language: 12\ntest_per_language: 6\n"
-                    "attribution_test_per_language: 3\ntop_k: 10\n")
+                    "attribution_test_per_language: 3\ntop_k: 10\nattribution_groups: [classifier, all]\n")
     s = study.resolve(path)
     assert list(s.runs) == ["main-s0"] and s.runs["main-s0"].params["model"] == "tiny-random"
 

@@ -196,6 +196,8 @@ def _check_value(p: Param, value: Any) -> Any:
 def unknown_parameter(name: str) -> ConfigError:
     close = difflib.get_close_matches(name, PARAMETERS, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
+    if name in ("study", "run_name", "name", "study_name"):
+        hint = " (a study's folder name is the runner's --study option, not a parameter)"
     return ConfigError(f"unknown parameter {name!r}{hint}; allowed: {sorted(PARAMETERS)}")
 
 

@@ -128,6 +128,10 @@ def read_verses(language: str, keys: pd.DataFrame) -> list[str]:
     return [" ".join(t.split()) for t in merged["text"]]
 
 
+class SizeError(ValueError):
+    """The corpus has too few samples for the requested sample sizes."""
+
+
 def _balanced(pool: pd.DataFrame, n: int, n_labels: int, rng: np.random.Generator) -> pd.DataFrame:
     """``n`` rows of ``pool`` with the labels as even as possible (the first ``n % n_labels`` labels get one more)."""
     parts = []
@@ -135,7 +139,8 @@ def _balanced(pool: pd.DataFrame, n: int, n_labels: int, rng: np.random.Generato
         want = n // n_labels + (1 if cls < n % n_labels else 0)
         rows = pool[pool["label"] == cls]
         if len(rows) < want:
-            raise ValueError(f"label class {cls} has {len(rows)} verses left, {want} needed; lower the sample sizes")
+            raise SizeError(f"label class {cls} has {len(rows)} verses left, {want} needed; lower "
+                            "train_per_language, test_per_language or imbalance_factor")
         parts.append(rows.iloc[rng.choice(len(rows), size=want, replace=False)])
     return pd.concat(parts)
 
@@ -152,6 +157,30 @@ def build_splits(cfg: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     Returns two frames with :data:`COLUMNS`.
     """
+    train_keys, test_keys, rng = sample_keys(cfg)
+    task = LABELS[cfg["label"]]
+
+    def frame(split: str, per_language: dict[str, pd.DataFrame]) -> pd.DataFrame:
+        parts = []
+        for lang, k in per_language.items():
+            k = k.sample(frac=1.0, random_state=int(rng.integers(2**31)))  # mix the labels
+            parts.append(pd.DataFrame({
+                "uid": [f"{split}-{lang}-{p}" for p in k["pair_id"]], "split": split, "language": lang,
+                "pair_id": k["pair_id"].to_numpy(), "book": k["book"].to_numpy(), "label": k["label"].to_numpy(),
+                "permuted": False, "text": read_verses(lang, k)}))
+        out = pd.concat(parts, ignore_index=True)
+        permute(out, cfg, len(task.names), split)
+        out["label_name"] = [task.names[i] for i in out["label"]]
+        return out[COLUMNS]
+
+    return frame("train", train_keys), frame("test", test_keys)
+
+
+def sample_keys(cfg: Mapping[str, Any]) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame],
+                                                  np.random.Generator]:
+    """Which verses each language trains and tests on (no text read: fast, so the runner calls it to check sample
+    sizes before any work; :class:`SizeError` when the corpus has too few). Returns the training and test keys per
+    language and the random generator, positioned for :func:`build_splits` to shuffle them."""
     if cfg["dataset"] != "bible":
         raise ValueError(f"parameter 'dataset' is {cfg['dataset']!r}; allowed: {list(DATASETS)}")
     fine_tune_languages, zero_shot_languages = cfg["fine_tune_languages"], cfg["zero_shot_languages"]
@@ -201,20 +230,7 @@ def build_splits(cfg: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
                 train_keys[lang] = draw(sizes[lang], banned)
             banned |= set(train_keys[lang]["pair_id"])
 
-    def frame(split: str, per_language: dict[str, pd.DataFrame]) -> pd.DataFrame:
-        parts = []
-        for lang, k in per_language.items():
-            k = k.sample(frac=1.0, random_state=int(rng.integers(2**31)))  # mix the labels
-            parts.append(pd.DataFrame({
-                "uid": [f"{split}-{lang}-{p}" for p in k["pair_id"]], "split": split, "language": lang,
-                "pair_id": k["pair_id"].to_numpy(), "book": k["book"].to_numpy(), "label": k["label"].to_numpy(),
-                "permuted": False, "text": read_verses(lang, k)}))
-        out = pd.concat(parts, ignore_index=True)
-        permute(out, cfg, n_labels, split)
-        out["label_name"] = [task.names[i] for i in out["label"]]
-        return out[COLUMNS]
-
-    return frame("train", train_keys), frame("test", test_keys)
+    return train_keys, test_keys, rng
 
 
 def permute(frame: pd.DataFrame, cfg: Mapping[str, Any], n_labels: int, split: str) -> None:

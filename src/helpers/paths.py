@@ -10,6 +10,7 @@ a study are stored, and computed, once. ``HELPERS_ARTIFACTS`` moves the artifact
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -23,13 +24,21 @@ def artifacts_root() -> Path:
     return Path(os.environ.get("HELPERS_ARTIFACTS", REPO_ROOT / "artifacts")).resolve()
 
 
+STUDY_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}"
+
+
 def study_dir(study: str) -> Path:
-    """``artifacts/<study>/``: the manifest, the stage outputs and the executed notebooks of one study. The name is
-    checked to stay inside the artifacts root (``..`` or a path is refused)."""
+    """``artifacts/<study>/``: the manifest, the stage outputs and the executed notebooks of one study. The name must
+    be a plain folder name (letters, digits, ``_``, ``.``, ``-``; at most 100 characters; not starting with a dot),
+    so that it can never resolve outside the artifacts root."""
     root = artifacts_root()
-    folder = (root / study).resolve()
-    if folder.parent != root or study in (".", "..") or not study:
-        raise ValueError(f"study name {study!r} must be a plain folder name inside {root}")
+    if not isinstance(study, str) or not re.fullmatch(STUDY_NAME, study):
+        shown = repr(study) if len(str(study)) <= 60 else f"{str(study)[:40]!r}... ({len(study)} characters)"
+        raise ValueError(f"study name {shown} must be a plain folder name inside {root}: 1-100 letters, digits, "
+                         "'_', '.' or '-', not starting with '.' or '-'")
+    folder = root / study
+    if folder.resolve().parent != root:  # e.g. a symbolic link pointing elsewhere
+        raise ValueError(f"study folder {folder} resolves outside {root}")
     return folder
 
 

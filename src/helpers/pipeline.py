@@ -15,7 +15,9 @@ run stages. A failing cell stops the run with a non-zero exit naming the noteboo
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,6 +37,10 @@ class StageFailed(RuntimeError):
     pass
 
 
+class ArtifactsError(RuntimeError):
+    """The artifacts folder cannot be written (permissions, a full disk, a path through a file)."""
+
+
 def runlog_path(study: str) -> Path:
     return paths.study_dir(study) / "runlog.json"
 
@@ -48,39 +54,32 @@ def read_runlog(study: str) -> dict[str, Any]:
     return log if isinstance(log, dict) else {}
 
 
-def is_fresh(study: str, inst: stages.Instance, expected: str) -> bool:
-    """Up to date: a committed folder whose record carries the expected fingerprint, and the executed notebook the
-    book shows (outputs written otherwise, e.g. by nbval in another folder, are never mistaken for these)."""
-    if inst.stage.always_run:
-        return False
-    record = stages.read_record(stages.folder(study, inst))
-    return (record is not None and record.get("fingerprint") == expected
-            and paths.executed_notebook(study, inst.stage.name, inst.identity).exists())
+def states(study: study_mod.Study, instances: list[stages.Instance]) -> dict[tuple[str, str], stages.State]:
+    """Every planned instance's :func:`helpers.stages.state`, inputs first: what ``run`` would reuse and why not.
+    Reusing a stage also needs the executed notebook the book shows (outputs written otherwise, e.g. by nbval in
+    another folder, are never mistaken for these)."""
+    expected = stages.expected_fingerprints(instances)
+    out: dict[tuple[str, str], stages.State] = {}
+    for inst in instances:
+        out[inst.key] = stages.state(study.name, inst, expected[inst.key], out,
+                                     extra=paths.executed_notebook(study.name, inst.stage.name, inst.identity))
+    return out
 
 
 def status(study: study_mod.Study) -> list[dict[str, Any]]:
-    """One row per planned stage instance: stage, runs using it, state (up to date / stale / missing), folder."""
+    """One row per planned stage instance: stage, runs using it, state (up to date / stale / damaged / missing /
+    always runs), why, folder. It decides exactly as :func:`run` does."""
     instances = stages.plan(study)
-    expected = stages.expected_fingerprints(instances)
+    found = states(study, instances)
     users: dict[tuple[str, str], list[str]] = {}
     for run in study.runs.values():
         for stage in stages.RUN_STAGES:
             inst = stages.run_instance(stage, run, study)
             users.setdefault(inst.key, []).append(run.name)
-    rows = []
-    for inst in instances:
-        folder = stages.folder(study.name, inst)
-        if inst.stage.always_run:
-            state = "always runs"
-        elif is_fresh(study.name, inst, expected[inst.key]):
-            state = "up to date"
-        elif stages.read_record(folder) is not None:
-            state = "stale"
-        else:
-            state = "missing"
-        rows.append({"stage": inst.stage.name, "runs": ", ".join(users.get(inst.key, [])) or "(study)",
-                     "state": state, "folder": str(folder.relative_to(paths.artifacts_root()))})
-    return rows
+    return [{"stage": inst.stage.name, "runs": ", ".join(users.get(inst.key, [])) or "(study)",
+             "state": found[inst.key].label, "why": found[inst.key].reason,
+             "folder": str(stages.folder(study.name, inst).relative_to(paths.artifacts_root()))}
+            for inst in instances]
 
 
 def _tag_parameter_cells(path: Path) -> None:
@@ -95,63 +94,154 @@ def _tag_parameter_cells(path: Path) -> None:
     nbformat.write(nb, path)
 
 
-def execute(study: str, inst: stages.Instance, log_output: bool = True) -> Path:
-    """Run one stage instance's notebook with papermill; returns the executed notebook."""
+class _ProgressBars:
+    """Where a notebook's stderr stream goes while the runner executes it: its progress bars (tqdm lines) reach the
+    terminal, one line per bar, redrawn in place; anything else (library warnings) only the executed notebook, which
+    keeps every output."""
+
+    def __init__(self) -> None:
+        self.bar: str | None = None  # the description of the bar on the current line
+
+    def write(self, text: str) -> None:
+        for piece in re.split(r"[\r\n]", text):
+            if "%|" not in piece:
+                continue
+            name = piece.split(":")[0]
+            if self.bar is not None and name != self.bar:
+                sys.stderr.write("\n")
+            sys.stderr.write("\r" + piece)
+            self.bar = name
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self.bar = None
+
+
+def _kernel_manager(log: Path) -> type:
+    """A kernel manager whose kernel writes its own messages (its start-up warnings, the tracebacks of a kernel
+    stopped by Ctrl-C) to ``log`` instead of the terminal."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class QuietKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw: Any) -> None:
+            with open(log, "ab") as handle:  # the kernel keeps its own copy of the descriptor
+                kw.setdefault("stdout", handle)
+                kw.setdefault("stderr", handle)
+                await super().start_kernel(**kw)
+
+    return QuietKernelManager
+
+
+def execute(study: str, inst: stages.Instance) -> Path:
+    """Run one stage instance's notebook with papermill; returns the executed notebook. The terminal shows the
+    notebook's progress bars; the kernel's own messages go to ``artifacts/<study>/executed/<stage>-<id>.kernel.log``."""
     import papermill
 
     source = inst.stage.path
     target = paths.executed_notebook(study, inst.stage.name, inst.identity)
     partial = target.with_name(f".{target.stem}.partial.ipynb")
+    kernel_log = target.with_suffix(".kernel.log")
     target.parent.mkdir(parents=True, exist_ok=True)
+    kernel_log.unlink(missing_ok=True)
     parameters = {"study": study, **({"run": inst.run.name} if inst.run else {}), **inst.params}
+    bars = _ProgressBars()
+    quiet = logging.getLogger("papermill")  # its messages repeat what the runner reports itself
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
         papermill.execute_notebook(str(source), str(partial), parameters=parameters, cwd=str(paths.NOTEBOOKS),
-                                   log_output=log_output, progress_bar=False, kernel_name="python3")
+                                   log_output=False, stderr_file=bars, progress_bar=False,
+                                   kernel_name="python3", kernel_manager_class=_kernel_manager(kernel_log))
     except papermill.PapermillExecutionError as err:
+        hint = _os_hint(err.ename, err.evalue)
         raise StageFailed(f"stage {inst.label} failed in notebook notebooks/{source.name} "
-                          f"(cell {err.exec_count}): {err.ename}: {err.evalue}\n"
+                          f"(cell {err.exec_count}): {err.ename}: {err.evalue}{hint}\n"
                           f"The executed notebook with the traceback is {partial}") from None
     except DeadKernelError as err:
         raise StageFailed(f"stage {inst.label}: the kernel running notebooks/{source.name} died ({err}); out of "
-                          f"memory? The partly executed notebook is {partial}") from None
+                          f"memory? The partly executed notebook is {partial}, the kernel's messages are in "
+                          f"{kernel_log}") from None
+    finally:
+        bars.close()
+        quiet.setLevel(level)
     _tag_parameter_cells(partial)
     os.replace(partial, target)
     return target
 
 
+def _os_hint(ename: str, evalue: str) -> str:
+    """What to do about a file-system error raised inside a stage."""
+    if ename in ("OSError", "PermissionError") or "No space left" in evalue or "Read-only" in evalue:
+        return (f"\n(the artifacts folder {paths.artifacts_root()} must be writable and have free space; free "
+                "some, fix its permissions, or set HELPERS_ARTIFACTS to another folder)")
+    return ""
+
+
 def run(profile: str, overrides: list[str] | None = None, force: bool = False, build: bool = True,
         seeds: list[int] | None = None, name: str | None = None) -> dict:
-    """Run every stage of the study (skipping up-to-date ones), publish the book's notebooks, build the book."""
+    """Run every stage of the study (skipping up-to-date ones), publish the book's notebooks, build the book.
+    One runner per study at a time (a second one stops with :class:`helpers.stages.BusyError`)."""
     study = study_mod.resolve(profile, overrides, seeds=seeds, name=name)
     instances = stages.plan(study)
     expected = stages.expected_fingerprints(instances)
-    study.save()
-    print(f"Study {study.name!r} (profile {profile}): {len(study.runs)} run(s) "
-          f"[{', '.join(study.runs)}], {len(instances)} stage(s); outputs in {paths.study_dir(study.name)}",
-          flush=True)
-    runlog = read_runlog(study.name)
-    runlog["profile"] = str(profile)
-    log = runlog["stages"] = {k: v for k, v in runlog.get("stages", {}).items() if isinstance(v, dict)}
-    for i, inst in enumerate(instances, 1):
-        header = f"[{i}/{len(instances)}] {inst.label} ({inst.stage.notebook})"
-        entry_key = f"{inst.stage.name}-{inst.identity}"
-        if not force and is_fresh(study.name, inst, expected[inst.key]):
-            print(f"{header}: up to date, skipped", flush=True)
-            log.setdefault(entry_key, {})["status"] = "reused"
-        else:
-            print(f"{header}: running", flush=True)
-            start = time.perf_counter()
-            execute(study.name, inst)
-            seconds = time.perf_counter() - start
-            log[entry_key] = {"status": "ran", "seconds": round(seconds, 1),
-                              "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            print(f"{header}: done in {seconds:.0f} s", flush=True)
-        log[entry_key].update(stage=inst.stage.name, run=inst.run.name if inst.run else None)
-        artifacts.write_json(runlog_path(study.name), runlog)
-    publish(study, instances)
+    _check_writable(paths.study_dir(study.name))
+    with stages.study_lock(study.name):
+        study.save()
+        print(f"Study {study.name!r} (profile {profile}): {len(study.runs)} run(s) "
+              f"[{', '.join(study.runs)}], {len(instances)} stage(s); outputs in {paths.study_dir(study.name)}",
+              flush=True)
+        runlog = read_runlog(study.name)
+        runlog["profile"] = str(profile)
+        log = runlog["stages"] = {k: v for k, v in (runlog.get("stages") or {}).items() if isinstance(v, dict)}
+        found: dict[tuple[str, str], stages.State] = {}
+        for i, inst in enumerate(instances, 1):
+            header = f"[{i}/{len(instances)}] {inst.label} ({inst.stage.notebook})"
+            entry_key = f"{inst.stage.name}-{inst.identity}"
+            notebook = paths.executed_notebook(study.name, inst.stage.name, inst.identity)
+            current = stages.state(study.name, inst, expected[inst.key], found, extra=notebook)
+            if not force and current.fresh:
+                print(f"{header}: up to date, skipped", flush=True)
+                log.setdefault(entry_key, {})["status"] = "reused"
+            else:
+                why = "" if force or current.reason in ("missing", "always runs") else f" ({current.reason})"
+                print(f"{header}: running{why}", flush=True)
+                start = time.perf_counter()
+                execute(study.name, inst)
+                seconds = time.perf_counter() - start
+                log[entry_key] = {"status": "ran", "seconds": round(seconds, 1),
+                                  "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                current = stages.state(study.name, inst, expected[inst.key], found, extra=notebook)
+                if current.reason.startswith("stale: its parameters, code"):
+                    raise StageFailed(f"stage {inst.label}: its notebook or the code it imports changed while it ran; "
+                                      "run the same command again")
+                if not current.fresh and not inst.stage.always_run:
+                    raise StageFailed(f"stage {inst.label} ran but its outputs are not complete: {current.reason}")
+                print(f"{header}: done in {seconds:.0f} s", flush=True)
+            found[inst.key] = current
+            log[entry_key].update(stage=inst.stage.name, run=inst.run.name if inst.run else None)
+            artifacts.write_json(runlog_path(study.name), runlog)
+        publish(study, instances)
     if build:
         build_book()
     return runlog
+
+
+def _check_writable(folder: Path) -> None:
+    """Fail before any work, with what to do, when the study's folder cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as err:
+        raise ArtifactsError(f"cannot write to {folder}: {err.strerror or err}. The artifacts folder must be "
+                             "writable and have free space: fix its permissions, free some space, or set "
+                             "HELPERS_ARTIFACTS to another folder") from None
 
 
 def publish(study: study_mod.Study, instances: list[stages.Instance]) -> None:
@@ -166,7 +256,11 @@ def publish(study: study_mod.Study, instances: list[stages.Instance]) -> None:
 
 
 def build_book() -> Path:
-    """``jupyter-book build`` (the book never executes anything: papermill did)."""
+    """``jupyter-book build`` (the book never executes anything: papermill did), with Vega shipped inside the book
+    for the interactive charts."""
+    from . import charts
+
+    charts.write_bundle(paths.REPO_ROOT / "book" / "_static")
     exe = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(paths.REPO_ROOT)]
     print("Building the book:", " ".join(cmd), flush=True)
@@ -220,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
             rows = status(study)
             width = max(len(r["stage"]) for r in rows)
             for row in rows:
-                print(f"{row['stage']:<{width}}  {row['state']:<11}  {row['runs']:<28}  {row['folder']}")
+                why = "" if row["why"] in (row["state"], "up to date") else f"  ({row['why']})"
+                print(f"{row['stage']:<{width}}  {row['state']:<11}  {row['runs']:<28}  {row['folder']}{why}")
             return 0
         run(args.profile, args.param, force=args.force, build=not args.no_book, seeds=_seeds(args.seeds),
             name=args.study)
@@ -228,16 +323,23 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (study_mod.MissingStudyError, stages.MissingStageError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except StageFailed as err:
+    except (study_mod.MissingStudyError, stages.MissingStageError, stages.BusyError, StageFailed,
+            ArtifactsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except subprocess.CalledProcessError as err:
         print(f"error: {' '.join(map(str, err.cmd))} exited with {err.returncode}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # e.g. `status | head -1`: the reader has gone; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as err:
+        print(f"error: {err.strerror or err}: {err.filename or ''}\n(the artifacts folder "
+              f"{paths.artifacts_root()} must be writable and have free space; free some, fix its permissions, or "
+              "set HELPERS_ARTIFACTS to another folder)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # the stopped kernel's pending tasks
         print("\ninterrupted: completed stages are kept and half-written ones ignored; run the same command again "
               "to resume", file=sys.stderr)
         return 130

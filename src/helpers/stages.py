@@ -24,24 +24,40 @@ In a notebook::
 
 from __future__ import annotations
 
+import ast
+import errno
+import fcntl
 import hashlib
 import importlib
 import json
+import os
 import pkgutil
 import shutil
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib import metadata
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from . import artifacts, config, paths
 from .study import Run, Study, load
 
 RECORD = "stage.json"
+SOURCE = Path(__file__).resolve().parent  # the package's source (src/helpers)
+#: Modules that run, store and lay out stages but compute no result: not part of any stage's code fingerprint
+#: (editing the runner does not recompute fine-tuning). Everything a stage's code imports besides these is.
+INFRASTRUCTURE = frozenset({"__init__", "stages", "pipeline", "paths", "artifacts", "study", "config"})
 
 
 class MissingStageError(RuntimeError):
-    """An input stage has no committed outputs."""
+    """An input stage has no complete, intact committed outputs."""
+
+
+class BusyError(RuntimeError):
+    """Another process holds the lock of this study or stage."""
 
 
 @dataclass(frozen=True)
@@ -110,10 +126,57 @@ def _hash(*parts: Any) -> str:
     return digest.hexdigest()
 
 
+def _imports(module: str) -> set[str]:
+    """The package modules (named like ``chapters/control``) that ``module``'s source imports at module level
+    (imports inside functions, used here to read another stage's outputs or to break cycles, are not followed)."""
+    path = SOURCE / f"{module}.py"
+    if not path.exists():
+        return set()
+    package = module.split("/")[:-1]
+    found: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom):
+            if node.level:  # from . import x, from .x import y, from .. import x
+                base = package[: len(package) - node.level + 1]
+                within = node.module.split(".") if node.module else []
+            elif (node.module or "").split(".")[0] == "helpers":  # from helpers(.x) import y
+                base, within = [], node.module.split(".")[1:]
+            else:
+                continue
+            found.add("/".join(base + within))
+            found.update("/".join(base + within + [alias.name]) for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update("/".join(a.name.split(".")[1:]) for a in node.names if a.name.startswith("helpers."))
+    packages = {f"{m}/__init__" for m in found if m and (SOURCE / m / "__init__.py").exists()}
+    return {m for m in found | packages if m and (SOURCE / f"{m}.py").exists()}
+
+
+@lru_cache(maxsize=None)
+def code_modules(roots: tuple[str, ...]) -> tuple[str, ...]:
+    """``roots`` and every package module they import, transitively, except :data:`INFRASTRUCTURE`."""
+    seen: set[str] = set()
+    todo = [m for m in roots if m not in INFRASTRUCTURE]
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        todo.extend(m for m in _imports(module) if m not in INFRASTRUCTURE and m not in seen)
+    return tuple(sorted(seen))
+
+
+def _package_version() -> str | None:
+    try:
+        return metadata.version("helpers")
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def source_hash(stage: Stage) -> str:
-    """The notebook and the code modules the stage depends on (a change of either makes it stale)."""
-    files = [stage.path] + [paths.REPO_ROOT / "src" / "helpers" / f"{m}.py" for m in stage.modules]
-    return _hash(*[f.read_bytes() if f.exists() else str(f).encode() for f in files])
+    """The stage's code: its notebook, the package's version, and the source of every package module its declared
+    modules import, transitively (:func:`code_modules`). A change of any of them makes the stage stale."""
+    files = [stage.path] + [SOURCE / f"{m}.py" for m in code_modules(stage.modules)]
+    return _hash(_package_version(), *[f.read_bytes() if f.exists() else str(f).encode() for f in files])
 
 
 @dataclass(frozen=True)
@@ -210,9 +273,126 @@ def folder(study: str, inst_or_input: Instance | Input) -> Path:
 def read_record(path: Path) -> dict[str, Any] | None:
     """A committed stage's record, or None when it is missing or unreadable (treated as not committed)."""
     try:
-        return json.loads((path / RECORD).read_text())
+        record = json.loads((path / RECORD).read_text())
     except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) else None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What a stage wrote: sizes and checksums, verified on reuse
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest(path: Path) -> dict[str, dict[str, Any]]:
+    """Every file under ``path`` except the record itself: ``{relative path: {size, sha256}}``."""
+    files = sorted(f for f in path.rglob("*") if f.is_file() and f.name != RECORD)
+    return {f.relative_to(path).as_posix(): {"size": f.stat().st_size, "sha256": _sha256(f)} for f in files}
+
+
+def damage(path: Path, record: dict[str, Any]) -> str | None:
+    """What is wrong with a committed folder's files, or None when every file it recorded is there, of the recorded
+    size and checksum (sizes first: a truncated file is found without reading the others)."""
+    files = record.get("files")
+    if not isinstance(files, dict):
+        return "its record lists no files (written by an older version of this package)"
+    for name, meta in files.items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if f.stat().st_size != meta.get("size"):
+            return f"{name} has {f.stat().st_size} bytes, {meta.get('size')} were written"
+    for name, meta in files.items():
+        if _sha256(path / name) != meta.get("sha256"):
+            return f"{name} differs from what was written (checksum)"
+    return None
+
+
+@dataclass(frozen=True)
+class State:
+    """Whether a planned stage instance can be reused, and why not."""
+
+    fresh: bool
+    reason: str  # "up to date", "missing", "stale: ...", "damaged: ...", "always runs"
+    commit: str | None = None  # the commit id of its outputs (when fresh)
+
+    @property
+    def label(self) -> str:
+        return self.reason.split(":")[0]
+
+
+def state(study: str, inst: Instance, expected: str, upstream: dict[tuple[str, str], State],
+          extra: Path | None = None) -> State:
+    """Can ``inst``'s committed outputs be reused? Only when its record holds the fingerprint expected now, every
+    file it wrote is intact, every input is itself reusable and is the very commit it read (an input recomputed
+    since makes it stale), and ``extra`` (e.g. the executed notebook the book shows), if given, exists. The
+    runner and ``status`` both decide with this function, inputs first (``upstream``: the inputs' states)."""
+    if inst.stage.always_run:
+        return State(False, "always runs")
+    path = folder(study, inst)
+    record = read_record(path)
+    if record is None:
+        return State(False, "missing")
+    if record.get("fingerprint") != expected:
+        return State(False, "stale: its parameters, code or notebook changed")
+    read = {(i.get("stage"), i.get("identity")): i.get("commit") for i in record.get("inputs", [])
+            if isinstance(i, dict)}
+    for i in inst.inputs:
+        up = upstream.get((i.stage, i.identity))
+        if up is None or not up.fresh:
+            return State(False, f"stale: its input {i.stage}{f'[{i.run}]' if i.run else ''} is not up to date")
+        if read.get((i.stage, i.identity)) != up.commit:
+            return State(False, f"stale: its input {i.stage}{f'[{i.run}]' if i.run else ''} was recomputed since")
+    broken = damage(path, record)
+    if broken:
+        return State(False, f"damaged: {broken} (in {path})")
+    if extra is not None and not extra.exists():
+        return State(False, f"stale: {extra.name} is missing")
+    return State(True, "up to date", record.get("commit"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Locks: one writer per study (the runner) and per stage instance (a notebook)
+
+
+@contextmanager
+def lock(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if needed) or raise :class:`BusyError` naming the process that
+    holds it. The operating system releases it when the process ends, however it ends."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 1000, 0).decode(errors="replace").strip() or "another process"
+            raise BusyError(f"{what} is in use by {holder}; wait for it to finish (or stop it) and run again") \
+                from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (f"process {os.getpid()} ({' '.join(_command())[:200]}), since "
+                       f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}").encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _command() -> list[str]:
+    import sys
+
+    return [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else ["python"]
+
+
+def study_lock(study: str) -> Any:
+    return lock(paths.study_dir(study) / ".lock", f"study {study!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -238,6 +418,10 @@ class RunInputs:
         return self.folders[stage]
 
 
+_HELD: dict[Path, Any] = {}  # the stage locks this process holds, by lock file
+_BEGUN: set[str] = set()  # the stages begun in this process
+
+
 class StageContext:
     """A stage instance being computed in a notebook: validated parameters, its inputs, its output folder.
 
@@ -254,20 +438,31 @@ class StageContext:
             inst = chapter_instance(stage, Study(study.name, study.profile, {**study.params, **params}, study.runs))
         self.instance = inst
         self.inputs: dict[tuple[str, str | None], Path] = {}
+        self.read: list[dict[str, Any]] = []
         upstream = []
         for i in inst.inputs:
             path = folder(study.name, i)
             record = read_record(path)
+            where = f" of run {i.run!r}" if i.run else ""
+            rerun = f"run the study first: python -m helpers.pipeline run --profile {study.profile}"
             if record is None:
-                where = f" of run {i.run!r}" if i.run else ""
-                raise MissingStageError(f"stage {i.stage!r}{where} has no complete outputs in {path}; run the study "
-                                        f"first: python -m helpers.pipeline run --profile {study.profile}")
+                raise MissingStageError(f"stage {i.stage!r}{where} has no complete outputs in {path}; {rerun}")
+            broken = damage(path, record)
+            if broken:
+                raise MissingStageError(f"stage {i.stage!r}{where} is damaged: {broken} (in {path}); {rerun} "
+                                        "(it recomputes damaged stages)")
             self.inputs[(i.stage, i.run)] = path
+            self.read.append({**i.__dict__, "commit": record.get("commit")})
             upstream.append(record["fingerprint"])
         self.fingerprint = _hash(inst.identity, source_hash(stage), upstream)
         self.final = folder(study.name, inst)
+        lock_path = self.final.parent / f".{self.final.name}.lock"
+        if lock_path in _HELD:  # the same stage begun again in this process (a notebook cell run twice)
+            _HELD.pop(lock_path).__exit__(None, None, None)
+        self._lock = _HELD[lock_path] = lock(lock_path, f"stage {inst.label} of study {study.name!r}")
+        self._lock.__enter__()  # held until commit, or until this process ends
         self.path = self.final.parent / f".{self.final.name}.partial"
-        if self.path.exists():
+        if self.path.exists():  # left by an interrupted run (the lock says nobody is writing it now)
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True)
 
@@ -289,12 +484,18 @@ class StageContext:
         return {stage: path for (stage, run), path in self.inputs.items() if run is None}
 
     def commit(self) -> Path:
+        """Record what the stage wrote (every file's size and checksum) and its provenance, then publish the folder
+        in one rename. Each commit gets a new id: stages that read an earlier commit of it are stale."""
+        artifacts.write_json(self.path / "env.json", artifacts.environment())
+        files = manifest(self.path)
         record = {"stage": self.stage.name, "run": self.run.name if self.run else None,
                   "identity": self.instance.identity, "fingerprint": self.fingerprint, "params": self.instance.params,
-                  "inputs": [i.__dict__ for i in self.instance.inputs]}
-        artifacts.write_json(self.path / "env.json", artifacts.environment())
+                  "inputs": self.read, "files": files,
+                  "commit": uuid.uuid4().hex[:16]}
         artifacts.write_json(self.path / RECORD, record)
         artifacts.replace_dir(self.path, self.final)
+        _HELD.pop(self.final.parent / f".{self.final.name}.lock", None)
+        self._lock.__exit__(None, None, None)
         print(f"Stage {self.instance.label} committed to {self.final}")
         return self.final
 
@@ -303,6 +504,12 @@ def begin(stage_name: str, namespace: dict[str, Any], show: bool = True) -> Stag
     """What a notebook's first code cell calls: validate the injected parameters (the study's name, the run's name
     for run stages, and the stage's own parameters, read from ``namespace``), print them, open the output folder."""
     stage = get(stage_name)
+    unknown = sorted(set(_injected(namespace)) - {"study", "run", *stage.params})
+    if unknown and stage_name not in _BEGUN:  # (begun again in the same kernel: the names are its own results)
+        raise config.ConfigError(f"notebook {stage.notebook} got unknown parameter(s) {unknown}; it takes "
+                                 f"{['study', *(['run'] if stage.scope == 'run' else []), *stage.params]} "
+                                 "(papermill --help-notebook lists them)")
+    _BEGUN.add(stage_name)
     if not isinstance(namespace.get("study"), str):
         raise config.ConfigError(f"notebook {stage.notebook} needs a 'study' parameter (the study's name)")
     cfg = config.check({k: namespace[k] for k in stage.params if k in namespace}, keys=stage.params)
@@ -319,3 +526,54 @@ def begin(stage_name: str, namespace: dict[str, Any], show: bool = True) -> Stag
         head = f"run {run.name!r} of " if run else ""
         config.show(cfg, f"Stage {stage.name!r}, {head}study {study.name!r}; effective parameters:")
     return StageContext(stage, {**cfg, "study": study.name, **({"run": run.name} if run else {})}, study, run)
+
+
+_IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+
+
+def _injected(namespace: dict[str, Any]) -> list[str]:
+    """The plain values a notebook's namespace holds before it begins its stage: its parameters, and whatever
+    papermill injected (modules, functions, classes and IPython's own names are not parameters)."""
+    return [k for k, v in namespace.items()
+            if not k.startswith("_") and k not in _IPYTHON_NAMES and not callable(v)
+            and type(v).__name__ != "module"]
+
+
+def parameters_cell(stage: Stage, values: dict[str, Any]) -> str:
+    """The source of a stage notebook's ``parameters`` cell: every parameter with its type and meaning, so that
+    ``papermill --help-notebook`` lists them (``values``: the defaults it shows, those of the smoke study)."""
+    lines = ["# Parameters (defaults: the smoke study; the runner injects the study's values below)",
+             f"study: str = {values['study']!r}  # the study: its manifest is artifacts/<study>/study.json"]
+    if stage.scope == "run":
+        lines.append(f"run: str = {values['run']!r}  # which run of the study (<variant>-s<seed>)")
+    for name in stage.params:
+        p = config.PARAMETERS[name]
+        bounds = [f"{word} {v:g}" for word, v in (("min", p.minimum), ("max", p.maximum)) if v is not None]
+        allowed = p.allowed()
+        extra = (f"; {'items from' if p.type is list else 'one of'} {list(allowed)}" if allowed is not None else
+                 f"; {', '.join(bounds)}" if bounds else "")  # ('>=' would stop papermill's parameter parser)
+        lines.append(f"{name}: {p.type.__name__} = {values[name]!r}  # {p.help}{extra}")
+    return "\n".join(lines)
+
+
+def sync_parameter_cells(check_only: bool = False) -> list[str]:
+    """Rewrite every stage notebook's ``parameters`` cell from :func:`parameters_cell` with the smoke study's main
+    run; returns the notebooks that differed (``check_only``: change nothing)."""
+    import nbformat
+
+    from .study import resolve
+
+    smoke = resolve("smoke")
+    first = smoke.first
+    values = {**first.params, **smoke.params, "study": smoke.name, "run": first.name}
+    differ = []
+    for stage in all_stages().values():
+        nb = nbformat.read(stage.path, as_version=4)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        wanted = parameters_cell(stage, values)
+        if cell.source != wanted:
+            differ.append(stage.notebook)
+            if not check_only:
+                cell.source = wanted
+                nbformat.write(nb, stage.path)
+    return differ

@@ -91,6 +91,8 @@ def profile_path(profile: str | Path) -> Path:
     path = Path(profile)
     if not path.suffix:
         path = paths.PARAMS / f"{profile}.yaml"
+    if path.is_dir():
+        raise ConfigError(f"profile {str(profile)!r} is a directory ({path}); give a YAML file, e.g. params/smoke.yaml")
     if not path.is_file():
         available = sorted(p.stem for p in paths.PARAMS.glob("*.yaml"))
         raise ConfigError(f"profile {str(profile)!r} not found (no file {path}); available: {available}")
@@ -104,6 +106,8 @@ def load_profile(profile: str | Path) -> dict[str, Any]:
         raw = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"profile {path} is not valid YAML: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"profile {path} cannot be read: {err.strerror or err}") from None
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"profile {path} must be a mapping (seeds / parameters / runs), got "
@@ -160,10 +164,11 @@ def resolve(profile: str | Path, overrides: list[str] | dict[str, Any] | None = 
         raise ConfigError(f"profile {profile}: 'runs' must include 'main' (the run most chapters read); got "
                           f"{list(spec['runs'])}")
     for variant, variant_overrides in spec["runs"].items():
+        if (not isinstance(variant_overrides, (dict, type(None))) or not isinstance(variant, str)
+                or not variant.replace("_", "").isalnum() or len(variant) > 40):
+            raise ConfigError(f"profile {profile}: run {variant!r} must be a name of letters, digits and '_' (at "
+                              f"most 40) mapped to its parameter overrides, got {variant_overrides!r}")
         variant_overrides = dict(variant_overrides or {})
-        if not isinstance(variant_overrides, dict) or not str(variant).replace("_", "").isalnum():
-            raise ConfigError(f"profile {profile}: run {variant!r} must be a name of letters, digits and '_' mapped "
-                              "to its parameter overrides")
         run_seeds = _seeds(variant_overrides.pop("seeds", default_seeds), f"run {variant!r}:")
         if seeds is not None:
             run_seeds = [s for s in run_seeds if s in seeds] or run_seeds[:1]
@@ -190,12 +195,53 @@ def resolve(profile: str | Path, overrides: list[str] | dict[str, Any] | None = 
         config.check_relations({**smallest.params, **study_params})
     except ConfigError as err:
         raise ConfigError(f"run {smallest.variant!r}: {err}") from None
+    check_feasible(runs)
     study_name = name or profile_path(profile).stem
     try:
         paths.study_dir(study_name)  # refuses names outside the artifacts root
     except ValueError as err:
         raise ConfigError(f"option --study: {err}") from None
     return Study(study_name, str(profile), study_params, runs)
+
+
+def check_feasible(runs: dict[str, Run]) -> None:
+    """What each value allows only with the chosen model, machine and corpus, checked before any work (each would
+    otherwise fail minutes into a run): a TracIn parameter subset that selects nothing of the model, ``device:
+    cuda`` without CUDA, sample sizes beyond what the corpus has."""
+    import torch
+
+    from . import data, models, tracin
+    from .stages import RUN_STAGES  # stages imports this module
+
+    data_stage = RUN_STAGES[0]
+    skeletons: dict[tuple[str, int], Any] = {}
+    sampled: set[str] = set()
+    for run in runs.values():
+        p = run.params
+        where = f"run {run.variant!r}: parameter"
+        if p["device"] == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"{where} 'device' is 'cuda' but torch sees no CUDA device here; allowed here: "
+                              "'auto' or 'cpu'")
+        n_labels = len(data.LABELS[p["label"]].names)
+        key = (p["model"], n_labels)
+        if key not in skeletons:
+            skeletons[key] = models.skeleton(*key)
+        model = skeletons[key]
+        for name in ("tracin_params", "attribution_groups"):
+            for spec in [p[name]] if isinstance(p[name], str) else p[name]:
+                if model is not None:
+                    try:
+                        tracin.select_parameters(model, spec)
+                    except ValueError as err:
+                        raise ConfigError(f"{where} {name!r} has {spec!r}, which does not fit model "
+                                          f"{p['model']!r}: {err}") from None
+        sizes = json.dumps({k: p[k] for k in data_stage.params}, sort_keys=True)  # runs sharing data: once
+        if sizes not in sampled:
+            try:
+                data.sample_keys(p)
+            except data.SizeError as err:
+                raise ConfigError(f"{where}s ask for more samples than the corpus has ({err})") from None
+            sampled.add(sizes)
 
 
 class MissingStudyError(RuntimeError):
@@ -210,5 +256,5 @@ def load(name: str) -> Study:
                                 f"{name}` first (it writes the study's manifest and every stage's outputs)")
     try:
         return Study.from_json(json.loads(path.read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise MissingStudyError(f"{path} is damaged ({err}); run the pipeline again to rewrite it") from None
