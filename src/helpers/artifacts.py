@@ -46,6 +46,17 @@ def replace_dir(tmp: Path, final: Path) -> Path:
     return final
 
 
+def sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 

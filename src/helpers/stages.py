@@ -283,18 +283,10 @@ def read_record(path: Path) -> dict[str, Any] | None:
 # What a stage wrote: sizes and checksums, verified on reuse
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def manifest(path: Path) -> dict[str, dict[str, Any]]:
     """Every file under ``path`` except the record itself: ``{relative path: {size, sha256}}``."""
     files = sorted(f for f in path.rglob("*") if f.is_file() and f.name != RECORD)
-    return {f.relative_to(path).as_posix(): {"size": f.stat().st_size, "sha256": _sha256(f)} for f in files}
+    return {f.relative_to(path).as_posix(): {"size": f.stat().st_size, "sha256": artifacts.sha256(f)} for f in files}
 
 
 def damage(path: Path, record: dict[str, Any]) -> str | None:
@@ -310,7 +302,7 @@ def damage(path: Path, record: dict[str, Any]) -> str | None:
         if f.stat().st_size != meta.get("size"):
             return f"{name} has {f.stat().st_size} bytes, {meta.get('size')} were written"
     for name, meta in files.items():
-        if _sha256(path / name) != meta.get("sha256"):
+        if artifacts.sha256(path / name) != meta.get("sha256"):
             return f"{name} differs from what was written (checksum)"
     return None
 
