@@ -262,9 +262,13 @@ def build_book() -> Path:
 
     charts.write_bundle(paths.REPO_ROOT / "book" / "_static")
     exe = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(paths.REPO_ROOT)]
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", "-q", str(paths.REPO_ROOT)]  # warnings only
     print("Building the book:", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=paths.REPO_ROOT)
+    done = subprocess.run(cmd, cwd=paths.REPO_ROOT, capture_output=True, text=True)
+    sys.stderr.write(done.stderr)  # sphinx's warnings; its banner (stdout) is shown only when the build fails
+    if done.returncode:
+        sys.stdout.write(done.stdout)
+        raise subprocess.CalledProcessError(done.returncode, cmd)
     index = paths.REPO_ROOT / "_build" / "html" / "index.html"
     print(f"Book: {index}")
     return index
