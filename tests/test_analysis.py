@@ -5,6 +5,8 @@ import pandas as pd
 import pytest
 
 from helpers import analysis
+from helpers.stages import RunInputs
+from helpers.study import Run
 from helpers.tracin import InfluenceScores
 
 
@@ -65,3 +67,22 @@ def test_matrix_per_checkpoint_and_cumulative():
     np.testing.assert_allclose(analysis.matrix(scores, "epoch2", cumulative=True), 0.0)
     np.testing.assert_allclose(analysis.matrix(scores, "epoch3", cumulative=True), 2 * PLANTED)
     np.testing.assert_allclose(analysis.matrix(scores), 2 * PLANTED)
+
+
+def test_runs_table_reads_the_checkpoint_it_names(tmp_path):
+    # One en test sample; 4 en and 4 fr training samples. Checkpoint 1 favours two of each language, checkpoint 2
+    # strongly favours en, checkpoint 3 weakly favours fr: the top-4's en share is 0.5, 1, 0 per checkpoint and 1 in
+    # the total, so each choice of checkpoint gives its own answer.
+    en, fr = np.array([1.0] * 4 + [0.0] * 4), np.array([0.0] * 4 + [1.0] * 4)
+    mixed = np.array([2, 2, 0, 0, 2, 2, 0, 0], dtype=float)
+    per_checkpoint = [mixed[:, None], 10 * en[:, None], fr[:, None]]
+    scores = make_scores(per_checkpoint, TRAIN, ["en"])
+    scores.save(tmp_path / "tracin" / "scores")
+    run = RunInputs(Run("main-s0", "main", 0, {}), {"tracin": tmp_path / "tracin"})
+    share = {checkpoint: analysis.runs_table([run], 4, "proponents", checkpoint)["share_en"].item()
+             for checkpoint in (None, "first", "last", "epoch2")}
+    assert share == {None: 1.0, "first": 0.5, "last": 0.0, "epoch2": 1.0}
+    cumulative = analysis.runs_table([run], 4, "proponents", "first", cumulative=True)
+    assert cumulative["share_en"].item() == 0.5 and cumulative["run"].item() == "main-s0"
+    with pytest.raises(ValueError, match="'epoch9' is not one of"):
+        analysis.runs_table([run], 4, "proponents", "epoch9")
