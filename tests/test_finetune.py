@@ -1,6 +1,10 @@
 """Fine-tuning on the smoke model: tokenised splits, checkpoints, learning rates, accuracy history."""
 
+import json
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from transformers import get_linear_schedule_with_warmup
@@ -53,7 +57,28 @@ def test_checkpoint_per_epoch_with_the_mean_scheduled_learning_rate(prepared, tm
     assert ckpts[-1]["learning_rate_at_end"] == pytest.approx(0.0)
     languages = cfg["fine_tune_languages"] + cfg["zero_shot_languages"]
     assert sorted(history["epoch"].unique()) == [0, 1, 2]
-    assert set(history["language"]) == set(languages) and history["accuracy"].between(0, 1).all()
+    assert list(history.loc[history["epoch"] == 2, "language"]) == languages
+    # The last epoch's accuracy, recomputed from the trained model in one padded batch.
+    model.eval()
+    with torch.no_grad():
+        batch = finetune.collate(test_ds.to_list(), model.config.pad_token_id)
+        predicted = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.argmax(1)
+    frame = test_ds.select_columns(["language", "label"]).to_pandas()
+    correct = pd.Series(predicted.numpy() == frame["label"].to_numpy()).groupby(frame["language"])
+    last = history[history["epoch"] == 2].set_index("language")
+    assert last["accuracy"].to_dict() == pytest.approx(correct.mean().to_dict())
+    assert last["n"].to_dict() == correct.size().to_dict()
+
+    # What the TracIn stage gets: each checkpoint with its own epoch's rate (they differ: warm-up, then decay).
+    history.to_csv(tmp_path / "accuracy.csv", index=False)
+    (tmp_path / finetune.CHECKPOINTS_FILE).write_text(json.dumps(ckpts))
+    (tmp_path / "info.json").write_text("{}")
+    train_ds.save_to_disk(str(tmp_path / "train_tokens"))
+    test_ds.save_to_disk(str(tmp_path / "test_tokens"))
+    loaded = finetune.load(tmp_path).tracin_checkpoints()
+    assert [(c.name, Path(c.path), c.learning_rate) for c in loaded] == [
+        (c["name"], tmp_path / c["path"], c["learning_rate"]) for c in ckpts]
+    assert ckpts[0]["learning_rate"] != ckpts[1]["learning_rate"]
 
 
 def test_learning_verdict_threshold():
