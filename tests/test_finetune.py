@@ -81,6 +81,17 @@ def test_checkpoint_per_epoch_with_the_mean_scheduled_learning_rate(prepared, tm
     assert ckpts[0]["learning_rate"] != ckpts[1]["learning_rate"]
 
 
+def test_accuracy_table_has_a_row_per_language_and_the_mean_over_fine_tuning_languages():
+    history = pd.DataFrame({"epoch": [0, 0, 0, 1, 1, 1], "language": ["en", "fr", "ko"] * 2,
+                            "accuracy": [0.1, 0.2, 0.3, 0.5, 0.8, 0.9], "n": 6})
+    table = finetune.accuracy_table(history, ["en", "fr"])
+    assert list(table.index) == ["en", "fr", "ko", "mean (fine-tuning languages)"]
+    assert list(table.columns) == ["seen in fine-tuning", "epoch 0", "epoch 1"]
+    assert table["epoch 1"].tolist() == pytest.approx([0.5, 0.8, 0.9, 0.65])
+    assert table["epoch 0"].tolist() == pytest.approx([0.1, 0.2, 0.3, 0.15])
+    assert table["seen in fine-tuning"].tolist() == [True, True, False, True]
+
+
 def test_learning_verdict_threshold():
     assert "learns the task" in finetune.learning_verdict(0.34, 6, 3)
     assert "does **not**" in finetune.learning_verdict(0.32, 6, 3)
