@@ -57,6 +57,8 @@ def test_same_label_share_and_language_blind_baseline():
     labels = [0, 1, 0, 1, 0, 1, 0, 1]
     table = analysis.sample_table(make_scores([PLANTED], TRAIN, ["en", "fr"], labels, [0, 1]), k=4)
     assert table.loc[0, "same_label"] == pytest.approx(0.5)  # rows 0,1,2,7 -> labels 0,1,0,1
+    uneven = analysis.sample_table(make_scores([PLANTED], TRAIN, ["en", "fr"], [0, 0, 0, 1, 1, 1, 1, 1], [0, 1]), k=4)
+    assert uneven["same_label"].tolist() == pytest.approx([0.75, 1.0])  # rows 0,1,2,7 and 3,4,5,6
     blind = analysis.language_blind(make_scores([PLANTED], ["en"] * 6 + ["fr"] * 2, ["en", "fr"]))
     assert blind["en"] == pytest.approx(0.75) and blind["fr"] == pytest.approx(0.25)
 

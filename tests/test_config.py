@@ -184,3 +184,16 @@ def test_notebook_parameter_cells_declare_their_stage_parameters_with_smoke_defa
         for key in stage.params:
             value = smoke.first.params[key] if config.PARAMETERS[key].scope == "run" else smoke.params[key]
             assert declared[key] == value, f"{stage.notebook}: default of {key!r} differs from the smoke study"
+
+
+def test_override_values_are_typed_by_the_parameter_they_set():
+    assert config.parse_override("learning_rate=1e-4") == ("learning_rate", 1e-4)  # YAML 1.1 reads a string
+    assert config.parse_override("imbalance4.learning_rate=2e-5") == ("imbalance4.learning_rate", 2e-5)
+    assert config.parse_override("control.permuted_language=no") == ("control.permuted_language", "no")  # not False
+    assert config.parse_override("tracin_params=re:a=b") == ("tracin_params", "re:a=b")
+    assert config.parse_override(" fine_tune_languages = [en, de]") == ("fine_tune_languages", ["en", "de"])
+    assert config.parse_override("unknown=1e-4") == ("unknown", "1e-4")  # resolve names it as unknown
+    with pytest.raises(ConfigError, match="'top_k5' must look like key=value"):
+        config.parse_override("top_k5")
+    with pytest.raises(ConfigError, match=r"parameter 'fine_tune_languages': cannot read value '\[en'"):
+        config.parse_override("fine_tune_languages=[en")
