@@ -60,6 +60,11 @@ def test_language_shares_detects_planted_own_language_preference_and_its_absence
     assert cells["language_blind"].eq(1 / 3).all()
     blind = fake_run(tmp_path, "main-s1", [own_language_scores(train, test, 0)], train, test)
     assert verdicts(language_shares.compute([blind], CFG))["LS1"] == "supports"
+    (tmp_path / "out").mkdir()
+    result.save(tmp_path / "out")  # what the notebook commits: every table as CSV, and the claims
+    for name, table in result.tables.items():
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "out" / f"{name}.csv"), table, check_dtype=False)
+    assert claims_mod.load(tmp_path / "out")["verdict"].tolist() == result.claims_table["verdict"].tolist()
 
 
 def test_dynamics_detects_a_falling_own_language_share(tmp_path):
