@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from datasets import Dataset
 from transformers import get_linear_schedule_with_warmup
 
 from helpers import data, finetune, study
@@ -95,3 +96,23 @@ def test_accuracy_table_has_a_row_per_language_and_the_mean_over_fine_tuning_lan
 def test_learning_verdict_threshold():
     assert "learns the task" in finetune.learning_verdict(0.34, 6, 3)
     assert "does **not**" in finetune.learning_verdict(0.32, 6, 3)
+
+
+def test_load_gives_tracin_each_checkpoint_with_its_own_rate_and_an_absolute_path(tmp_path):
+    # The files the fine-tuning stage writes, with stand-in datasets (no training).
+    rates = [3e-4, 2e-4, 5e-5]
+    checkpoints = [{"name": f"epoch{e}", "path": f"checkpoint-epoch{e}", "learning_rate": lr,
+                    "learning_rate_at_end": lr / 2, "train_loss": 1.0} for e, lr in enumerate(rates, 1)]
+    (tmp_path / finetune.CHECKPOINTS_FILE).write_text(json.dumps(checkpoints))
+    (tmp_path / "info.json").write_text(json.dumps({"vocab_size": 7}))
+    pd.DataFrame({"epoch": [0], "language": ["en"], "accuracy": [0.5], "n": [2]}).to_csv(tmp_path / "accuracy.csv")
+    ids = {"uid": ["a", "b"], "language": ["en", "fr"], "pair_id": ["p", "p"], "label": [0, 1],
+           "label_name": ["x", "y"], "input_ids": [[0, 2], [0, 5, 2]]}
+    for split in ("train", "test"):
+        Dataset.from_dict(ids).save_to_disk(str(tmp_path / f"{split}_tokens"))
+    out = finetune.load(tmp_path)
+    assert [(c.name, c.path, c.learning_rate) for c in out.tracin_checkpoints()] == [
+        (f"epoch{e}", str(tmp_path / f"checkpoint-epoch{e}"), lr) for e, lr in enumerate(rates, 1)]
+    assert out.info == {"vocab_size": 7} and out.history["accuracy"].tolist() == [0.5]
+    assert out.ids("test").columns.tolist() == list(finetune.FinetuneOutputs.ID_COLUMNS)
+    assert out.ids("train")["language"].tolist() == ["en", "fr"]
