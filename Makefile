@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: install book test benchmark clean distclean
+.PHONY: install book test mutation benchmark clean distclean
 
 install: $(STAMP)
 
@@ -32,11 +32,29 @@ book: $(STAMP)
 ## make test: unit tests, then every notebook through nbval with its stored (smoke) parameters, in order, writing
 ## to a temporary artifacts folder (a smoke study of yours in artifacts/smoke is left alone; notebooks/conftest.py
 ## builds the smoke study there first, since the chapters read several of its runs). --nbval-lax: the notebooks are
-## stored without outputs, so nbval checks that every cell runs, not what it prints; tests/test_chapters.py checks
-## the numbers.
+## stored without outputs, so nbval checks that every cell runs; in the same session notebooks/test_book_values.py
+## checks what the executed pages show (accuracy table, language shares, verdicts) against values it recomputes
+## from the stored checkpoints and scores, and tests/test_chapters.py checks each chapter on planted scores.
 test: $(STAMP)
 	$(PY) -m pytest tests
 	HELPERS_ARTIFACTS=$$(mktemp -d) $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+
+## make mutation: mutation testing with mutmut over the modules and the fast test selection declared under
+## [tool.mutmut] in pyproject.toml (the TracIn engine, model conversion, the runner and training are left out).
+## A fresh run each time; prints the score per module and writes artifacts/mutation/report.md (every surviving
+## mutant as a diff), report.json and mutmut.log. Not part of make test: it takes tens of minutes on 2 cores.
+MUTATION_JOBS ?= 2
+mutation: $(STAMP) $(VENV)/.mutation-installed
+	rm -rf mutants
+	mkdir -p artifacts/mutation
+	start=$$(date +%s); \
+	$(VENV)/bin/mutmut run --max-children $(MUTATION_JOBS) > artifacts/mutation/mutmut.log 2>&1 \
+		|| { tail -c 3000 artifacts/mutation/mutmut.log; exit 1; }; \
+	$(PY) tests/mutation_report.py --seconds $$(( $$(date +%s) - start ))
+
+$(VENV)/.mutation-installed: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[test,mutation]"
+	touch $@
 
 benchmark: $(STAMP)
 	mkdir -p artifacts
@@ -47,4 +65,4 @@ clean:
 	rm -rf _build book/executed
 
 distclean: clean
-	rm -rf artifacts $(VENV)
+	rm -rf artifacts mutants $(VENV)

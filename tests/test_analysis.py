@@ -5,6 +5,8 @@ import pandas as pd
 import pytest
 
 from helpers import analysis
+from helpers.stages import RunInputs
+from helpers.study import Run
 from helpers.tracin import InfluenceScores
 
 
@@ -55,6 +57,8 @@ def test_same_label_share_and_language_blind_baseline():
     labels = [0, 1, 0, 1, 0, 1, 0, 1]
     table = analysis.sample_table(make_scores([PLANTED], TRAIN, ["en", "fr"], labels, [0, 1]), k=4)
     assert table.loc[0, "same_label"] == pytest.approx(0.5)  # rows 0,1,2,7 -> labels 0,1,0,1
+    uneven = analysis.sample_table(make_scores([PLANTED], TRAIN, ["en", "fr"], [0, 0, 0, 1, 1, 1, 1, 1], [0, 1]), k=4)
+    assert uneven["same_label"].tolist() == pytest.approx([0.75, 1.0])  # rows 0,1,2,7 and 3,4,5,6
     blind = analysis.language_blind(make_scores([PLANTED], ["en"] * 6 + ["fr"] * 2, ["en", "fr"]))
     assert blind["en"] == pytest.approx(0.75) and blind["fr"] == pytest.approx(0.25)
 
@@ -65,3 +69,22 @@ def test_matrix_per_checkpoint_and_cumulative():
     np.testing.assert_allclose(analysis.matrix(scores, "epoch2", cumulative=True), 0.0)
     np.testing.assert_allclose(analysis.matrix(scores, "epoch3", cumulative=True), 2 * PLANTED)
     np.testing.assert_allclose(analysis.matrix(scores), 2 * PLANTED)
+
+
+def test_runs_table_reads_the_checkpoint_it_names(tmp_path):
+    # One en test sample; 4 en and 4 fr training samples. Checkpoint 1 favours two of each language, checkpoint 2
+    # strongly favours en, checkpoint 3 weakly favours fr: the top-4's en share is 0.5, 1, 0 per checkpoint and 1 in
+    # the total, so each choice of checkpoint gives its own answer.
+    en, fr = np.array([1.0] * 4 + [0.0] * 4), np.array([0.0] * 4 + [1.0] * 4)
+    mixed = np.array([2, 2, 0, 0, 2, 2, 0, 0], dtype=float)
+    per_checkpoint = [mixed[:, None], 10 * en[:, None], fr[:, None]]
+    scores = make_scores(per_checkpoint, TRAIN, ["en"])
+    scores.save(tmp_path / "tracin" / "scores")
+    run = RunInputs(Run("main-s0", "main", 0, {}), {"tracin": tmp_path / "tracin"})
+    share = {checkpoint: analysis.runs_table([run], 4, "proponents", checkpoint)["share_en"].item()
+             for checkpoint in (None, "first", "last", "epoch2")}
+    assert share == {None: 1.0, "first": 0.5, "last": 0.0, "epoch2": 1.0}
+    cumulative = analysis.runs_table([run], 4, "proponents", "first", cumulative=True)
+    assert cumulative["share_en"].item() == 0.5 and cumulative["run"].item() == "main-s0"
+    with pytest.raises(ValueError, match="'epoch9' is not one of"):
+        analysis.runs_table([run], 4, "proponents", "epoch9")

@@ -1,11 +1,16 @@
 """Each chapter on planted scores whose answer is known (no model needed): the claims must come out right."""
 
+import shlex
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import config
-from helpers.chapters import attribution, control, dynamics, imbalance, language_shares, translations, zero_shot
+from helpers import claims as claims_mod
+from helpers import config, data, study
+from helpers.chapters import (attribution, control, dynamics, imbalance, language_shares, qualitative,
+                              reproducibility, scoreboard, translations, zero_shot)
 from helpers.stages import RunInputs
 from helpers.study import Run
 from helpers.tracin import InfluenceScores
@@ -59,6 +64,11 @@ def test_language_shares_detects_planted_own_language_preference_and_its_absence
     assert cells.query("test_language != train_language")["count"].eq(0).all()
     blind = fake_run(tmp_path, "main-s1", [own_language_scores(train, test, 0)], train, test)
     assert verdicts(language_shares.compute([blind], CFG))["LS1"] == "supports"
+    (tmp_path / "out").mkdir()
+    result.save(tmp_path / "out")  # what the notebook commits: every table as CSV, and the claims
+    for name, table in result.tables.items():
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "out" / f"{name}.csv"), table, check_dtype=False)
+    assert claims_mod.load(tmp_path / "out")["verdict"].tolist() == result.claims_table["verdict"].tolist()
 
 
 def test_dynamics_detects_a_falling_own_language_share(tmp_path):
@@ -148,3 +158,81 @@ def test_zero_shot_sees_a_language_drawing_on_its_family(tmp_path, monkeypatch):
     related = result.tables["related"].set_index(["test_language", "by"])
     assert related.loc[("pt", "family"), "related"] == "fr" and related.loc[("pt", "family"), "share"] == 1.0
     assert related.loc[("pt", "family"), "language_blind"] == pytest.approx(1 / 3)
+
+
+def test_scoreboard_gathers_claims_in_the_order_given_and_judges_learning_against_twice_chance(tmp_path, monkeypatch):
+    for stage, ids in (("dynamics", ["DY1"]), ("language_shares", ["LS1", "LS2"]), ("zero_shot", [])):
+        (tmp_path / stage).mkdir()
+        claims_mod.save([claims_mod.claim(i, stage, "s", claims_mod.METHOD, "x", (0.5, 0.4, 0.6), 0.2, "b", "above")
+                         for i in ids], tmp_path / stage)
+    gathered = scoreboard.gather({s: tmp_path / s for s in ("language_shares", "dynamics", "zero_shot")})
+    assert list(gathered["claim_id"]) == ["LS1", "LS2", "DY1"]
+    assert list(gathered["page"]) == ["10_language_shares", "10_language_shares", "11_dynamics"]
+    assert scoreboard.gather({"zero_shot": tmp_path / "zero_shot"}).empty
+
+    # Two seeds: 4 of 6 and 2 of 6 right in each fine-tuning language at the last epoch (epoch 0 is ignored).
+    histories = {}
+    runs = []
+    for seed, right in ((0, 4), (1, 2)):
+        name = f"main-s{seed}"
+        histories[name] = pd.DataFrame({"epoch": [0] * 4 + [2] * 4, "language": ["en", "fr", "de", "ko"] * 2,
+                                        "accuracy": [1.0] * 4 + [right / 6] * 3 + [1 / 6], "n": 6})
+        params = {**config.defaults("run"), "fine_tune_languages": LANGS, "zero_shot_languages": ["ko"], "seed": seed}
+        runs.append(RunInputs(Run(name, "main", seed, params), {"finetune": tmp_path / name}))
+    monkeypatch.setattr(scoreboard.finetune, "load",
+                        lambda folder: type("F", (), {"history": histories[Path(folder).name]})())
+    table = scoreboard.runs_table(runs)
+    assert table["accuracy (fine-tuned languages)"].tolist() == pytest.approx([4 / 6, 2 / 6])
+    assert table["accuracy (zero-shot languages)"].tolist() == pytest.approx([1 / 6, 1 / 6])
+    claim = scoreboard.learning_claim(runs, n_boot=200)
+    assert claim.value == pytest.approx(0.5) and claim.baseline == pytest.approx(2 / 6)
+    assert claim.low <= 0.5 <= claim.high and claim.verdict == "inconclusive"  # one seed above, one below
+    assert scoreboard.learning_claim(runs[:1], n_boot=200).verdict == "supports"  # 4/6 of 18 samples
+
+
+def test_qualitative_shows_the_strongest_proponents_and_opponents_at_the_first_and_last_checkpoint(tmp_path):
+    train, test = frames(n_per_language=4, n_test=1)
+    train = train.assign(label_name="x", text=[f"train text {i}" for i in range(len(train))])
+    test = test.assign(label_name="x", text=[f"test text {j}" for j in range(len(test))])
+    # Checkpoint 1 ranks training rows in order 0, 1, 2, ...; checkpoint 2 in reverse.
+    first = np.tile(-np.arange(len(train), dtype=float)[:, None], (1, len(test)))
+    run = fake_run(tmp_path, "main-s0", [first, -first], train, test)
+    (tmp_path / "data").mkdir()
+    data.save_splits(train, test, tmp_path / "data")
+    run.folders["data"] = tmp_path / "data"
+    examples = qualitative.compute(run, {"examples_per_language": 1, "influence_kind": "proponents"}).tables["examples"]
+    assert len(examples) == len(LANGS) * 2 * 2 * qualitative.SHOWN  # language x checkpoint x kind x rank
+    n = len(train)
+    for (checkpoint, kind), part in examples.groupby(["checkpoint", "kind"]):
+        expected = {("epoch1", "proponents"): [0, 1, 2], ("epoch1", "opponents"): [n - 1, n - 2, n - 3],
+                    ("epoch2", "proponents"): [n - 1, n - 2, n - 3], ("epoch2", "opponents"): [0, 1, 2]}
+        texts = [f"train text {i}" for i in expected[checkpoint, kind]]
+        assert part.groupby("test_uid")["train_text"].apply(list).map(texts.__eq__).all(), (checkpoint, kind)
+        assert part["rank"].tolist() == [1, 2, 3] * len(LANGS)
+    assert (examples["test_text"] == examples["test_uid"].map(dict(zip(test["uid"], test["text"])))).all()
+    assert not examples["same_verse"].any()
+
+
+@pytest.mark.parametrize("seeds", [None, [1]])
+def test_reproducibility_rerun_command_rebuilds_the_same_study(seeds):
+    s = study.resolve("smoke", ["top_k=7", "epochs=2", "fine_tune_languages=[en,fr,de,es,ru]",
+                                "tracin_params=re:classifier"], seeds=seeds, name="mine")
+    words = shlex.split(reproducibility.rerun_command(s))
+    assert words[:4] == ["python", "-m", "helpers.pipeline", "run"] and words[-1] == "--force"
+    option = {words[i]: words[i + 1] for i in range(4, len(words) - 1) if words[i].startswith("--")}
+    overrides = [words[i + 1] for i in range(len(words) - 1) if words[i] == "-p"]
+    assert sorted(overrides) == ["epochs=2", "top_k=7", "tracin_params=re:classifier"]  # only what differs
+    again = study.resolve(option["--profile"], overrides, seeds=[int(x) for x in option["--seeds"].split(",")],
+                          name=option["--study"])
+    assert again.name == "mine" and again.params == s.params
+    assert {n: r.params for n, r in again.runs.items()} == {n: r.params for n, r in s.runs.items()}
+
+
+def test_reproducibility_parameter_table_shows_where_runs_differ():
+    s = study.resolve("smoke")
+    table = reproducibility.parameter_table(s)
+    assert list(table.index) == list(config.PARAMETERS)
+    assert table.loc["top_k", "value"] == "5" and table.loc["top_k", "scope"] == "study"
+    assert table.loc["imbalance_factor", "in imbalance4-s0"] == "4"
+    assert table.loc["seed", "in main-s1"] == "1" and table.loc["seed", "in imbalance4-s0"] == ""
+    assert table.loc["epochs", [c for c in table.columns if c.startswith("in ")]].eq("").all()

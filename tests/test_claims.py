@@ -53,3 +53,36 @@ def test_claims_table_round_trip_and_prose(tmp_path):
     bad = [claims.Claim("X", "c", "s", "src", "st", 0, 0, 0, 0, "", "above", "maybe")]
     with pytest.raises(ValueError, match="unknown verdict"):
         claims.table(bad)
+
+
+def test_verdict_rule_for_claims_that_predict_a_fall_and_for_open_intervals():
+    assert claims.decide(0.1, 0.3, 0.0, "below") == "contradicts"
+    assert claims.decide(-0.1, 0.3, 0.0, "below") == "inconclusive"
+    assert claims.decide(0.3, float("nan"), 0.2, "above") == "inconclusive"
+    with pytest.raises(ValueError, match="expect='up' is not"):
+        claims.decide(0.1, 0.2, 0.0, "up")
+
+
+def test_interval_resamples_within_strata_and_across_units():
+    # Two strata of constant values: resampling within each keeps every mean at 0.5 exactly.
+    strata = pd.DataFrame({"value": [0.0] * 50 + [1.0] * 50, "test_language": ["a"] * 50 + ["b"] * 50})
+    assert claims.interval(strata, "value", n_boot=200) == (0.5, 0.5, 0.5)
+    assert claims.difference(strata, strata.assign(value=0.0), "value", n_boot=200) == (0.5, 0.5, 0.5)
+    # Two seeds (units) of constant values 0 and 1: resampling the seeds spans 0 to 1.
+    units = pd.DataFrame({"value": [0.0] * 20 + [1.0] * 20, "test_language": "a", "run": ["s0"] * 20 + ["s1"] * 20})
+    assert claims.interval(units, "value", n_boot=400) == (0.5, 0.0, 1.0)
+    empty = strata.assign(value=float("nan"))
+    assert all(np.isnan(claims.interval(empty, "value", n_boot=10)))
+    assert all(np.isnan(claims.difference(empty, strata, "value", n_boot=10)))
+
+
+@pytest.mark.parametrize("confidence", [0.5, 0.9])
+def test_interval_width_follows_the_confidence(confidence):
+    # A mean of 400 normal values (sd 1): the percentile interval is about mean +- z * sd / sqrt(n).
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"value": rng.normal(0, 1, 400), "test_language": "a"})
+    z = {0.5: 0.674, 0.9: 1.645}[confidence]
+    for low, high in (claims.interval(frame, "value", n_boot=4000, confidence=confidence)[1:],
+                      claims.difference(frame, frame.assign(value=0.0), "value", n_boot=4000,
+                                        confidence=confidence)[1:]):
+        assert high - low == pytest.approx(2 * z * frame["value"].std() / np.sqrt(400), rel=0.12)

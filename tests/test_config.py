@@ -4,18 +4,31 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from helpers import config, paths, stages, study
 from helpers.config import ConfigError
 
 
 @pytest.mark.parametrize("profile", sorted(p.stem for p in paths.PARAMS.glob("*.yaml")))
-def test_every_profile_resolves_to_complete_runs(profile):
+def test_every_profile_resolves_to_the_runs_its_yaml_declares(profile):
+    """Each run's parameters, rebuilt from the YAML by hand: declared defaults, then the profile's parameters, then
+    the run's own overrides, then its seed; runs named <variant>-s<seed> in the profile's order."""
+    spec = yaml.safe_load((paths.PARAMS / f"{profile}.yaml").read_text())
     s = study.resolve(profile)
-    assert "main-s0" in s.runs or s.first.variant == "main"
-    for run in s.runs.values():
-        assert set(run.params) == set(config.RUN_PARAMETERS)
-    assert set(s.params) == set(config.STUDY_PARAMETERS)
+    expected = {}
+    for variant, overrides in spec["runs"].items():
+        overrides = dict(overrides or {})
+        for seed in overrides.pop("seeds", spec.get("seeds", [0])):
+            params = {k: p.default for k, p in config.PARAMETERS.items() if p.scope == "run"}
+            params.update({k: v for k, v in spec.get("parameters", {}).items() if config.PARAMETERS[k].scope == "run"})
+            expected[f"{variant}-s{seed}"] = {**params, **overrides, "seed": seed}
+    assert list(s.runs) == list(expected)
+    for name, run in s.runs.items():
+        assert run.params == expected[name], name
+        assert (run.variant, run.seed) == (name.rsplit("-s", 1)[0], expected[name]["seed"])
+    study_params = {k: p.default for k, p in config.PARAMETERS.items() if p.scope == "study"}
+    assert s.params == {**study_params, **{k: v for k, v in spec.get("parameters", {}).items() if k in study_params}}
 
 
 def test_profiles_hold_only_differences_from_the_declared_defaults():
@@ -64,6 +77,41 @@ def test_relations_between_parameters():
         study.resolve("smoke", ["train_per_language=5"])
     with pytest.raises(ConfigError, match="bad regular expression"):
         study.resolve("smoke", ["tracin_params=re:("])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("learning_rate=-0.0001", "'learning_rate' is -0.0001, below the minimum"),
+    ("max_length=513", "'max_length' is 513, above the maximum"),
+    ("max_length=7", "'max_length' is 7, below the minimum"),
+    ("warmup_ratio=1.5", "'warmup_ratio' is 1.5, above the maximum"),
+    ("permuted_share=-0.5", "'permuted_share' is -0.5, below the minimum"),
+    ("test_per_language=0", "'test_per_language' is 0, below the minimum"),
+    ("fine_tune_languages=[en,fr,en]", "'fine_tune_languages' has duplicates"),
+    ("zero_shot_languages=[ko,ko]", "'zero_shot_languages' has duplicates"),
+    ("attribution_groups=[all,classifier,all]", "'attribution_groups' has duplicates"),
+    ("top_k=10001", "'top_k' is 10001, above the maximum"),
+    ("attribution_test_per_language=7", r"'attribution_test_per_language' is 7; allowed: 1\.\.6"),
+    ("imbalance_factor=2", "'imbalance_factor' is set but 'imbalance_language' is none"),
+])
+def test_values_outside_the_declared_range_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        study.resolve("smoke", [override])
+
+
+@pytest.mark.parametrize("overrides", [
+    ["top_k=60"],  # the smoke study's 12 x 5 training samples: k may be all of them
+    ["train_per_language=6"],  # as many as the genre task's classes
+    ["max_length=512"], ["max_length=8"], ["warmup_ratio=0"], ["warmup_ratio=1"], ["permuted_share=0"],
+    ["learning_rate=1e-9"], ["attribution_test_per_language=6"], ["test_per_language=1", "top_k=1",
+                                                                   "attribution_test_per_language=1"],
+    ["imbalance4.imbalance_factor=20"], ["n_bootstrap=100"], ["confidence=0.999"],
+])
+def test_values_at_the_bounds_are_accepted(overrides):
+    s = study.resolve("smoke", overrides)
+    for key, value in map(config.parse_override, overrides):
+        variant, _, key = key.rpartition(".")
+        run = s.runs[f"{variant}-s0"] if variant else s.first
+        assert (s.params if key in config.STUDY_PARAMETERS else run.params)[key] == value
 
 
 def test_overrides_apply_to_every_run_and_per_variant():
@@ -136,3 +184,16 @@ def test_notebook_parameter_cells_declare_their_stage_parameters_with_smoke_defa
         for key in stage.params:
             value = smoke.first.params[key] if config.PARAMETERS[key].scope == "run" else smoke.params[key]
             assert declared[key] == value, f"{stage.notebook}: default of {key!r} differs from the smoke study"
+
+
+def test_override_values_are_typed_by_the_parameter_they_set():
+    assert config.parse_override("learning_rate=1e-4") == ("learning_rate", 1e-4)  # YAML 1.1 reads a string
+    assert config.parse_override("imbalance4.learning_rate=2e-5") == ("imbalance4.learning_rate", 2e-5)
+    assert config.parse_override("control.permuted_language=no") == ("control.permuted_language", "no")  # not False
+    assert config.parse_override("tracin_params=re:a=b") == ("tracin_params", "re:a=b")
+    assert config.parse_override(" fine_tune_languages = [en, de]") == ("fine_tune_languages", ["en", "de"])
+    assert config.parse_override("unknown=1e-4") == ("unknown", "1e-4")  # resolve names it as unknown
+    with pytest.raises(ConfigError, match="'top_k5' must look like key=value"):
+        config.parse_override("top_k5")
+    with pytest.raises(ConfigError, match=r"parameter 'fine_tune_languages': cannot read value '\[en'"):
+        config.parse_override("fine_tune_languages=[en")

@@ -1,5 +1,6 @@
 """The Bible loader: balanced, reproducible splits with no test leakage."""
 
+import pandas as pd
 import pytest
 
 from helpers import data, study
@@ -77,10 +78,42 @@ def test_imbalance_gives_one_language_more_data_and_the_control_shifts_its_label
     assert half.loc[half["language"] == "ru", "permuted"].sum() == cfg["train_per_language"] // 2
 
 
-def test_no_test_verse_leaks_when_leakage_would_be_likely():
-    # A tiny pool makes leakage almost certain without the ban: the testament task on 120 verses per language.
-    cfg, train, test = splits(label="testament", train_per_language=120, test_per_language=25)
+def small_pool(monkeypatch, per_class: int) -> None:
+    """Replace the canon by its first ``per_class`` verses of Genesis (Old Testament) and of Matthew (New)."""
+    keys = data.verse_keys()
+    pool = pd.concat([keys[keys["book"] == 1].head(per_class), keys[keys["book"] == 40].head(per_class)])
+    monkeypatch.setattr(data, "verse_keys", lambda: pool.reset_index(drop=True))
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_no_test_verse_is_trained_on_when_the_pool_holds_exactly_what_the_splits_need(monkeypatch, parallel):
+    # Testament task, 5 fine-tuning languages, 6 test and 12 training verses per language: 3 test verses per class,
+    # and 6 training verses per class and language (disjoint: x5; parallel: shared). A pool of exactly that many
+    # verses leaves no room for a test verse in training: without the ban, leakage (or a shortage) is certain.
+    per_class = 3 + (6 if parallel else 6 * 5)
+    small_pool(monkeypatch, per_class)
+    cfg, train, test = splits(label="testament", train_per_language=12, test_per_language=6, parallel_train=parallel)
     assert not set(train["pair_id"]) & set(test["pair_id"])
+    assert len(set(train["pair_id"]) | set(test["pair_id"])) == 2 * per_class  # every verse of the pool is used
+    small_pool(monkeypatch, per_class - 1)  # one verse short per class: the splits cannot be drawn without leaking
+    with pytest.raises(ValueError, match="lower the sample sizes"):
+        splits(label="testament", train_per_language=12, test_per_language=6, parallel_train=parallel)
+
+
+def test_planted_translations_never_the_test_sample_itself_in_a_small_pool(monkeypatch):
+    # With test_translations_in_train, one pool of 12 + 6 verses: every test verse is in the pool, so a test sample
+    # is in its own language's training data unless it is taken out.
+    small_pool(monkeypatch, 9)
+    cfg, train, test = splits(label="testament", train_per_language=12, test_per_language=6, parallel_train=True,
+                              test_translations_in_train=True)
+    trained = set(zip(train["language"], train["pair_id"]))
+    assert not trained & set(zip(test["language"], test["pair_id"]))
+    assert (train.groupby("language").size() == 12).all()
+    pool = set(train["pair_id"]) | set(test["pair_id"])
+    assert len(pool) == 18
+    for lang in cfg["fine_tune_languages"]:  # each language trains on the pool minus its own test verses
+        own_test = set(test.loc[test["language"] == lang, "pair_id"])
+        assert set(train.loc[train["language"] == lang, "pair_id"]) == pool - own_test
 
 
 def test_labels_follow_the_books():

@@ -1,8 +1,13 @@
 """Fine-tuning on the smoke model: tokenised splits, checkpoints, learning rates, accuracy history."""
 
+import json
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from datasets import Dataset
 from transformers import get_linear_schedule_with_warmup
 
 from helpers import data, finetune, study
@@ -53,9 +58,61 @@ def test_checkpoint_per_epoch_with_the_mean_scheduled_learning_rate(prepared, tm
     assert ckpts[-1]["learning_rate_at_end"] == pytest.approx(0.0)
     languages = cfg["fine_tune_languages"] + cfg["zero_shot_languages"]
     assert sorted(history["epoch"].unique()) == [0, 1, 2]
-    assert set(history["language"]) == set(languages) and history["accuracy"].between(0, 1).all()
+    assert list(history.loc[history["epoch"] == 2, "language"]) == languages
+    # The last epoch's accuracy, recomputed from the trained model in one padded batch.
+    model.eval()
+    with torch.no_grad():
+        batch = finetune.collate(test_ds.to_list(), model.config.pad_token_id)
+        predicted = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.argmax(1)
+    frame = test_ds.select_columns(["language", "label"]).to_pandas()
+    correct = pd.Series(predicted.numpy() == frame["label"].to_numpy()).groupby(frame["language"])
+    last = history[history["epoch"] == 2].set_index("language")
+    assert last["accuracy"].to_dict() == pytest.approx(correct.mean().to_dict())
+    assert last["n"].to_dict() == correct.size().to_dict()
+
+    # What the TracIn stage gets: each checkpoint with its own epoch's rate (they differ: warm-up, then decay).
+    history.to_csv(tmp_path / "accuracy.csv", index=False)
+    (tmp_path / finetune.CHECKPOINTS_FILE).write_text(json.dumps(ckpts))
+    (tmp_path / "info.json").write_text("{}")
+    train_ds.save_to_disk(str(tmp_path / "train_tokens"))
+    test_ds.save_to_disk(str(tmp_path / "test_tokens"))
+    loaded = finetune.load(tmp_path).tracin_checkpoints()
+    assert [(c.name, Path(c.path), c.learning_rate) for c in loaded] == [
+        (c["name"], tmp_path / c["path"], c["learning_rate"]) for c in ckpts]
+    assert ckpts[0]["learning_rate"] != ckpts[1]["learning_rate"]
+
+
+def test_accuracy_table_has_a_row_per_language_and_the_mean_over_fine_tuning_languages():
+    history = pd.DataFrame({"epoch": [0, 0, 0, 1, 1, 1], "language": ["en", "fr", "ko"] * 2,
+                            "accuracy": [0.1, 0.2, 0.3, 0.5, 0.8, 0.9], "n": 6})
+    table = finetune.accuracy_table(history, ["en", "fr"])
+    assert list(table.index) == ["en", "fr", "ko", "mean (fine-tuning languages)"]
+    assert list(table.columns) == ["seen in fine-tuning", "epoch 0", "epoch 1"]
+    assert table["epoch 1"].tolist() == pytest.approx([0.5, 0.8, 0.9, 0.65])
+    assert table["epoch 0"].tolist() == pytest.approx([0.1, 0.2, 0.3, 0.15])
+    assert table["seen in fine-tuning"].tolist() == [True, True, False, True]
 
 
 def test_learning_verdict_threshold():
     assert "learns the task" in finetune.learning_verdict(0.34, 6, 3)
     assert "does **not**" in finetune.learning_verdict(0.32, 6, 3)
+
+
+def test_load_gives_tracin_each_checkpoint_with_its_own_rate_and_an_absolute_path(tmp_path):
+    # The files the fine-tuning stage writes, with stand-in datasets (no training).
+    rates = [3e-4, 2e-4, 5e-5]
+    checkpoints = [{"name": f"epoch{e}", "path": f"checkpoint-epoch{e}", "learning_rate": lr,
+                    "learning_rate_at_end": lr / 2, "train_loss": 1.0} for e, lr in enumerate(rates, 1)]
+    (tmp_path / finetune.CHECKPOINTS_FILE).write_text(json.dumps(checkpoints))
+    (tmp_path / "info.json").write_text(json.dumps({"vocab_size": 7}))
+    pd.DataFrame({"epoch": [0], "language": ["en"], "accuracy": [0.5], "n": [2]}).to_csv(tmp_path / "accuracy.csv")
+    ids = {"uid": ["a", "b"], "language": ["en", "fr"], "pair_id": ["p", "p"], "label": [0, 1],
+           "label_name": ["x", "y"], "input_ids": [[0, 2], [0, 5, 2]]}
+    for split in ("train", "test"):
+        Dataset.from_dict(ids).save_to_disk(str(tmp_path / f"{split}_tokens"))
+    out = finetune.load(tmp_path)
+    assert [(c.name, c.path, c.learning_rate) for c in out.tracin_checkpoints()] == [
+        (f"epoch{e}", str(tmp_path / f"checkpoint-epoch{e}"), lr) for e, lr in enumerate(rates, 1)]
+    assert out.info == {"vocab_size": 7} and out.history["accuracy"].tolist() == [0.5]
+    assert out.ids("test").columns.tolist() == list(finetune.FinetuneOutputs.ID_COLUMNS)
+    assert out.ids("train")["language"].tolist() == ["en", "fr"]

@@ -116,12 +116,19 @@ def verse_keys() -> pd.DataFrame:
                            "WHERE bbName = 'k' ORDER BY book, chapter, verse", con)
 
 
+@lru_cache(maxsize=None)
+def _translation(bb: str) -> pd.DataFrame:
+    """Every verse of one translation (read once per process: the splits of a study, or of the tests, read each
+    language several times). Not to be modified: callers merge it into new frames."""
+    with _connect() as con:
+        return pd.read_sql("SELECT bNumber AS book, cNumber AS chapter, vNumber AS verse, vText AS text FROM bible "
+                           "WHERE bbName = ?", con, params=(bb,))
+
+
 def read_verses(language: str, keys: pd.DataFrame) -> list[str]:
     """Texts of ``keys`` (columns book, chapter, verse) in ``language``, in the order of ``keys``."""
     bb = LANGUAGES[language].translation
-    with _connect() as con:
-        table = pd.read_sql("SELECT bNumber AS book, cNumber AS chapter, vNumber AS verse, vText AS text FROM bible "
-                            "WHERE bbName = ?", con, params=(bb,))
+    table = _translation(bb)
     merged = keys[["book", "chapter", "verse"]].merge(table, how="left", on=["book", "chapter", "verse"])
     if merged["text"].isna().any():
         raise RuntimeError(f"translation {bb!r} ({language}) lacks {int(merged['text'].isna().sum())} verses")

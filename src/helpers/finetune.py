@@ -29,6 +29,7 @@ from . import artifacts, data, models, progress_interval
 CHECKPOINTS_FILE = "checkpoints.json"
 
 
+# pragma: no mutate start (make mutation leaves out what tokenises or fine-tunes: a model build per mutant)
 def set_threads() -> int:
     """Use every core unless ``OMP_NUM_THREADS`` says otherwise (more threads than free cores slows torch down
     several-fold, e.g. beside another job)."""
@@ -76,6 +77,7 @@ def tokenise_splits(model_name: str, train: pd.DataFrame, test: pd.DataFrame, ma
 
     n = len(train)
     return model, to_dataset(train, ids[:n]), to_dataset(test, ids[n:]), info
+# pragma: no mutate end
 
 
 def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -85,6 +87,7 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
             "labels": torch.as_tensor([r["label"] for r in rows], dtype=torch.long)}
 
 
+# pragma: no mutate start (make mutation leaves out what tokenises or fine-tunes: a model build per mutant)
 @torch.no_grad()
 def predict(model: torch.nn.Module, ds: Dataset, batch_size: int = 64) -> np.ndarray:
     """Logits for every sample of ``ds`` (eval mode, no dropout)."""
@@ -148,6 +151,7 @@ def train(model: torch.nn.Module, train_ds: Dataset, test_ds: Dataset, epochs: i
         history.append(accuracy_by_language(model, test_ds, epoch=epoch))
     bar.close()
     return pd.concat(history, ignore_index=True), checkpoints
+# pragma: no mutate end
 
 
 def accuracy_table(history: pd.DataFrame, fine_tune_languages: list[str]) -> pd.DataFrame:
@@ -185,6 +189,7 @@ class FinetuneOutputs:
         return [Checkpoint(path=c["path"], learning_rate=c["learning_rate"], name=c["name"]) for c in self.checkpoints]
 
 
+# pragma: no mutate start (make mutation leaves out what tokenises or fine-tunes: a model build per mutant)
 def run(cfg: dict[str, Any], data_params: dict[str, Any], data_folder: Path, out: Path) -> FinetuneOutputs:
     """The whole stage: tokenise the data stage's splits, fine-tune, write everything into ``out``."""
     train_frame, test_frame = data.load_splits(data_folder)
@@ -200,6 +205,7 @@ def run(cfg: dict[str, Any], data_params: dict[str, Any], data_folder: Path, out
     artifacts.write_json(out / CHECKPOINTS_FILE, checkpoints)
     artifacts.write_json(out / "info.json", info)
     return load(out)
+# pragma: no mutate end
 
 
 def load(folder: Path) -> FinetuneOutputs:

@@ -81,6 +81,8 @@ def rerun_command(study: Study) -> str:
     first = {**study.first.params, **study.params}
     overrides = [f"-p {shlex.quote(f'{k}={_yaml(v)}')}" for k, v in first.items()
                  if k != "seed" and base.get(k) != v]
-    seeds = sorted({r.seed for r in study.runs.values()})
+    # The main run's seeds: --seeds selects those, and a variant keeps the seeds it declares that are among them
+    # (or its first); the union of every run's seeds would add main runs the study did not have.
+    seeds = [r.seed for r in study.role("main")]
     return " ".join(["python -m helpers.pipeline run", f"--profile {study.profile}", *overrides,
                      f"--study {study.name}", f"--seeds {','.join(map(str, seeds))}", "--force"])

@@ -1,0 +1,252 @@
+"""What the book shows, checked by value: not "the cell ran" but "the number on the page is right".
+
+Collected by the nbval session of ``make test`` (``pytest ... notebooks``), after ``conftest.py`` has built the smoke
+study. It reads the executed notebooks (what the book publishes) and the stages' stored outputs, and recomputes the
+key numbers here, without the package's analysis code:
+
+* the accuracy table of the fine-tuning page, from the saved last checkpoint run on the saved test tokens;
+* the language shares, the own-language share and the language-blind baseline of the language-shares page, from
+  the saved TracIn scores (a sort and a count per test sample);
+* every verdict of every chapter and of the scoreboard, from its interval and baseline by the rule the book states.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from bs4 import BeautifulSoup
+from datasets import load_from_disk
+from torch.nn.utils.rnn import pad_sequence
+from transformers import AutoModelForSequenceClassification
+
+from helpers import data, paths, stages, study
+
+STUDY = "smoke"
+
+
+@lru_cache(maxsize=None)
+def built() -> tuple[study.Study, tuple[stages.Instance, ...]]:
+    s = study.load(STUDY)
+    return s, tuple(stages.plan(s))
+
+
+def instances(stage: str, role: str | None = None) -> list[stages.Instance]:
+    s, plan = built()
+    runs = None if role is None else {r.name for r in s.role(role)}
+    return [i for i in plan if i.stage.name == stage and (runs is None or i.run.name in runs)]
+
+
+def folder(inst: stages.Instance) -> Path:
+    return stages.folder(STUDY, inst)
+
+
+def outputs(inst: stages.Instance, mime: str) -> list[str]:
+    """The executed notebook's outputs of one type (``text/html``, ``text/markdown``, ...), in cell order."""
+    nb = json.loads(paths.executed_notebook(STUDY, inst.stage.name, inst.identity).read_text())
+    found = []
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []):
+            if mime in out.get("data", {}):
+                value = out["data"][mime]
+                found.append("".join(value) if isinstance(value, list) else value)
+    return found
+
+
+def glued(inst: stages.Instance, name: str) -> str:
+    """A value the notebook glued for its prose (myst-nb ``glue``)."""
+    nb = json.loads(paths.executed_notebook(STUDY, inst.stage.name, inst.identity).read_text())
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []):
+            if out.get("metadata", {}).get("scrapbook", {}).get("name") == name:
+                return json.loads(out["data"]["application/papermill.record/text/plain"].replace("'", '"'))
+    raise KeyError(name)
+
+
+def html_table(html: str) -> pd.DataFrame:
+    """A rendered DataFrame or Styler, as text: the first header row names the columns, each body row's header
+    cell is its index."""
+    table = BeautifulSoup(html, "html.parser").find("table")
+    header = [th.get_text(strip=True) for th in table.find("thead").find("tr").find_all("th")][1:]
+    rows = {tr.find("th").get_text(strip=True): [td.get_text(strip=True) for td in tr.find_all("td")]
+            for tr in table.find("tbody").find_all("tr")}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=header)
+
+
+def tables_with(inst: stages.Instance, column: str) -> list[pd.DataFrame]:
+    return [t for t in map(html_table, outputs(inst, "text/html")) if column in t.columns]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fine-tuning: the accuracy table
+
+
+def recomputed_accuracy(finetune_folder: Path) -> pd.DataFrame:
+    """Per test language: correct predictions and samples of the last saved checkpoint on the saved test tokens."""
+    checkpoints = json.loads((finetune_folder / "checkpoints.json").read_text())
+    model = AutoModelForSequenceClassification.from_pretrained(finetune_folder / checkpoints[-1]["path"]).eval()
+    test = load_from_disk(str(finetune_folder / "test_tokens"))
+    ids = [torch.tensor(x) for x in test["input_ids"]]
+    input_ids = pad_sequence(ids, batch_first=True, padding_value=model.config.pad_token_id)
+    mask = pad_sequence([torch.ones(len(x), dtype=torch.long) for x in ids], batch_first=True)
+    with torch.no_grad():
+        predicted = model(input_ids=input_ids, attention_mask=mask).logits.argmax(1).numpy()
+    frame = pd.DataFrame({"language": test["language"], "correct": predicted == np.asarray(test["label"])})
+    return frame.groupby("language", sort=False)["correct"].agg(["sum", "size"])
+
+
+@pytest.mark.parametrize("inst", instances("finetune"), ids=lambda i: i.label)
+def test_accuracy_table_is_the_saved_checkpoints_accuracy(inst):
+    run = inst.run.params
+    counts = recomputed_accuracy(folder(inst))
+    accuracy = counts["sum"] / counts["size"]
+    epochs = len(json.loads((folder(inst) / "checkpoints.json").read_text()))
+    stored = pd.read_csv(folder(inst) / "accuracy.csv")
+    last = stored[stored["epoch"] == epochs].set_index("language")
+    assert last["accuracy"].to_dict() == pytest.approx(accuracy.to_dict())
+    assert last["n"].to_dict() == counts["size"].to_dict()
+
+    [table] = tables_with(inst, f"epoch {epochs}")
+    fine_tuned = run["fine_tune_languages"]
+    mean = float(accuracy[fine_tuned].mean())
+    assert list(table.index) == list(accuracy.index) + ["mean (fine-tuning languages)"]
+    assert table[f"epoch {epochs}"].tolist() == [f"{a:.0%}" for a in accuracy] + [f"{mean:.0%}"]
+    assert table["seen in fine-tuning"].tolist() == [str(lang in fine_tuned) for lang in accuracy.index] + ["True"]
+    for epoch in range(epochs):  # the earlier epochs: as stored
+        shown = stored[stored["epoch"] == epoch].set_index("language")["accuracy"]
+        assert table[f"epoch {epoch}"].iloc[:-1].tolist() == [f"{shown[lang]:.0%}" for lang in accuracy.index]
+    assert glued(inst, "mean_accuracy") == f"{mean:.0%}"
+    n_classes = len(data.LABELS[run["label"]].names)
+    [verdict] = [m for m in outputs(inst, "text/markdown") if "verdict" in m]
+    assert ("does **not**" not in verdict) == (mean >= 2 / n_classes), verdict
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Language shares
+
+
+def top_languages(tracin_folder: Path, k: int, kind: str) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
+    """(k, n_test) languages of each test sample's top-k training samples (highest total score for proponents,
+    lowest for opponents; ties to the lower row), with the training and test ids."""
+    scores = np.load(tracin_folder / "scores" / "scores.npy")
+    total = scores.sum(0, dtype=np.float64).astype(np.float32)
+    train = pd.read_parquet(tracin_folder / "scores" / "train_ids.parquet")
+    test = pd.read_parquet(tracin_folder / "scores" / "test_ids.parquet")
+    signed = -total if kind == "proponents" else total
+    rows = np.arange(len(train))
+    top = np.stack([np.lexsort((rows, signed[:, j]))[:k] for j in range(len(test))], axis=1)
+    return train["language"].to_numpy()[top], train, test
+
+
+def recomputed_shares(k: int, kind: str) -> tuple[pd.DataFrame, float, pd.Series]:
+    """Share of each training language in each test language's top-k (mean over test samples, then over the main
+    run's seeds), the own-language share over the fine-tuned test languages, and the language-blind shares."""
+    per_run, own_per_run = [], []
+    for inst in instances("tracin", "main"):
+        languages, train, test = top_languages(folder(inst), k, kind)
+        shares = pd.DataFrame({lang: (languages == lang).mean(0) for lang in dict.fromkeys(train["language"])})
+        shares["test_language"] = test["language"].to_numpy()
+        per_run.append(shares.groupby("test_language", sort=False).mean())
+        seen = test["language"].isin(set(train["language"])).to_numpy()
+        own = (languages == test["language"].to_numpy()[None, :]).mean(0)
+        own_per_run.append(own[seen].mean())
+        blind = train["language"].value_counts(normalize=True)[list(shares.columns[:-1])]
+    return sum(per_run) / len(per_run), float(np.mean(own_per_run)), blind
+
+
+def test_language_shares_are_the_top_k_of_the_saved_scores():
+    s, _ = built()
+    k, kind = s.params["top_k"], s.params["influence_kind"]
+    shares, own, blind = recomputed_shares(k, kind)
+    [inst] = instances("language_shares")
+    cells = pd.read_csv(folder(inst) / "cells.csv")
+    stored = cells.pivot(index="test_language", columns="train_language", values="share")
+    np.testing.assert_allclose(stored.loc[shares.index, shares.columns], shares, atol=1e-12)
+    assert cells.groupby("train_language")["language_blind"].first()[blind.index].tolist() == pytest.approx(
+        blind.tolist())
+
+    [intervals] = tables_with(inst, "en")[:1]  # the page's table: each cell's interval, as stored
+    for _, row in cells.iterrows():
+        assert intervals.loc[row["test_language"], row["train_language"]] == f"{row['low']:.0%} to {row['high']:.0%}"
+    [blind_row] = [t for t in tables_with(inst, "en") if "language_blind" in t.index]
+    assert blind_row.loc["language_blind", blind.index].tolist() == [f"{b:.0%}" for b in blind]
+
+    claims = pd.read_csv(folder(inst) / "claims.csv").set_index("claim_id")
+    assert claims.loc["LS2", "value"] == pytest.approx(own, abs=1e-12)
+    assert claims.loc["LS1", "value"] == pytest.approx(1 - own, abs=1e-12)
+    [verdict] = [m for m in outputs(inst, "text/markdown") if "**LS2**" in m]
+    assert f"own-language share of the top-{k} {kind} = **{own:.1%}**" in verdict
+
+    [sweep] = tables_with(inst, "same_label")
+    for k_row in sweep.index:
+        _, own_k, _ = recomputed_shares(int(k_row), kind)
+        assert sweep.loc[k_row, "own"] == f"{own_k:.1%}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Verdicts
+
+
+def expected_verdict(row: pd.Series) -> str:
+    """The rule the book states: supports when the whole interval lies beyond the baseline on the side the claim
+    predicts, contradicts when it lies beyond it on the other side, inconclusive otherwise."""
+    if row["verdict"] == "not tested":
+        return "not tested"
+    low, high, baseline = row["low"], row["high"], row["baseline"]
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "inconclusive"
+    above, below = low > baseline + 1e-9, high < baseline - 1e-9
+    if row["expect"] == "below":
+        above, below = below, above
+    return "supports" if above else "contradicts" if below else "inconclusive"
+
+
+def chapter_claims() -> dict[str, pd.DataFrame]:
+    out = {}
+    for inst in built()[1]:
+        path = folder(inst) / "claims.csv"
+        if inst.run is None and path.exists():
+            out[inst.stage.name] = pd.read_csv(path)
+    return out
+
+
+def test_every_verdict_follows_from_its_interval_and_is_the_one_the_page_prints():
+    chapters = chapter_claims()
+    assert {"language_shares", "dynamics", "translations", "zero_shot", "imbalance", "control",
+            "attribution"} <= set(chapters)
+    for stage, claims in chapters.items():
+        assert claims.apply(expected_verdict, axis=1).tolist() == claims["verdict"].tolist(), stage
+        [inst] = instances(stage)
+        paragraphs = [p for text in outputs(inst, "text/markdown") for p in text.split("\n\n")]
+        for _, row in claims.iterrows():
+            [paragraph] = [p for p in paragraphs if p.startswith(f"**{row['claim_id']}** —")]
+            said = "*Not tested:*" if row["verdict"] == "not tested" else f"Verdict: **{row['verdict']}**"
+            assert said in paragraph, (stage, paragraph)
+
+
+def test_scoreboard_lists_every_chapter_claim_and_the_learning_claim():
+    [inst] = instances("scoreboard")
+    chapters = chapter_claims()
+    shown = tables_with(inst, "verdict")[0]
+    every = pd.concat(chapters.values(), ignore_index=True)
+    assert list(shown.index) == ["FT1", *every["claim_id"]]
+    assert shown["verdict"].tolist()[1:] == every["verdict"].tolist()
+    percent = lambda v: "n/a" if not math.isfinite(v) else f"{v:.1%}"  # noqa: E731
+    assert shown["value"].tolist()[1:] == [percent(v) for v in every["value"]]
+    assert shown["interval"].tolist()[1:] == [f"{percent(lo)} to {percent(hi)}" for lo, hi in
+                                              zip(every["low"], every["high"])]
+    assert shown["baseline"].tolist()[1:] == [percent(v) for v in every["baseline"]]
+    # FT1: the main runs' last-epoch accuracy over the fine-tuning languages (mean over seeds), against twice chance.
+    values = []
+    for ft in instances("finetune", "main"):
+        counts = recomputed_accuracy(folder(ft)).loc[ft.run.params["fine_tune_languages"]]
+        values.append(counts["sum"].sum() / counts["size"].sum())
+    assert shown.loc["FT1", "value"] == f"{np.mean(values):.1%}"
+    chance = 1 / len(data.LABELS[instances("finetune", "main")[0].run.params["label"]].names)
+    assert shown.loc["FT1", "baseline"] == f"{2 * chance:.1%}"
