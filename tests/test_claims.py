@@ -53,3 +53,16 @@ def test_claims_table_round_trip_and_prose(tmp_path):
     bad = [claims.Claim("X", "c", "s", "src", "st", 0, 0, 0, 0, "", "above", "maybe")]
     with pytest.raises(ValueError, match="unknown verdict"):
         claims.table(bad)
+
+
+def test_a_claim_that_is_not_a_share_is_shown_as_a_number(tmp_path):
+    rows = [claims.claim("N1", "chap", "A loss change.", claims.METHOD, "change of loss", (0.0123, -0.01, 0.03), 0.0,
+                         "no change", "above", percent=False),
+            claims.claim("P1", "chap", "A share.", claims.METHOD, "a share", (0.4, 0.3, 0.5), 0.2, "chance", "above")]
+    claims.save(rows, tmp_path)
+    loaded = claims.load(tmp_path)
+    assert list(loaded["percent"]) == [False, True]
+    text = claims.verdict_markdown(loaded)
+    assert "**0.0123** (-0.01 to 0.03), against 0 for no change" in text and "**40.0%**" in text
+    shown = claims.display_table(loaded)
+    assert shown.loc["N1", "value"] == "0.0123" and shown.loc["P1", "interval"] == "30.0% to 50.0%"

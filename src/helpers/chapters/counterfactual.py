@@ -27,6 +27,7 @@ between TracIn's predicted and the actual change of its loss, averaged).
 
 from __future__ import annotations
 
+import sys
 import time
 import zlib
 from collections import Counter
@@ -165,7 +166,7 @@ def retrain_run(run, removals: list[Removal]) -> tuple[pd.DataFrame, pd.DataFram
             done[removal.rows] = finetune.sample_outcomes(model, ft.test)
             seconds = time.perf_counter() - start
             print(f"[{i}/{len(removals)}] {run.name}: retrained {removal.label} ({len(removal.rows)} of "
-                  f"{len(ft.train)} samples removed) in {seconds:.0f} s", flush=True)
+                  f"{len(ft.train)} samples removed) in {seconds:.0f} s", file=sys.stderr, flush=True)
         outcome = done[removal.rows]
         parts.append(pd.DataFrame({
             "run": run.name, "arm": removal.arm, "target": removal.target, "fraction": removal.fraction,
@@ -299,7 +300,7 @@ def compute(runs: list, cfg: dict[str, Any]) -> Result:
         else:
             result.claims.append(claims.claim(
                 f"CF1-{fraction}", STAGE.name, statement, claims.METHOD, stat, claims.interval(frame, "value", **opts),
-                0.0, "no difference", "above",
+                0.0, "no difference", "above", percent=False,
                 note=f"L: {', '.join(dict.fromkeys(frame['target']))}; {seeds}; "
                      f"{cfg['counterfactual_random_draws']} random draw(s)."))
         statement = ("Models rely on data from multiple languages during fine-tuning, tested causally: removing a "
@@ -315,7 +316,7 @@ def compute(runs: list, cfg: dict[str, Any]) -> Result:
         else:
             result.claims.append(claims.claim(
                 f"CF2-{fraction}", STAGE.name, statement, claims.ABSTRACT, stat, claims.interval(frame, "value", **opts),
-                0.0, "equal harm", "above",
+                0.0, "equal harm", "above", percent=False,
                 note=f"L: {', '.join(dict.fromkeys(frame['target']))}; {seeds}. Inconclusive means the two removals "
                      "could not be told apart; contradicts means the own-language samples mattered more."))
 
@@ -338,7 +339,7 @@ def compute(runs: list, cfg: dict[str, Any]) -> Result:
             f"CF3-{z}", STAGE.name, statement, claims.METHOD,
             f"{data.LANGUAGES[z].name}: loss change without {data.LANGUAGES[first].name} (first by its top-{n_share} "
             "shares) minus the mean loss change without each other fine-tuning language",
-            claims.interval(frame, "value", **opts), 0.0, "no difference", "above",
+            claims.interval(frame, "value", **opts), 0.0, "no difference", "above", percent=False,
             note=f"Removal that hurt most: {data.LANGUAGES[worst].name}; {seeds}."))
 
     dm = datamodel_scores(outcomes)
@@ -353,12 +354,42 @@ def compute(runs: list, cfg: dict[str, Any]) -> Result:
     else:
         result.claims.append(claims.claim("CF4", STAGE.name, statement, claims.METHOD, stat,
                                           claims.interval(dm, "value", **opts), 0.0, "no correlation", "above",
-                                          note=f"{int(dm['subsets'].iloc[0])} random halves of {dm['run'].iloc[0]}."))
+                                          percent=False, note=f"{int(dm['subsets'].iloc[0])} random halves of {dm['run'].iloc[0]}."))
     return result
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Prose
+# Prose and display
+
+
+def _with_interval(value: float, low: float, high: float, fmt: str) -> str:
+    return f"{value:{fmt}} ({low:{fmt}} to {high:{fmt}})"
+
+
+def arms_display(arms: pd.DataFrame) -> pd.DataFrame:
+    """The arms table as the book shows it: one row per target, fraction and arm; changes with their intervals."""
+    return pd.DataFrame({
+        "test language L": [data.LANGUAGES[t].name for t in arms["target"]], "removed": [
+            f"{f} ({n})" for f, n in zip(arms["fraction"], arms["removed"])], "arm": arms["arm"],
+        "change of L's loss": [_with_interval(*r, "+.3f") for r in zip(arms["d_loss"], arms["low"], arms["high"])],
+        "change of L's accuracy": [_with_interval(*r, "+.0%") for r in zip(
+            arms["d_accuracy"], arms["d_accuracy_low"], arms["d_accuracy_high"])],
+        "TracIn's predicted change": [f"{x:+.3g}" for x in arms["predicted"]]}).set_index(
+        ["test language L", "removed", "arm"])
+
+
+def zero_shot_display(table: pd.DataFrame) -> pd.DataFrame:
+    """The zero-shot table as the book shows it."""
+    return pd.DataFrame({
+        "zero-shot language": [data.LANGUAGES[z].name for z in table["zero_shot"]],
+        "retrained without": [data.LANGUAGES[f].name for f in table["removed"]],
+        "its share of the top samples": [f"{x:.0%}" for x in table["share"]],
+        "TracIn's predicted change": [f"{x:+.3g}" for x in table["predicted"]],
+        "change of the loss": [_with_interval(*r, "+.3f") for r in zip(table["d_loss"], table["low"], table["high"])],
+        "change of accuracy": [f"{x:+.0%}" for x in table["d_accuracy"]],
+        "rank: actual / shares / TracIn": [f"{a} / {b} / {c}" for a, b, c in zip(
+            table["rank_actual"], table["rank_share"], table["rank_predicted"])]}).set_index(
+        ["zero-shot language", "retrained without"])
 
 
 def plain_verdict(result: Result) -> str:
@@ -402,8 +433,8 @@ def design_markdown(cfg: dict[str, Any], runs: list, result: Result) -> str:
             f"({len(chosen)} of the main run's {len(runs)} seeds), each a full fine-tuning of the {n_train}-sample "
             f"training set minus the removed samples. Test language(s) L: {names}; removed: {fractions}; "
             f"arms: {', '.join(cfg['counterfactual_arms'])}"
-            + (f" ({cfg['counterfactual_random_draws']} random draw(s))" if "random" in cfg["counterfactual_arms"]
-               else "") + ".")
+            + (f"; {cfg['counterfactual_random_draws']} random draw(s) per L and fraction"
+               if "random" in cfg["counterfactual_arms"] else "") + ".")
     missing = []
     if len(chosen) < 2:
         missing.append("retraining noise across seeds: the intervals resample L's test samples only, with one "
@@ -428,6 +459,8 @@ def design_markdown(cfg: dict[str, Any], runs: list, result: Result) -> str:
         except ConfigError:  # no such profile: no estimate
             full = None
         if full is not None and full != cfg:
+            tested = set(scores.test_ids["language"])
+            full["counterfactual_languages"] = [lang for lang in full["counterfactual_languages"] if lang in tested]
             per_seed = plan_removals(scores, {**full, "datamodel_subsets": 0}, chosen[0].run.seed, first=False)
             halves = plan_removals(scores, {**full, "counterfactual_languages": [], "counterfactual_zero_shot": False},
                                    chosen[0].run.seed, first=True)
