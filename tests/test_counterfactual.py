@@ -74,8 +74,10 @@ def test_epoch_orders_keep_the_order_of_the_remaining_samples():
 # A planted, known causal effect: duplicates of the English test samples, with their labels, in training
 
 
+#: The smoke model, with a learning rate and epochs at which it memorises the duplicates (at the smoke profile's
+#: own it stays at chance and nothing it learned could be removed).
 PLANTED = {**SMOKE, "fine_tune_languages": ["en", "fr"], "zero_shot_languages": [], "train_per_language": 12,
-           "epochs": 6, "learning_rate": 0.01}
+           "epochs": 8, "learning_rate": 0.01}
 
 
 @pytest.fixture(scope="module")
@@ -95,16 +97,15 @@ def planted_run(tmp_path_factory):
 
 def test_removing_planted_label_decisive_duplicates_hurts_more_than_random_removal(planted_run):
     run, scores, planted = planted_run
-    language = scores.train_ids["language"].to_numpy()
+    n_train = len(scores.train_ids)
     removals = [cf.Removal("planted", "en", "", 0, planted)]
-    removals += [cf.Removal("random", "en", "", d, cf.matched_random(language, planted, np.random.default_rng(d)))
-                 for d in range(2)]
-    assert all(len(r.rows) == len(planted) and set(language[list(r.rows)]) == {"en"} for r in removals)
+    removals += [cf.Removal("random", "en", "", d, tuple(sorted(np.random.default_rng(d).choice(
+        n_train, len(planted), replace=False).tolist()))) for d in range(2)]
     outcomes, log = cf.retrain_run(run, removals)
-    assert log["seconds"].gt(0).all()
+    assert log["seconds"].gt(0).all() and log["n_removed"].eq(len(planted)).all()
     english = outcomes[outcomes["test_language"] == "en"]
     change = english.groupby(["arm", "draw"])["d_loss"].mean()
-    assert change["planted", 0] > 0.3
+    assert change["planted", 0] > 0.5
     assert change["planted", 0] > 2 * change["random"].max()
     # TracIn's first-order prediction of that removal is positive for the duplicated test samples
     assert english[english["arm"] == "planted"]["predicted"].gt(0).all()
@@ -120,8 +121,7 @@ def test_tracin_top_arm_on_the_planted_run_hurts_more_than_random(planted_run):
     top = set(cf.plan_removals(scores, cfg, 0, first=False)[0].rows)
     assert len(top & set(planted)) / len(top) > len(planted) / len(scores.train_ids)  # enriched in duplicates
     assert arms.loc["top", "d_loss"] > arms.loc["random", "d_loss"]
-    row = result.claims_table.set_index("claim_id").loc["CF1-40%"]
-    assert row["value"] > 0 and row["verdict"] != "contradicts"
+    assert result.claims_table.set_index("claim_id").loc["CF1-40%", "verdict"] == "supports"
 
 
 # ----------------------------------------------------------------------------------------------------------------

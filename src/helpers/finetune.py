@@ -152,7 +152,7 @@ def train(model: torch.nn.Module, train_ds: Dataset, test_ds: Dataset | None, ep
     The history has one row per (epoch, test language), epoch 0 being the model before fine-tuning (empty when
     ``test_ds`` is None). ``out_dir=None`` saves no checkpoint. ``exclude``: training rows left out of every epoch,
     the others keeping their order (:func:`epoch_orders`); the schedule follows the remaining number of steps.
-    Dropout draws from the global torch generator, seeded here with ``seed``.
+    Dropout draws from the global torch generator as :func:`initial_model` (and trimming) left it.
     """
     set_threads()
     n_train = len(train_ds) - len(set(int(i) for i in exclude))
@@ -167,7 +167,6 @@ def train(model: torch.nn.Module, train_ds: Dataset, test_ds: Dataset | None, ep
     # Batches of similar length (transformers' group_by_length sampler: shuffled mega-batches sorted by length)
     # pad less: about a third of the tokens of a fine-tuning step on this corpus.
     orders = epoch_orders([len(x) for x in train_ds["input_ids"]], batch_size, seed, epochs, exclude)
-    torch.manual_seed(seed)
     bar = tqdm(total=total, desc="fine-tuning", unit="step", mininterval=progress_interval())
     for epoch, order in enumerate(orders, 1):
         model.train()
@@ -261,9 +260,10 @@ def retrain(folder: Path, params: dict[str, Any], remove: Collection[int] = (), 
             evaluate: bool = False) -> tuple[torch.nn.Module, pd.DataFrame, list[dict]]:
     """Fine-tune again what the fine-tuning stage in ``folder`` fine-tuned, without the training rows ``remove``.
 
-    Same initialisation (:func:`initial_model`, trimmed to the same vocabulary), same seed, same tokenised samples
-    and the same order of the remaining samples (:func:`epoch_orders`), same hyper-parameters (``params``: the run's
-    parameters). Returns (model, history, checkpoints) as :func:`train`; ``out_dir`` saves the checkpoints,
+    Same initialisation (:func:`initial_model`, trimmed to the same vocabulary; the global torch generator, which
+    draws the dropout masks, is left in the same state as in :func:`tokenise_splits`), same seed, same tokenised
+    samples and the same order of the remaining samples (:func:`epoch_orders`), same hyper-parameters (``params``:
+    the run's parameters). Returns (model, history, checkpoints) as :func:`train`; ``out_dir`` saves the checkpoints,
     ``evaluate`` scores the test set after every epoch (neither is needed to measure the final model)."""
     out = load(folder)
     num_labels = len(data.LABELS[params["label"]].names)
