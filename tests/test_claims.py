@@ -86,3 +86,16 @@ def test_interval_width_follows_the_confidence(confidence):
                       claims.difference(frame, frame.assign(value=0.0), "value", n_boot=4000,
                                         confidence=confidence)[1:]):
         assert high - low == pytest.approx(2 * z * frame["value"].std() / np.sqrt(400), rel=0.12)
+
+
+def test_a_claim_that_is_not_a_share_is_shown_as_a_number(tmp_path):
+    rows = [claims.claim("N1", "chap", "A loss change.", claims.METHOD, "change of loss", (0.0123, -0.01, 0.03), 0.0,
+                         "no change", "above", percent=False),
+            claims.claim("P1", "chap", "A share.", claims.METHOD, "a share", (0.4, 0.3, 0.5), 0.2, "chance", "above")]
+    claims.save(rows, tmp_path)
+    loaded = claims.load(tmp_path)
+    assert list(loaded["percent"]) == [False, True]
+    text = claims.verdict_markdown(loaded)
+    assert "**0.0123** (-0.01 to 0.03), against 0 for no change" in text and "**40.0%**" in text
+    shown = claims.display_table(loaded)
+    assert shown.loc["N1", "value"] == "0.0123" and shown.loc["P1", "interval"] == "30.0% to 50.0%"

@@ -48,6 +48,7 @@ class Claim:
     expect: str  # "above" or "below": where the paper's claim puts the value relative to the baseline
     verdict: str
     note: str = ""
+    percent: bool = True  # the value is a share (shown as a percentage) or another quantity (shown as a number)
 
 
 def decide(low: float, high: float, baseline: float, expect: str, margin: float = 0.0) -> str:
@@ -66,10 +67,10 @@ def decide(low: float, high: float, baseline: float, expect: str, margin: float 
 
 def claim(claim_id: str, chapter: str, statement: str, source: str, statistic: str,
           estimate: tuple[float, float, float], baseline: float, baseline_name: str, expect: str,
-          margin: float = 0.0, note: str = "") -> Claim:
+          margin: float = 0.0, note: str = "", percent: bool = True) -> Claim:
     value, low, high = estimate
     return Claim(claim_id, chapter, statement, source, statistic, float(value), float(low), float(high),
-                 float(baseline), baseline_name, expect, decide(low, high, baseline, expect, margin), note)
+                 float(baseline), baseline_name, expect, decide(low, high, baseline, expect, margin), note, percent)
 
 
 def not_tested(claim_id: str, chapter: str, statement: str, source: str, statistic: str, why: str) -> Claim:
@@ -156,16 +157,26 @@ def save(claims: Iterable[Claim], folder: Path) -> pd.DataFrame:
 
 
 def load(folder: Path) -> pd.DataFrame:
-    return pd.read_csv(Path(folder) / CLAIMS_FILE, keep_default_na=True).fillna({"note": "", "baseline_name": ""})
+    frame = pd.read_csv(Path(folder) / CLAIMS_FILE, keep_default_na=True,
+                        dtype={"note": object, "baseline_name": object}).fillna({"note": "", "baseline_name": ""})
+    frame["percent"] = frame["percent"].astype(bool) if "percent" in frame else True
+    return frame
 
 
 def _fmt(x: float, percent: bool) -> str:
     return "n/a" if not np.isfinite(x) else f"{x:.1%}" if percent else f"{x:.3g}"
 
 
-def sentence(row: pd.Series | Claim, percent: bool = True) -> str:
-    """One claim as a sentence: the statement, this study's value with its interval, the baseline, the verdict."""
+def _percent(row: pd.Series) -> bool:
+    value = row.get("percent", True)
+    return True if value is None or (isinstance(value, float) and np.isnan(value)) else bool(value)
+
+
+def sentence(row: pd.Series | Claim, percent: bool | None = None) -> str:
+    """One claim as a sentence: the statement, this study's value with its interval, the baseline, the verdict.
+    Values are percentages unless the claim says otherwise (``percent``; the argument overrides it)."""
     row = pd.Series(asdict(row)) if isinstance(row, Claim) else row
+    percent = _percent(row) if percent is None else percent
     head = f"**{row['claim_id']}** — {row['statement']} *(Source: {row['source']}.)*"
     if row["verdict"] == "not tested":
         return f"{head} *Not tested:* {row['note']}"
@@ -175,16 +186,17 @@ def sentence(row: pd.Series | Claim, percent: bool = True) -> str:
     return text + (f" {row['note']}" if isinstance(row.get("note"), str) and row["note"] else "")
 
 
-def verdict_markdown(frame: pd.DataFrame, percent: bool = True) -> str:
+def verdict_markdown(frame: pd.DataFrame, percent: bool | None = None) -> str:
     """The chapter's closing paragraph, rendered from its claims table."""
     return "\n\n".join(sentence(row, percent) for _, row in frame.iterrows())
 
 
 def display_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """The claims as the book shows them (values and intervals as percentages)."""
+    """The claims as the book shows them (values and intervals as percentages, unless a claim says otherwise)."""
     out = frame[["claim_id", "statistic", "value", "low", "high", "baseline", "baseline_name", "verdict"]].copy()
+    percent = [_percent(row) for _, row in frame.iterrows()]
     for col in ("value", "low", "high", "baseline"):
-        out[col] = out[col].map(lambda x: _fmt(x, True))
+        out[col] = [_fmt(x, p) for x, p in zip(out[col], percent)]
     out["interval"] = out["low"] + " to " + out["high"]
     return out[["claim_id", "statistic", "value", "interval", "baseline", "baseline_name", "verdict"]].set_index(
         "claim_id")

@@ -138,6 +138,24 @@ PARAMETERS: dict[str, Param] = {
         Param("confidence", float, 0.95, "coverage of every interval", scope="study", minimum=0.5, maximum=0.999),
         Param("examples_per_language", int, 2, "test samples per language shown with their proponents and opponents",
               scope="study", minimum=1, maximum=25),
+        # --- the counterfactual chapter: each removal is one more fine-tuning of a main run (see its page) ---
+        Param("counterfactual_languages", list, ["en"], "test languages L whose top training samples (summed TracIn "
+              "over L's test samples) are removed; each L costs its own retrainings", scope="study",
+              choices=_languages),
+        Param("counterfactual_fractions", list, ["20%"], "how many training samples each removal takes out, as a "
+              "share of the training set", scope="study", choices=("5%", "10%", "20%", "30%", "40%", "50%")),
+        Param("counterfactual_arms", list, ["top", "random"], "what is removed for each L and fraction: top (TracIn's "
+              "top samples), random (as many random samples, same language mix as top), own / other (the top samples "
+              "of L's own language / of the other languages only)", scope="study",
+              choices=("top", "random", "own", "other")),
+        Param("counterfactual_random_draws", int, 1, "random removals per L and fraction (each one retraining)",
+              scope="study", minimum=1, maximum=20),
+        Param("counterfactual_seeds", int, 1, "how many of the main run's seeds are retrained (the first ones)",
+              scope="study", minimum=1, maximum=20),
+        Param("counterfactual_zero_shot", bool, False, "also retrain once without each fine-tuning language, to ask "
+              "which one a zero-shot language needs most", scope="study"),
+        Param("datamodel_subsets", int, 0, "retrainings on random halves of the training set for the linear "
+              "datamodeling score (0: none; at least 3 to rank)", scope="study", minimum=0, maximum=1000),
     ]
 }
 
@@ -260,6 +278,7 @@ def check_relations(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"parameter 'top_k' is {cfg['top_k']} but the training set has only {n_train} samples "
                               f"(train_per_language x fine_tune_languages); allowed: 1..{n_train}")
     _check_attribution(cfg)
+    _check_counterfactual(cfg)
 
 
 def _check_attribution(cfg: dict[str, Any]) -> None:
@@ -269,6 +288,30 @@ def _check_attribution(cfg: dict[str, Any]) -> None:
                               f"; allowed: 1..{cfg['test_per_language']} (test_per_language)")
     if cfg.get("attribution_groups") == []:
         raise ConfigError("parameter 'attribution_groups' must name at least one parameter subset")
+
+
+def _check_counterfactual(cfg: dict[str, Any]) -> None:
+    ft, zs, langs = cfg.get("fine_tune_languages"), cfg.get("zero_shot_languages"), cfg.get("counterfactual_languages")
+    if langs and ft is not None and zs is not None:
+        unknown = [lang for lang in langs if lang not in (*ft, *zs)]
+        if unknown:
+            raise ConfigError(f"parameter 'counterfactual_languages' has {unknown[0]!r}, not a test language of the "
+                              f"runs; allowed: {[*ft, *zs]}")
+    if cfg.get("datamodel_subsets") in (1, 2):
+        raise ConfigError("parameter 'datamodel_subsets' is {}; allowed: 0 (none) or at least 3 (a rank correlation "
+                          "needs three subsets)".format(cfg["datamodel_subsets"]))
+    fractions, arms, per_language = cfg.get("counterfactual_fractions"), cfg.get("counterfactual_arms"), \
+        cfg.get("train_per_language")
+    if fractions and arms and ft is not None and per_language is not None:
+        n_train = per_language * len(ft)
+        largest = max(round(float(f.rstrip("%")) / 100 * n_train) for f in fractions)
+        if "own" in arms and largest > per_language:
+            raise ConfigError(f"parameter 'counterfactual_fractions' removes up to {largest} samples, more than one "
+                              f"language's {per_language} training samples (arm 'own'); allowed: fractions up to "
+                              f"{100 * per_language / n_train:.0f}%")
+        if "other" in arms and largest > n_train - per_language:
+            raise ConfigError(f"parameter 'counterfactual_arms' has 'other' but the other languages have only "
+                              f"{n_train - per_language} training samples, fewer than the {largest} to remove")
 
 
 def parse_override(text: str) -> tuple[str, Any]:

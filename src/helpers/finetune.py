@@ -6,12 +6,17 @@ per-language accuracy after each epoch; a plain loop states all three in one scr
 
 Learning rate recorded for TracIn: the mean over the epoch's optimiser steps of the scheduled rate (with a linear
 decay to zero, the rate *at* the last checkpoint would be zero and would erase that checkpoint from the sum).
+
+Retraining (:func:`retrain`, for the counterfactual chapter) runs the same loop again from the same initialisation
+(:func:`initial_model`), seed and data order (:func:`epoch_orders`) without some training samples: with nothing
+removed it reproduces the original checkpoints exactly.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +43,19 @@ def set_threads() -> int:
     return n
 
 
+def initial_model(model_name: str, num_labels: int, seed: int, vocab_size: int | None = None) -> torch.nn.Module:
+    """The model before fine-tuning, with its full vocabulary: the pretrained encoder with a classification head
+    initialised afresh from ``seed``, or the smoke model (``vocab_size`` tokens, from its locally trained tokenizer).
+    Deterministic in ``seed``; :func:`tokenise_splits` and :func:`retrain` both start from it."""
+    spec = models.MODELS[model_name]
+    torch.manual_seed(seed)
+    if spec.pretrained:
+        return models.load_classifier(models.checkpoint(model_name), num_labels=num_labels)
+    if vocab_size is None:
+        raise ValueError(f"model {model_name!r} is built from its tokenizer: give vocab_size")
+    return models.smoke_model(vocab_size, num_labels=num_labels, seed=seed)
+
+
 def tokenise_splits(model_name: str, train: pd.DataFrame, test: pd.DataFrame, max_length: int, trim: bool,
                     seed: int, num_labels: int, out_dir: Path) -> tuple[torch.nn.Module, Dataset, Dataset, dict]:
     """Build the model and tokenised splits; return (model, train, test, info).
@@ -48,14 +66,10 @@ def tokenise_splits(model_name: str, train: pd.DataFrame, test: pd.DataFrame, ma
     texts = list(train["text"]) + list(test["text"])
     spec = models.MODELS[model_name]
     if spec.pretrained:
-        torch.manual_seed(seed)  # the classification head is initialised afresh
-        source = models.checkpoint(model_name)
-        tokenizer = models.load_tokenizer(source)
-        model = models.load_classifier(source, num_labels=num_labels)
+        tokenizer = models.load_tokenizer(models.checkpoint(model_name))
     else:
-        torch.manual_seed(seed)
         tokenizer = models.train_smoke_tokenizer(texts, vocab_size=spec.vocab_size)
-        model = models.smoke_model(len(tokenizer), num_labels=num_labels, seed=seed)
+    model = initial_model(model_name, num_labels, seed, vocab_size=len(tokenizer))
     ids = models.tokenize(tokenizer, texts, max_length=max_length)
     info: dict[str, Any] = {"model": model_name, "full_vocab_size": int(model.config.vocab_size),
                             "n_parameters_before_trim": sum(p.numel() for p in model.parameters())}
@@ -109,27 +123,56 @@ def accuracy_by_language(model: torch.nn.Module, ds: Dataset, epoch: int) -> pd.
     return out.assign(epoch=epoch)
 
 
-def train(model: torch.nn.Module, train_ds: Dataset, test_ds: Dataset, epochs: int, batch_size: int,
-          learning_rate: float, warmup_ratio: float, seed: int, out_dir: Path) -> tuple[pd.DataFrame, list[dict]]:
+@torch.no_grad()
+def sample_outcomes(model: torch.nn.Module, ds: Dataset) -> pd.DataFrame:
+    """One row per sample of ``ds``, in order: ``row``, ``language``, ``label``, the model's cross-entropy ``loss``
+    and whether its prediction is ``correct`` (eval mode)."""
+    logits = torch.from_numpy(predict(model, ds))
+    labels = torch.as_tensor(ds["label"], dtype=torch.long)
+    loss = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    return pd.DataFrame({"row": np.arange(len(ds)), "language": ds["language"], "label": labels.numpy(),
+                         "loss": loss.numpy().astype(np.float64),
+                         "correct": (logits.argmax(1) == labels).numpy().astype(float)})
+
+
+def epoch_orders(lengths: list[int], batch_size: int, seed: int, epochs: int,
+                 exclude: Collection[int] = ()) -> Iterator[list[int]]:
+    """The order in which each epoch visits the training rows: transformers' length-grouped sampler (shuffled
+    mega-batches sorted by length) over *all* ``lengths``, from a generator seeded with ``seed``, with the rows in
+    ``exclude`` deleted. A retraining without some samples therefore sees the remaining ones in the original order."""
+    generator = torch.Generator().manual_seed(seed)
+    sampler = LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
+    removed = set(int(i) for i in exclude)
+    for _ in range(epochs):
+        yield [i for i in sampler if i not in removed]
+
+
+def train(model: torch.nn.Module, train_ds: Dataset, test_ds: Dataset | None, epochs: int, batch_size: int,
+          learning_rate: float, warmup_ratio: float, seed: int, out_dir: Path | None,
+          exclude: Collection[int] = ()) -> tuple[pd.DataFrame, list[dict]]:
     """Fine-tune; save ``checkpoint-epoch<e>/`` after every epoch; return (accuracy history, checkpoint list).
 
-    The history has one row per (epoch, test language), epoch 0 being the model before fine-tuning.
+    The history has one row per (epoch, test language), epoch 0 being the model before fine-tuning (empty when
+    ``test_ds`` is None). ``out_dir=None`` saves no checkpoint. ``exclude``: training rows left out of every epoch,
+    the others keeping their order (:func:`epoch_orders`); the schedule follows the remaining number of steps.
+    Dropout draws from the global torch generator as :func:`initial_model` (and trimming) left it.
     """
     set_threads()
-    generator = torch.Generator().manual_seed(seed)
-    steps_per_epoch = math.ceil(len(train_ds) / batch_size)
+    n_train = len(train_ds) - len(set(int(i) for i in exclude))
+    if n_train < 1:
+        raise ValueError("every training sample is excluded: nothing to train on")
+    steps_per_epoch = math.ceil(n_train / batch_size)
     total = steps_per_epoch * epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total), total)
-    history = [accuracy_by_language(model, test_ds, epoch=0)]
+    history = [] if test_ds is None else [accuracy_by_language(model, test_ds, epoch=0)]
     checkpoints = []
     # Batches of similar length (transformers' group_by_length sampler: shuffled mega-batches sorted by length)
     # pad less: about a third of the tokens of a fine-tuning step on this corpus.
-    sampler = LengthGroupedSampler(batch_size, lengths=[len(x) for x in train_ds["input_ids"]], generator=generator)
+    orders = epoch_orders([len(x) for x in train_ds["input_ids"]], batch_size, seed, epochs, exclude)
     bar = tqdm(total=total, desc="fine-tuning", unit="step", mininterval=progress_interval())
-    for epoch in range(1, epochs + 1):
+    for epoch, order in enumerate(orders, 1):
         model.train()
-        order = list(sampler)
         rates, losses = [], []
         for start in range(0, len(order), batch_size):
             batch = collate(train_ds.select(order[start: start + batch_size]).to_list(), model.config.pad_token_id)
@@ -144,13 +187,16 @@ def train(model: torch.nn.Module, train_ds: Dataset, test_ds: Dataset, epochs: i
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-20:]):.3f}", refresh=False)
         name = f"checkpoint-epoch{epoch}"
-        model.save_pretrained(out_dir / name)
+        if out_dir is not None:
+            model.save_pretrained(out_dir / name)
         checkpoints.append({"name": f"epoch{epoch}", "path": name, "learning_rate": float(np.mean(rates)),
                             "learning_rate_at_end": float(scheduler.get_last_lr()[0]),
                             "train_loss": float(np.mean(losses))})
-        history.append(accuracy_by_language(model, test_ds, epoch=epoch))
+        if test_ds is not None:
+            history.append(accuracy_by_language(model, test_ds, epoch=epoch))
     bar.close()
-    return pd.concat(history, ignore_index=True), checkpoints
+    model.eval()
+    return (pd.concat(history, ignore_index=True) if history else pd.DataFrame()), checkpoints
 # pragma: no mutate end
 
 
@@ -214,6 +260,26 @@ def load(folder: Path) -> FinetuneOutputs:
     return FinetuneOutputs(folder, pd.read_csv(folder / "accuracy.csv"), checkpoints,
                            load_from_disk(str(folder / "train_tokens")), load_from_disk(str(folder / "test_tokens")),
                            artifacts.read_json(folder / "info.json"))
+
+
+def retrain(folder: Path, params: dict[str, Any], remove: Collection[int] = (), out_dir: Path | None = None,
+            evaluate: bool = False) -> tuple[torch.nn.Module, pd.DataFrame, list[dict]]:
+    """Fine-tune again what the fine-tuning stage in ``folder`` fine-tuned, without the training rows ``remove``.
+
+    Same initialisation (:func:`initial_model`, trimmed to the same vocabulary; the global torch generator, which
+    draws the dropout masks, is left in the same state as in :func:`tokenise_splits`), same seed, same tokenised
+    samples and the same order of the remaining samples (:func:`epoch_orders`), same hyper-parameters (``params``:
+    the run's parameters). Returns (model, history, checkpoints) as :func:`train`; ``out_dir`` saves the checkpoints,
+    ``evaluate`` scores the test set after every epoch (neither is needed to measure the final model)."""
+    out = load(folder)
+    num_labels = len(data.LABELS[params["label"]].names)
+    model = initial_model(params["model"], num_labels, params["seed"], vocab_size=out.info["full_vocab_size"])
+    if params["trim_vocabulary"]:
+        models.trim_vocabulary(model, np.load(folder / "vocab_keep_ids.npy"))
+    history, checkpoints = train(model, out.train, out.test if evaluate else None, params["epochs"],
+                                 params["batch_size"], params["learning_rate"], params["warmup_ratio"], params["seed"],
+                                 out_dir, exclude=remove)
+    return model, history, checkpoints
 
 
 def learning_verdict(mean_accuracy: float, n_labels: int, epochs: int) -> str:

@@ -10,6 +10,8 @@ A profile (``params/<name>.yaml``) is data::
       parallel: {parallel_train: true, test_translations_in_train: true, seeds: [0]}
 
 A profile without ``runs``/``parameters``/``seeds`` is read as flat ``parameters`` of a single ``main`` run.
+``extends: <profile>`` starts from another profile: its parameters and runs, with this profile's added on top
+(``params/counterfactual.yaml`` extends the embedded study this way).
 Runs are named ``<variant>-s<seed>`` (``main-s0``). The chapters read runs by *role* (:data:`ROLES`), decided by
 their parameters, not their names. ``-p key=value`` overrides a parameter for every run (a run's own overrides
 still apply on top); ``-p <variant>.key=value`` overrides it for one variant.
@@ -27,7 +29,7 @@ import yaml
 from . import artifacts, config, paths
 from .config import ConfigError
 
-STUDY_KEYS = ("seeds", "parameters", "runs")
+STUDY_KEYS = ("seeds", "parameters", "runs", "extends")
 MANIFEST = "study.json"
 
 
@@ -99,7 +101,7 @@ def profile_path(profile: str | Path) -> Path:
     return path
 
 
-def load_profile(profile: str | Path) -> dict[str, Any]:
+def load_profile(profile: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The profile as ``{seeds, parameters, runs}``; a clear error naming the file when it is malformed."""
     path = profile_path(profile)
     try:
@@ -122,6 +124,13 @@ def load_profile(profile: str | Path) -> dict[str, Any]:
            "runs": raw.get("runs") or {"main": {}}}
     if not isinstance(out["parameters"], dict) or not isinstance(out["runs"], dict):
         raise ConfigError(f"profile {path}: 'parameters' and 'runs' must be mappings")
+    if "extends" in raw:
+        if not isinstance(raw["extends"], str) or profile_path(raw["extends"]).resolve() in (*_seen, path.resolve()):
+            raise ConfigError(f"profile {path}: 'extends' must name another profile, without cycles; got "
+                              f"{raw['extends']!r}")
+        base = load_profile(raw["extends"], (*_seen, path.resolve()))
+        out = {"seeds": raw.get("seeds", base["seeds"]), "parameters": {**base["parameters"], **out["parameters"]},
+               "runs": {**base["runs"], **(raw.get("runs") or {})}}
     return out
 
 

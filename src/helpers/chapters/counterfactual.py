@@ -1,0 +1,476 @@
+"""Do the influential samples matter? A counterfactual check of TracIn's attributions.
+
+Every other chapter assumes that TracIn's most influential training samples are the ones the model relies on.
+Training-data attribution methods are known to predict poorly what happens when data is removed, so this chapter
+tests it on the study's own runs: it removes training samples, fine-tunes again from the same initialisation, seed
+and data order (:func:`helpers.finetune.retrain`; with nothing removed that reproduces the original checkpoints
+exactly, which the tests check) and measures, test sample by test sample, how the loss and the accuracy change
+against the original run (retrained minus original: paired, so the test samples' own difficulty cancels).
+
+For a test language L and a number N of training samples (``counterfactual_fractions`` of the training set), the
+removals (*arms*, ``counterfactual_arms``):
+
+* ``top``: the N training samples with the highest TracIn score summed over L's test samples. To first order TracIn
+  predicts that removing a set S raises test sample j's loss by the sum of score(i, j) over i in S, so this is the
+  set it predicts to hurt L most;
+* ``random``: N random training samples with as many from each language as ``top`` has (matched language mix);
+* ``own`` / ``other``: the top N among L's own-language training samples only / among the other languages' only;
+* ``without`` (``counterfactual_zero_shot``): all of one fine-tuning language's samples, once per language;
+* ``half`` (``datamodel_subsets``, the first retrained run only): random halves of the training set.
+
+Claims: CF1, top hurts L more than random (the method works here); CF2, removing L's top cross-lingual samples hurts
+L at least as much as removing its top same-language ones (reliance on other languages, tested causally); CF3-<Z>,
+for a zero-shot language Z, removing the fine-tuning language the share analysis ranks first hurts Z more than
+removing another one; CF4, the linear datamodeling score (per test sample, the rank correlation over random halves
+between TracIn's predicted and the actual change of its loss, averaged).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+
+from .. import analysis, claims, data, finetune, models
+from ..config import ConfigError
+from ..stages import Stage
+from ..study import load_profile
+from ..tracin import top_rows
+from . import Result
+
+STAGE = Stage("counterfactual", "18_counterfactual.ipynb", "Do the influential samples matter?",
+              reads=(("tracin", "main"), ("finetune", "main")),
+              params=("counterfactual_languages", "counterfactual_fractions", "counterfactual_arms",
+                      "counterfactual_random_draws", "counterfactual_seeds", "counterfactual_zero_shot",
+                      "datamodel_subsets", "n_bootstrap", "confidence"),
+              modules=("chapters/counterfactual", "finetune", "claims"))
+
+RANKED_ARMS = ("top", "random", "own", "other")
+#: The profile with the full design (several fractions and seeds, every arm, the zero-shot question, datamodeling).
+FULL_PROFILE = "counterfactual"
+_KEYS = ["run", "target", "fraction", "arm", "test_row", "test_language"]
+
+
+@dataclass(frozen=True)
+class Removal:
+    """One retraining: the training rows it leaves out and why."""
+
+    arm: str  # top | random | own | other | without | half
+    target: str  # the test language whose TracIn ranking chose the rows; for 'without', the removed language
+    fraction: str  # '20%'; '' for 'without' and 'half'
+    draw: int  # random draws and halves are numbered from 0
+    rows: tuple[int, ...]
+
+    @property
+    def label(self) -> str:
+        if self.arm == "without":
+            return f"without {self.target}"
+        if self.arm == "half":
+            return f"half {self.draw}"
+        draw = f" #{self.draw}" if self.arm == "random" else ""
+        return f"{self.arm}{draw} {self.fraction} for {self.target}"
+
+
+def fraction_size(fraction: str, n_train: int) -> int:
+    """Training samples a fraction such as '20%' removes (at least one)."""
+    return max(1, round(float(fraction.rstrip("%")) / 100 * n_train))
+
+
+def summed_scores(scores, language: str) -> np.ndarray:
+    """(n_train,) each training sample's TracIn score summed over ``language``'s test samples: the first-order
+    prediction of how much removing it would raise the total test loss of that language."""
+    columns = (scores.test_ids["language"] == language).to_numpy()
+    if not columns.any():
+        raise ValueError(f"no test samples in language {language!r}")
+    return scores.total[:, columns].sum(1, dtype=np.float64)
+
+
+def _top(values: np.ndarray, n: int, allowed: np.ndarray | None = None) -> tuple[int, ...]:
+    """The ``n`` rows with the highest ``values`` (among ``allowed``), via the book's one top-k (ties: lower row)."""
+    if allowed is not None:
+        if allowed.sum() < n:
+            raise ValueError(f"only {int(allowed.sum())} training samples to choose {n} from")
+        values = np.where(allowed, values, -np.inf)
+    return tuple(sorted(top_rows(values[:, None], n)[:, 0].tolist()))
+
+
+def _rng(*parts: Any) -> np.random.Generator:
+    return np.random.default_rng(zlib.crc32("/".join(map(str, parts)).encode()))
+
+
+def matched_random(train_language: np.ndarray, rows: tuple[int, ...], rng: np.random.Generator) -> tuple[int, ...]:
+    """As many random training rows as ``rows`` has, with the same number from each language (matched mix)."""
+    mix = Counter(train_language[list(rows)])
+    drawn = [rng.choice(np.flatnonzero(train_language == lang), size=count, replace=False)
+             for lang, count in mix.items()]
+    return tuple(sorted(np.concatenate(drawn).tolist()))
+
+
+def plan_removals(scores, cfg: dict[str, Any], seed: int, first: bool) -> list[Removal]:
+    """Every removal of one run: for each target language and fraction, the arms; then one removal per fine-tuning
+    language (zero-shot question); then, on the ``first`` run, the random halves (datamodeling)."""
+    train_language = scores.train_ids["language"].to_numpy()
+    n_train = len(train_language)
+    languages = list(dict.fromkeys(train_language))
+    out: list[Removal] = []
+    for target in cfg["counterfactual_languages"]:
+        summed = summed_scores(scores, target)
+        for fraction in cfg["counterfactual_fractions"]:
+            n = fraction_size(fraction, n_train)
+            top = _top(summed, n)
+            for arm in cfg["counterfactual_arms"]:
+                if arm == "top":
+                    out.append(Removal("top", target, fraction, 0, top))
+                elif arm == "random":
+                    out += [Removal("random", target, fraction, draw,
+                                    matched_random(train_language, top, _rng(seed, target, fraction, draw)))
+                            for draw in range(cfg["counterfactual_random_draws"])]
+                elif arm == "own" and target in languages:  # a zero-shot language has no training data of its own
+                    out.append(Removal("own", target, fraction, 0, _top(summed, n, train_language == target)))
+                elif arm == "other":
+                    out.append(Removal("other", target, fraction, 0, _top(summed, n, train_language != target)))
+    if cfg["counterfactual_zero_shot"]:
+        out += [Removal("without", lang, "", 0, tuple(np.flatnonzero(train_language == lang).tolist()))
+                for lang in languages]
+    if first:
+        for m in range(cfg["datamodel_subsets"]):
+            rows = _rng(seed, "half", m).choice(n_train, n_train // 2, replace=False)
+            out.append(Removal("half", "", "", m, tuple(sorted(rows.tolist()))))
+    return out
+
+
+def retrain_run(run, removals: list[Removal]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Retrain ``run`` once per distinct set of removed rows. Returns the outcomes (one row per removal and test
+    sample: loss, correct, their change against the original run, TracIn's predicted loss change) and one row per
+    removal (its size and the seconds its retraining took; 0 when an identical set was already retrained)."""
+    ft = finetune.load(run["finetune"])
+    scores = analysis.load_scores(run["tracin"])
+    if list(scores.test_ids["uid"]) != list(ft.ids("test")["uid"]):
+        raise ValueError(f"run {run.name}: the TracIn scores' test samples are not the fine-tuning stage's")
+    original = finetune.sample_outcomes(models.load_classifier(ft.checkpoints[-1]["path"]), ft.test)
+    total = scores.total.astype(np.float64)
+    done: dict[tuple[int, ...], pd.DataFrame] = {}
+    parts, log = [], []
+    for i, removal in enumerate(removals, 1):
+        seconds = 0.0
+        if removal.rows not in done:
+            start = time.perf_counter()
+            model, _, _ = finetune.retrain(run["finetune"], run.params, removal.rows)
+            done[removal.rows] = finetune.sample_outcomes(model, ft.test)
+            seconds = time.perf_counter() - start
+            print(f"[{i}/{len(removals)}] {run.name}: retrained {removal.label} ({len(removal.rows)} of "
+                  f"{len(ft.train)} samples removed) in {seconds:.0f} s", file=sys.stderr, flush=True)
+        outcome = done[removal.rows]
+        parts.append(pd.DataFrame({
+            "run": run.name, "arm": removal.arm, "target": removal.target, "fraction": removal.fraction,
+            "draw": removal.draw, "n_removed": len(removal.rows), "test_row": outcome["row"],
+            "test_language": outcome["language"], "loss": outcome["loss"], "correct": outcome["correct"],
+            "d_loss": outcome["loss"] - original["loss"], "d_correct": outcome["correct"] - original["correct"],
+            "predicted": total[list(removal.rows)].sum(0)}))
+        removed_language = scores.train_ids["language"].to_numpy()[list(removal.rows)]
+        log.append({"run": run.name, "removal": removal.label, "arm": removal.arm, "target": removal.target,
+                    "fraction": removal.fraction, "n_removed": len(removal.rows), "n_kept": len(ft.train) -
+                    len(removal.rows), "share_own_language": float(np.mean(removed_language == removal.target)),
+                    "seconds": round(seconds, 1)})
+    return pd.concat(parts, ignore_index=True), pd.DataFrame(log)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# From outcomes to tables and claims
+
+
+def ranked_outcomes(outcomes: pd.DataFrame) -> pd.DataFrame:
+    """The ranked arms on their target language's own test samples, random draws averaged per test sample."""
+    part = outcomes[outcomes["arm"].isin(RANKED_ARMS) & (outcomes["test_language"] == outcomes["target"])]
+    return (part.groupby(_KEYS, sort=False)[["n_removed", "d_loss", "d_correct", "predicted"]].mean()
+            .reset_index())
+
+
+def paired(ranked: pd.DataFrame, a: str, b: str, fraction: str) -> pd.DataFrame:
+    """Per test sample: ``value`` = change of loss under arm ``a`` minus under arm ``b`` (same run, target, fraction)."""
+    part = ranked[ranked["fraction"] == fraction]
+    keys = ["run", "target", "test_row", "test_language"]
+    both = part[part["arm"] == a][[*keys, "d_loss"]].merge(part[part["arm"] == b][[*keys, "d_loss"]], on=keys,
+                                                          suffixes=("_a", "_b"))
+    return both.assign(value=both["d_loss_a"] - both["d_loss_b"])
+
+
+def arm_summary(ranked: pd.DataFrame, opts: dict[str, Any]) -> pd.DataFrame:
+    """Per target, fraction and arm: the mean change of the target's test loss and accuracy, with intervals, and
+    TracIn's first-order prediction of the loss change."""
+    rows = []
+    for (target, fraction, arm), part in ranked.groupby(["target", "fraction", "arm"], sort=False):
+        loss, acc = claims.interval(part, "d_loss", **opts), claims.interval(part, "d_correct", **opts)
+        rows.append({"target": target, "fraction": fraction, "arm": arm, "removed": int(part["n_removed"].iloc[0]),
+                     "d_loss": loss[0], "low": loss[1], "high": loss[2], "d_accuracy": acc[0],
+                     "d_accuracy_low": acc[1], "d_accuracy_high": acc[2], "predicted": part["predicted"].mean()})
+    return pd.DataFrame(rows)
+
+
+def zero_shot_table(outcomes: pd.DataFrame, runs: list, n: int, opts: dict[str, Any]) -> tuple[pd.DataFrame,
+                                                                                               pd.DataFrame]:
+    """For each zero-shot test language Z and fine-tuning language F: the share analysis' prediction (F's mean share
+    of Z's per-test-sample top-``n``), TracIn's first-order prediction (the summed scores of F's samples) and the
+    actual change of Z's loss without F. Also the per-sample frame behind CF3 (``value``: change without the
+    language the shares rank first minus the mean change without the others)."""
+    without = outcomes[outcomes["arm"] == "without"]
+    if without.empty:
+        return pd.DataFrame(), pd.DataFrame()
+    retrained = set(without["run"])
+    shares = pd.concat([analysis.sample_table(analysis.load_scores(r["tracin"]), n, run=r.name)
+                        for r in runs if r.name in retrained], ignore_index=True)
+    languages = list(dict.fromkeys(without["target"]))
+    rows, frames = [], []
+    for z in [lang for lang in dict.fromkeys(without["test_language"]) if lang not in languages]:
+        part = without[without["test_language"] == z]
+        share = shares[shares["test_language"] == z][[f"share_{f}" for f in languages]].mean()
+        for f in languages:
+            sub = part[part["target"] == f]
+            value, low, high = claims.interval(sub, "d_loss", **opts)
+            rows.append({"zero_shot": z, "removed": f, "share": float(share[f"share_{f}"]),
+                         "predicted": sub["predicted"].mean(), "d_loss": value, "low": low, "high": high,
+                         "d_accuracy": sub["d_correct"].mean()})
+        first = share.idxmax().removeprefix("share_")
+        wide = part.pivot_table(index=["run", "test_row", "test_language"], columns="target", values="d_loss")
+        others = [f for f in languages if f != first]
+        frames.append(wide[first].sub(wide[others].mean(axis=1)).rename("value").reset_index()
+                      .assign(zero_shot=z, first=first))
+    table = pd.DataFrame(rows)
+    if len(table):
+        for column, rank in (("d_loss", "rank_actual"), ("share", "rank_share"), ("predicted", "rank_predicted")):
+            table[rank] = table.groupby("zero_shot")[column].rank(ascending=False, method="min").astype(int)
+    return table, (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
+
+
+def datamodel_scores(outcomes: pd.DataFrame) -> pd.DataFrame:
+    """Per test sample of the run with random halves: the Spearman correlation, over the halves, between TracIn's
+    predicted and the actual change of its loss (the linear datamodeling score of that sample)."""
+    halves = outcomes[outcomes["arm"] == "half"]
+    rows = []
+    for (run, row, lang), part in halves.groupby(["run", "test_row", "test_language"], sort=False):
+        a, b = rankdata(part["predicted"]), rankdata(part["d_loss"])
+        a, b = a - a.mean(), b - b.mean()
+        denominator = np.sqrt((a ** 2).sum() * (b ** 2).sum())
+        rows.append({"run": run, "test_row": row, "test_language": lang, "subsets": len(part),
+                     "value": float((a * b).sum() / denominator) if denominator > 0 else np.nan})
+    return pd.DataFrame(rows)
+
+
+def _how_to(what: str) -> str:
+    return (f"{what} Run the full design: `python -m helpers.pipeline run --profile {FULL_PROFILE}` "
+            f"(params/{FULL_PROFILE}.yaml).")
+
+
+def compute(runs: list, cfg: dict[str, Any]) -> Result:
+    """``runs``: the main run's seeds (``RunInputs`` with ``tracin`` and ``finetune`` folders); the first
+    ``counterfactual_seeds`` of them are retrained."""
+    opts = dict(n_boot=cfg["n_bootstrap"], confidence=cfg["confidence"])
+    chosen = runs[: cfg["counterfactual_seeds"]]
+    outcomes, log = [], []
+    for i, run in enumerate(chosen):
+        removals = plan_removals(analysis.load_scores(run["tracin"]), cfg, run.run.seed, first=i == 0)
+        if removals:
+            o, g = retrain_run(run, removals)
+            outcomes.append(o)
+            log.append(g)
+    outcomes = pd.concat(outcomes, ignore_index=True) if outcomes else pd.DataFrame(
+        columns=[*_KEYS, "draw", "n_removed", "loss", "correct", "d_loss", "d_correct", "predicted"])
+    log = pd.concat(log, ignore_index=True) if log else pd.DataFrame()
+    ranked = ranked_outcomes(outcomes)
+    result = Result(tables={"outcomes": outcomes, "retrainings": log, "arms": arm_summary(ranked, opts)})
+    seeds = f"{len(chosen)} of the main run's {len(runs)} seeds"
+
+    for fraction in cfg["counterfactual_fractions"]:
+        stat = (f"removing the top {fraction} minus {fraction} random samples (same language mix): change of L's "
+                "test loss, per test sample")
+        statement = ("TracIn's most influential samples matter more than random ones: removing a test language's "
+                     "top samples (summed TracIn over its test samples) and fine-tuning again raises its test loss "
+                     "more than removing as many random samples of the same languages.")
+        frame = paired(ranked, "top", "random", fraction)
+        if frame.empty:
+            result.claims.append(claims.not_tested(f"CF1-{fraction}", STAGE.name, statement, claims.METHOD, stat,
+                                                   _how_to("Needs the arms 'top' and 'random'.")))
+        else:
+            result.claims.append(claims.claim(
+                f"CF1-{fraction}", STAGE.name, statement, claims.METHOD, stat, claims.interval(frame, "value", **opts),
+                0.0, "no difference", "above", percent=False,
+                note=f"L: {', '.join(dict.fromkeys(frame['target']))}; {seeds}; "
+                     f"{cfg['counterfactual_random_draws']} random draw(s)."))
+        statement = ("Models rely on data from multiple languages during fine-tuning, tested causally: removing a "
+                     "test language's top cross-lingual samples hurts it at least as much as removing its top "
+                     "same-language ones.")
+        stat = (f"removing the top {fraction} of other languages' samples minus the top {fraction} of L's own: "
+                "change of L's test loss, per test sample")
+        frame = paired(ranked, "other", "own", fraction)
+        if frame.empty:
+            result.claims.append(claims.not_tested(f"CF2-{fraction}", STAGE.name, statement, claims.ABSTRACT, stat,
+                                                   _how_to("Needs the arms 'own' and 'other' and a fine-tuning "
+                                                           "language among counterfactual_languages.")))
+        else:
+            result.claims.append(claims.claim(
+                f"CF2-{fraction}", STAGE.name, statement, claims.ABSTRACT, stat, claims.interval(frame, "value", **opts),
+                0.0, "equal harm", "above", percent=False,
+                note=f"L: {', '.join(dict.fromkeys(frame['target']))}; {seeds}. Inconclusive means the two removals "
+                     "could not be told apart; contradicts means the own-language samples mattered more."))
+
+    n_share = fraction_size(min(cfg["counterfactual_fractions"], key=lambda f: float(f.rstrip("%"))),
+                            len(analysis.load_scores(runs[0]["tracin"]).train_ids))
+    zs_table, zs_frame = zero_shot_table(outcomes, chosen, n_share, opts)
+    result.tables["zero_shot"] = zs_table
+    statement = ("For a zero-shot language, the fine-tuning language whose removal hurts it most is the one the "
+                 "share analysis ranks first.")
+    if zs_frame.empty:
+        why = ("the study has no zero-shot test language" if cfg["counterfactual_zero_shot"] else
+               _how_to("Needs counterfactual_zero_shot (one retraining without each fine-tuning language)."))
+        result.claims.append(claims.not_tested("CF3", STAGE.name, statement, claims.METHOD,
+                                               "change of the zero-shot language's loss", why))
+    for z, frame in (zs_frame.groupby("zero_shot", sort=False) if len(zs_frame) else []):
+        first = frame["first"].iloc[0]
+        rows = zs_table[zs_table["zero_shot"] == z]
+        worst = rows.loc[rows["d_loss"].idxmax(), "removed"]
+        result.claims.append(claims.claim(
+            f"CF3-{z}", STAGE.name, statement, claims.METHOD,
+            f"{data.LANGUAGES[z].name}: loss change without {data.LANGUAGES[first].name} (first by its top-{n_share} "
+            "shares) minus the mean loss change without each other fine-tuning language",
+            claims.interval(frame, "value", **opts), 0.0, "no difference", "above", percent=False,
+            note=f"Removal that hurt most: {data.LANGUAGES[worst].name}; {seeds}."))
+
+    dm = datamodel_scores(outcomes)
+    result.tables["datamodel"] = dm
+    statement = ("TracIn predicts what removing data does: over random halves of the training set, its predicted "
+                 "change of each test sample's loss ranks with the actual change (linear datamodeling score).")
+    stat = "Spearman correlation per test sample over random halves, mean over test samples"
+    if dm.empty or dm["value"].isna().all():
+        result.claims.append(claims.not_tested("CF4", STAGE.name, statement, claims.METHOD, stat,
+                                               _how_to("Needs datamodel_subsets >= 3 (random halves, each one "
+                                                       "retraining; too costly for the default book).")))
+    else:
+        result.claims.append(claims.claim("CF4", STAGE.name, statement, claims.METHOD, stat,
+                                          claims.interval(dm, "value", **opts), 0.0, "no correlation", "above",
+                                          percent=False, note=f"{int(dm['subsets'].iloc[0])} random halves of {dm['run'].iloc[0]}."))
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Prose and display
+
+
+def _with_interval(value: float, low: float, high: float, fmt: str) -> str:
+    return f"{value:{fmt}} ({low:{fmt}} to {high:{fmt}})"
+
+
+def arms_display(arms: pd.DataFrame) -> pd.DataFrame:
+    """The arms table as the book shows it: one row per target, fraction and arm; changes with their intervals."""
+    return pd.DataFrame({
+        "test language L": [data.LANGUAGES[t].name for t in arms["target"]], "removed": [
+            f"{f} ({n})" for f, n in zip(arms["fraction"], arms["removed"])], "arm": arms["arm"],
+        "change of L's loss": [_with_interval(*r, "+.3f") for r in zip(arms["d_loss"], arms["low"], arms["high"])],
+        "change of L's accuracy": [_with_interval(*r, "+.0%") for r in zip(
+            arms["d_accuracy"], arms["d_accuracy_low"], arms["d_accuracy_high"])],
+        "TracIn's predicted change": [f"{x:+.3g}" for x in arms["predicted"]]}).set_index(
+        ["test language L", "removed", "arm"])
+
+
+def zero_shot_display(table: pd.DataFrame) -> pd.DataFrame:
+    """The zero-shot table as the book shows it."""
+    return pd.DataFrame({
+        "zero-shot language": [data.LANGUAGES[z].name for z in table["zero_shot"]],
+        "retrained without": [data.LANGUAGES[f].name for f in table["removed"]],
+        "its share of the top samples": [f"{x:.0%}" for x in table["share"]],
+        "TracIn's predicted change": [f"{x:+.3g}" for x in table["predicted"]],
+        "change of the loss": [_with_interval(*r, "+.3f") for r in zip(table["d_loss"], table["low"], table["high"])],
+        "change of accuracy": [f"{x:+.0%}" for x in table["d_accuracy"]],
+        "rank: actual / shares / TracIn": [f"{a} / {b} / {c}" for a, b, c in zip(
+            table["rank_actual"], table["rank_share"], table["rank_predicted"])]}).set_index(
+        ["zero-shot language", "retrained without"])
+
+
+def plain_verdict(result: Result) -> str:
+    """One paragraph saying plainly whether the attribution passed the removal test here."""
+    table = result.claims_table
+    cf1 = table[table["claim_id"].str.startswith("CF1")]
+    tested = cf1[cf1["verdict"] != "not tested"]
+    if tested.empty:
+        return "This study ran no top-versus-random removal, so it does not say whether TracIn's rankings matter."
+    if (tested["verdict"] == "supports").all():
+        text = ("**TracIn passes the removal test here:** removing its top samples for the test language raised that "
+                "language's test loss more than removing as many random samples of the same languages.")
+    else:
+        failed = ", ".join(f"{r.claim_id} ({r.verdict})" for r in tested.itertuples() if r.verdict != "supports")
+        text = ("**The attribution fails the removal test here:** removing TracIn's top samples did not raise the "
+                f"test language's loss more than removing as many random samples ({failed}). The language shares "
+                "of the other chapters describe TracIn's rankings; this run gives no causal evidence that the model "
+                "relies on those samples more than on others.")
+    cf4 = table[(table["claim_id"] == "CF4") & (table["verdict"] != "not tested")]
+    if len(cf4) and cf4["verdict"].iloc[0] != "supports":
+        text += (f" Over random halves of the training set, TracIn's predicted loss changes do not rank with the "
+                 f"actual ones (CF4, {cf4['verdict'].iloc[0]}).")
+    return text
+
+
+def _retrainings(removals: list[Removal]) -> int:
+    return len({r.rows for r in removals})
+
+
+def design_markdown(cfg: dict[str, Any], runs: list, result: Result) -> str:
+    """What this study's removal design measures, what it leaves out, and the cost of the full design (estimated
+    from this run's measured seconds per retraining, in proportion to the samples kept)."""
+    log = result.tables["retrainings"]
+    scores = analysis.load_scores(runs[0]["tracin"])
+    n_train = len(scores.train_ids)
+    names = ", ".join(data.LANGUAGES[lang].name for lang in cfg["counterfactual_languages"]) or "no language"
+    chosen = runs[: cfg["counterfactual_seeds"]]
+    fractions = ", ".join(f"{f} ({fraction_size(f, n_train)} samples)" for f in cfg["counterfactual_fractions"])
+    done = log[log["seconds"] > 0] if len(log) else log
+    text = (f"**What this study measures.** {len(done)} retrainings of {', '.join(r.name for r in chosen)} "
+            f"({len(chosen)} of the main run's {len(runs)} seeds), each a full fine-tuning of the {n_train}-sample "
+            f"training set minus the removed samples. Test language(s) L: {names}; removed: {fractions}; "
+            f"arms: {', '.join(cfg['counterfactual_arms'])}"
+            + (f"; {cfg['counterfactual_random_draws']} random draw(s) per L and fraction"
+               if "random" in cfg["counterfactual_arms"] else "") + ".")
+    missing = []
+    if len(chosen) < 2:
+        missing.append("retraining noise across seeds: the intervals resample L's test samples only, with one "
+                       "retraining per arm, so they understate how much a result could move with another seed or "
+                       "another random draw")
+    if not {"own", "other"} <= set(cfg["counterfactual_arms"]):
+        missing.append("own-language against cross-lingual removals (question b, CF2)")
+    if not cfg["counterfactual_zero_shot"]:
+        missing.append("which fine-tuning language a zero-shot language needs most (question c, CF3)")
+    if cfg["datamodel_subsets"] < 3:
+        missing.append("the linear datamodeling score over random halves (CF4)")
+    if len(cfg["counterfactual_fractions"]) < 2:
+        missing.append("how the effect grows with the number removed (one fraction)")
+    if missing:
+        text += "\n\n**What it does not measure:** " + "; ".join(missing) + "."
+    if len(done):
+        rate = float((done["seconds"] / (done["n_kept"] * 1.0)).mean())  # seconds per kept training sample
+        text += (f"\n\nEach retraining took {done['seconds'].min():.0f}-{done['seconds'].max():.0f} s here "
+                 f"({done['seconds'].sum():.0f} s in all).")
+        try:
+            full = {**cfg, **{k: v for k, v in load_profile(FULL_PROFILE)["parameters"].items() if k in cfg}}
+        except ConfigError:  # no such profile: no estimate
+            full = None
+        if full is not None and full != cfg:
+            tested = set(scores.test_ids["language"])
+            full["counterfactual_languages"] = [lang for lang in full["counterfactual_languages"] if lang in tested]
+            per_seed = plan_removals(scores, {**full, "datamodel_subsets": 0}, chosen[0].run.seed, first=False)
+            halves = plan_removals(scores, {**full, "counterfactual_languages": [], "counterfactual_zero_shot": False},
+                                   chosen[0].run.seed, first=True)
+            n_seeds = min(full["counterfactual_seeds"], len(runs))
+            kept = (n_seeds * sum(n_train - len(r) for r in {r.rows for r in per_seed})
+                    + sum(n_train - len(r.rows) for r in halves))
+            count = n_seeds * _retrainings(per_seed) + len(halves)
+            text += (f" The full design (profile `{FULL_PROFILE}`: fractions "
+                     f"{', '.join(full['counterfactual_fractions'])}, arms {', '.join(full['counterfactual_arms'])}, "
+                     f"{n_seeds} seeds, {'the zero-shot question, ' if full['counterfactual_zero_shot'] else ''}"
+                     f"{full['datamodel_subsets']} random halves) needs {count} retrainings: about "
+                     f"{rate * kept / 60:.0f} min at this rate, on top of the study itself. " + _how_to(""))
+    return text

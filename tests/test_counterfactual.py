@@ -1,0 +1,287 @@
+"""The counterfactual chapter: retraining is the original run minus the removed samples, and the measurement sees
+effects whose answer is known.
+
+* Retraining with nothing removed reproduces the original run's checkpoints exactly (same initialisation, seed and
+  order), and removing one sample changes them (so the comparison can fail).
+* Removing a planted set of duplicated, label-decisive samples hurts their test samples more than removing as many
+  random samples (smoke model, a few seconds per fine-tuning).
+* On planted outcomes (no model), the claims come out right, including when the attribution fails.
+"""
+
+import zlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import config, data, finetune, study, tracin
+from helpers.chapters import counterfactual as cf
+from helpers.config import ConfigError
+from helpers.stages import RunInputs
+from helpers.study import Run
+
+SMOKE = study.resolve("smoke").first.params
+
+
+def _finetune(params, train, test, folder):
+    for sub in ("data", "finetune", "tracin"):
+        (folder / sub).mkdir(parents=True)
+    data.save_splits(train, test, folder / "data")
+    return finetune.run(params, params, folder / "data", folder / "finetune")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("smoke-run")
+    train, test = data.build_splits(SMOKE)
+    return folder, _finetune(SMOKE, train, test, folder)
+
+
+def _weights(path):
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_retraining_with_nothing_removed_reproduces_the_checkpoints_exactly(smoke_run, tmp_path):
+    folder, original = smoke_run
+    model, _, checkpoints = finetune.retrain(folder / "finetune", SMOKE, remove=(), out_dir=tmp_path)
+    assert [c["name"] for c in checkpoints] == [c["name"] for c in original.checkpoints]
+    for mine, theirs in zip(checkpoints, original.checkpoints):
+        a, b = _weights(tmp_path / mine["path"]), _weights(folder / "finetune" / f"checkpoint-{theirs['name']}")
+        assert set(a) == set(b)
+        different = [name for name in a if not torch.equal(a[name], b[name])]
+        assert not different, f"{mine['name']}: {different[:3]} differ"
+        assert mine["learning_rate"] == theirs["learning_rate"]
+    final = _weights(folder / "finetune" / f"checkpoint-{original.checkpoints[-1]['name']}")
+    assert all(torch.equal(t, final[name]) for name, t in model.state_dict().items())
+    # the comparison can fail: one sample fewer gives other weights
+    fewer, _, _ = finetune.retrain(folder / "finetune", SMOKE, remove=[0])
+    assert any(not torch.equal(t, final[name]) for name, t in fewer.state_dict().items())
+
+
+def test_epoch_orders_keep_the_order_of_the_remaining_samples():
+    lengths = list(np.random.default_rng(0).integers(5, 40, size=50))
+    full = list(finetune.epoch_orders(lengths, 8, seed=3, epochs=3))
+    assert all(sorted(order) == list(range(50)) for order in full) and full[0] != full[1]
+    removed = {0, 7, 8, 31}
+    fewer = list(finetune.epoch_orders(lengths, 8, seed=3, epochs=3, exclude=removed))
+    assert fewer == [[i for i in order if i not in removed] for order in full]
+    assert list(finetune.epoch_orders(lengths, 8, seed=4, epochs=1))[0] != full[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A planted, known causal effect: duplicates of the English test samples, with their labels, in training
+
+
+#: The smoke model, with a learning rate and epochs at which it memorises the duplicates (at the smoke profile's
+#: own it stays at chance and nothing it learned could be removed).
+PLANTED = {**SMOKE, "fine_tune_languages": ["en", "fr"], "zero_shot_languages": [], "train_per_language": 12,
+           "epochs": 8, "learning_rate": 0.01}
+
+
+@pytest.fixture(scope="module")
+def planted_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("planted-run")
+    train, test = data.build_splits(PLANTED)
+    copies = pd.concat([test[test["language"] == "en"].assign(split="train", uid=lambda f: f["uid"] + f"-copy{c}")
+                        for c in range(3)], ignore_index=True)
+    ft = _finetune(PLANTED, pd.concat([train, copies], ignore_index=True), test, folder)
+    scores = tracin.TracIn(ft.tracin_checkpoints(), params=PLANTED["tracin_params"]).scores(
+        ft.train, ft.test, train_ids=ft.ids("train"), test_ids=ft.ids("test"))
+    scores.save(folder / "tracin" / "scores")
+    run = RunInputs(Run("main-s0", "main", 0, PLANTED), {"finetune": folder / "finetune", "tracin": folder / "tracin"})
+    planted = tuple(np.flatnonzero(ft.ids("train")["uid"].str.contains("-copy")).tolist())
+    return run, scores, planted
+
+
+def test_removing_planted_label_decisive_duplicates_hurts_more_than_random_removal(planted_run):
+    run, scores, planted = planted_run
+    n_train = len(scores.train_ids)
+    removals = [cf.Removal("planted", "en", "", 0, planted)]
+    removals += [cf.Removal("random", "en", "", d, tuple(sorted(np.random.default_rng(d).choice(
+        n_train, len(planted), replace=False).tolist()))) for d in range(2)]
+    outcomes, log = cf.retrain_run(run, removals)
+    assert log["seconds"].gt(0).all() and log["n_removed"].eq(len(planted)).all()
+    english = outcomes[outcomes["test_language"] == "en"]
+    change = english.groupby(["arm", "draw"])["d_loss"].mean()
+    assert change["planted", 0] > 0.5
+    assert change["planted", 0] > 2 * change["random"].max()
+    # TracIn's first-order prediction of that removal is positive for the duplicated test samples
+    assert english[english["arm"] == "planted"]["predicted"].gt(0).all()
+
+
+def test_tracin_top_arm_on_the_planted_run_hurts_more_than_random(planted_run):
+    run, scores, planted = planted_run
+    cfg = {**config.defaults("study"), "counterfactual_languages": ["en"], "counterfactual_fractions": ["40%"],
+           "counterfactual_random_draws": 2, "n_bootstrap": 200}
+    result = cf.compute([run], cfg)
+    arms = result.tables["arms"].set_index("arm")
+    assert arms.loc["top", "removed"] == round(0.4 * len(scores.train_ids))
+    top = set(cf.plan_removals(scores, cfg, 0, first=False)[0].rows)
+    assert len(top & set(planted)) / len(top) > len(planted) / len(scores.train_ids)  # enriched in duplicates
+    assert arms.loc["top", "d_loss"] > arms.loc["random", "d_loss"]
+    assert result.claims_table.set_index("claim_id").loc["CF1-40%", "verdict"] == "supports"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Planted outcomes, no model: the claims and the removal sets
+
+
+LANGS = ["en", "fr", "de"]
+
+
+def fake_scores():
+    """Training: 8 samples per language; test: 6 per language plus 6 Portuguese (zero-shot) drawing on French."""
+    rng = np.random.default_rng(0)
+    train = pd.DataFrame([{"uid": f"{lang}{i}", "language": lang, "label": i % 2, "pair_id": f"{lang}-v{i}"}
+                          for lang in LANGS for i in range(8)])
+    test = pd.DataFrame([{"uid": f"t{lang}{j}", "language": lang, "label": j % 2, "pair_id": f"t{lang}{j}"}
+                         for lang in [*LANGS, "pt"] for j in range(6)])
+    values = rng.normal(0, 1, (len(train), len(test)))
+    values += 3 * (train["language"].to_numpy()[:, None] == test["language"].to_numpy()[None, :])
+    values += 5 * ((train["language"].to_numpy()[:, None] == "fr") & (test["language"].to_numpy()[None, :] == "pt"))
+    return tracin.InfluenceScores(values[None].astype(np.float32), ["epoch1"], [1.0], train, test)
+
+
+def fake_runs(tmp_path, n=2):
+    scores = fake_scores()
+    runs = []
+    for seed in range(n):
+        folder = tmp_path / f"main-s{seed}"
+        scores.save(folder / "tracin" / "scores")
+        runs.append(RunInputs(Run(f"main-s{seed}", "main", seed, {**SMOKE, "seed": seed}),
+                              {"tracin": folder / "tracin", "finetune": folder / "tracin"}))
+    return runs
+
+
+def planted_retraining(effects):
+    """A stand-in for retrain_run: each removal changes every test sample's loss by ``effects(removal, language)``
+    plus a little noise."""
+    def retrain_run(run, removals):
+        scores = fake_scores()
+        test = scores.test_ids
+        rng = np.random.default_rng(zlib.crc32(run.name.encode()))
+        parts = []
+        for r in removals:
+            predicted = scores.total[list(r.rows)].sum(0)
+            change = np.array([effects(r, lang) for lang in test["language"]], dtype=float)
+            if r.arm == "half":
+                change = predicted / 100
+            change += rng.normal(0, 0.01, len(test))
+            parts.append(pd.DataFrame({"run": run.name, "arm": r.arm, "target": r.target, "fraction": r.fraction,
+                                       "draw": r.draw, "n_removed": len(r.rows), "test_row": np.arange(len(test)),
+                                       "test_language": test["language"], "loss": 1 + change, "correct": 1.0,
+                                       "d_loss": change, "d_correct": 0.0, "predicted": predicted}))
+        log = pd.DataFrame([{"run": run.name, "removal": r.label, "arm": r.arm, "target": r.target,
+                             "fraction": r.fraction, "n_removed": len(r.rows), "n_kept": 24 - len(r.rows),
+                             "share_own_language": 0.0, "seconds": 1.0} for r in removals])
+        return pd.concat(parts, ignore_index=True), log
+    return retrain_run
+
+
+CFG = {**config.defaults("study"), "counterfactual_languages": ["en", "fr"], "counterfactual_fractions": ["20%"],
+       "counterfactual_arms": ["top", "random", "own", "other"], "counterfactual_random_draws": 2,
+       "counterfactual_seeds": 2, "counterfactual_zero_shot": True, "datamodel_subsets": 5, "n_bootstrap": 200}
+
+
+def verdicts(result):
+    return dict(zip(result.claims_table["claim_id"], result.claims_table["verdict"]))
+
+
+def test_claims_on_planted_outcomes(tmp_path, monkeypatch):
+    def effects(removal, language):
+        if removal.arm == "without":
+            return 1.0 if (language, removal.target) == ("pt", "fr") else 0.0
+        if language != removal.target:
+            return 0.0
+        return {"top": 1.0, "random": 0.0, "own": 1.0, "other": 0.4}[removal.arm]
+
+    monkeypatch.setattr(cf, "retrain_run", planted_retraining(effects))
+    result = cf.compute(fake_runs(tmp_path), CFG)
+    assert verdicts(result) == {"CF1-20%": "supports", "CF2-20%": "contradicts", "CF3-pt": "supports",
+                                "CF4": "supports"}
+    arms = result.tables["arms"].set_index(["target", "arm"])
+    assert arms.loc[("en", "top"), "d_loss"] == pytest.approx(1.0, abs=0.02)
+    assert arms.loc[("fr", "other"), "d_loss"] == pytest.approx(0.4, abs=0.02)
+    zero_shot = result.tables["zero_shot"].set_index("removed")
+    assert zero_shot.loc["fr", "rank_share"] == 1 and zero_shot.loc["fr", "rank_actual"] == 1
+    assert "passes the removal test" in cf.plain_verdict(result)
+    assert set(result.tables["outcomes"]["run"]) == {"main-s0", "main-s1"}  # counterfactual_seeds: 2
+    assert set(result.tables["datamodel"]["run"]) == {"main-s0"}  # halves on the first run only
+
+
+def test_a_failing_attribution_is_said_plainly(tmp_path, monkeypatch):
+    def effects(removal, language):  # TracIn's top samples hurt less than random ones
+        return {"top": 0.0, "random": 1.0}.get(removal.arm, 0.0) if language == removal.target else 0.0
+
+    monkeypatch.setattr(cf, "retrain_run", planted_retraining(effects))
+    cfg = {**CFG, "counterfactual_arms": ["top", "random"], "counterfactual_zero_shot": False, "datamodel_subsets": 0,
+           "counterfactual_seeds": 1}
+    result = cf.compute(fake_runs(tmp_path), cfg)
+    assert verdicts(result) == {"CF1-20%": "contradicts", "CF2-20%": "not tested", "CF3": "not tested",
+                                "CF4": "not tested"}
+    assert "fails the removal test" in cf.plain_verdict(result)
+    assert "--profile counterfactual" in result.claims_table.set_index("claim_id").loc["CF4", "note"]
+    design = cf.design_markdown(cfg, fake_runs(tmp_path), result)
+    assert "own-language against cross-lingual" in design and "retraining noise across seeds" in design
+
+
+def test_removal_sets():
+    scores = fake_scores()
+    language = scores.train_ids["language"].to_numpy()
+    removals = cf.plan_removals(scores, CFG, seed=0, first=True)
+    by = {(r.arm, r.target, r.draw): r for r in removals}
+    n = cf.fraction_size("20%", len(language))
+    assert n == 5
+    summed = cf.summed_scores(scores, "en")
+    top = by["top", "en", 0].rows
+    assert len(top) == n and min(summed[list(top)]) >= max(np.delete(summed, list(top)))
+    for draw in range(2):
+        random_rows = by["random", "en", draw].rows
+        assert sorted(language[list(random_rows)]) == sorted(language[list(top)])  # matched language mix
+    assert by["random", "en", 0].rows != by["random", "en", 1].rows
+    assert set(language[list(by["own", "en", 0].rows)]) == {"en"}
+    assert "en" not in set(language[list(by["other", "en", 0].rows)])
+    assert set(by["without", "de", 0].rows) == set(np.flatnonzero(language == "de"))
+    halves = [r for r in removals if r.arm == "half"]
+    assert len(halves) == 5 and all(len(r.rows) == 12 for r in halves)
+    assert not [r for r in cf.plan_removals(scores, CFG, seed=0, first=False) if r.arm == "half"]
+    assert cf.plan_removals(scores, CFG, seed=0, first=True) == removals  # deterministic
+
+
+def test_parameters_of_the_design_are_checked():
+    with pytest.raises(ConfigError, match="'counterfactual_languages' has 'it', not a test language"):
+        study.resolve("smoke", ["counterfactual_languages=[it]"])
+    with pytest.raises(ConfigError, match="more than one language's 12 training samples"):
+        study.resolve("smoke", ["counterfactual_fractions=[30%]"])  # smoke has the arm 'own'
+    with pytest.raises(ConfigError, match="'datamodel_subsets' is 2"):
+        study.resolve("smoke", ["datamodel_subsets=2"])
+    with pytest.raises(ConfigError, match="'counterfactual_fractions' has '15%'"):
+        study.resolve("smoke", ["counterfactual_fractions=[15%]"])
+    assert study.resolve("smoke", ["counterfactual_fractions=[10%,20%]"]).params["counterfactual_fractions"] == [
+        "10%", "20%"]
+
+
+def test_top_k_does_not_change_the_counterfactual_stage():
+    from helpers import stages
+
+    def identity(s):
+        return stages.chapter_instance(stages.get("counterfactual"), s).identity
+
+    base = study.resolve("smoke")
+    assert identity(study.resolve("smoke", ["top_k=4"])) == identity(base)
+    assert identity(study.resolve("smoke", ["counterfactual_random_draws=2"])) != identity(base)
+
+
+def test_a_profile_can_extend_another(tmp_path):
+    path = tmp_path / "more.yaml"
+    path.write_text("extends: smoke\nparameters: {counterfactual_seeds: 2}\nruns: {extra: {seeds: [0], epochs: 2}}\n")
+    spec = study.load_profile(path)
+    smoke = study.load_profile("smoke")
+    assert spec["parameters"] == {**smoke["parameters"], "counterfactual_seeds": 2}
+    assert list(spec["runs"]) == [*smoke["runs"], "extra"] and spec["seeds"] == smoke["seeds"]
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(f"extends: {loop}\n")
+    with pytest.raises(ConfigError, match="without cycles"):
+        study.load_profile(loop)
