@@ -10,11 +10,23 @@ from helpers import config, paths, stages, study
 from helpers.config import ConfigError
 
 
+def raw_profile(name):
+    """The YAML as written; a profile that ``extends`` another, merged by hand: its seeds if it has them, the base's
+    parameters and runs with its own on top."""
+    spec = yaml.safe_load((paths.PARAMS / f"{name}.yaml").read_text())
+    if "extends" in spec:
+        base = raw_profile(spec["extends"])
+        spec = {"seeds": spec.get("seeds", base.get("seeds", [0])),
+                "parameters": {**base.get("parameters", {}), **spec.get("parameters", {})},
+                "runs": {**base["runs"], **spec.get("runs", {})}}
+    return spec
+
+
 @pytest.mark.parametrize("profile", sorted(p.stem for p in paths.PARAMS.glob("*.yaml")))
 def test_every_profile_resolves_to_the_runs_its_yaml_declares(profile):
     """Each run's parameters, rebuilt from the YAML by hand: declared defaults, then the profile's parameters, then
     the run's own overrides, then its seed; runs named <variant>-s<seed> in the profile's order."""
-    spec = yaml.safe_load((paths.PARAMS / f"{profile}.yaml").read_text())
+    spec = raw_profile(profile)
     s = study.resolve(profile)
     expected = {}
     for variant, overrides in spec["runs"].items():
