@@ -3,11 +3,15 @@
 import pandas as pd
 import pytest
 
-from helpers import data, study
+from helpers import config, data, study
+
+SMOKE_MAIN = study.resolve("smoke").first.params  # resolved once, before any test shrinks the corpus
 
 
 def splits(seed=0, **overrides):
-    cfg = study.resolve("smoke", overrides, seeds=[seed]).first.params
+    """The smoke study's main run with ``overrides``, validated like a run's parameters (the corpus-size check of a
+    whole study is not run here: some tests shrink the corpus to the size of one run's splits)."""
+    cfg = config.check({**SMOKE_MAIN, **overrides, "seed": seed}, keys=config.RUN_PARAMETERS)
     return cfg, *data.build_splits(cfg)
 
 
@@ -96,7 +100,7 @@ def test_no_test_verse_is_trained_on_when_the_pool_holds_exactly_what_the_splits
     assert not set(train["pair_id"]) & set(test["pair_id"])
     assert len(set(train["pair_id"]) | set(test["pair_id"])) == 2 * per_class  # every verse of the pool is used
     small_pool(monkeypatch, per_class - 1)  # one verse short per class: the splits cannot be drawn without leaking
-    with pytest.raises(ValueError, match="lower the sample sizes"):
+    with pytest.raises(ValueError, match="lower train_per_language"):
         splits(label="testament", train_per_language=12, test_per_language=6, parallel_train=parallel)
 
 
