@@ -7,7 +7,8 @@ import yaml
 from helpers import config, paths, stages, study
 
 PROFILE = {"parameters": {"model": "tiny-random", "train_per_language": 12, "test_per_language": 6, "top_k": 10,
-                          "attribution_test_per_language": 2}, "runs": {"main": {}}}
+                          "attribution_test_per_language": 2, "attribution_groups": ["last_layers:1", "all"]},
+           "runs": {"main": {}}}
 
 
 @pytest.fixture
