@@ -73,6 +73,8 @@ def html_table(html: str) -> pd.DataFrame:
     """A rendered DataFrame or Styler, as text: the first header row names the columns, each body row's header
     cell is its index."""
     table = BeautifulSoup(html, "html.parser").find("table")
+    if table is None:  # e.g. a chart
+        return pd.DataFrame()
     header = [th.get_text(strip=True) for th in table.find("thead").find("tr").find_all("th")][1:]
     rows = {tr.find("th").get_text(strip=True): [td.get_text(strip=True) for td in tr.find_all("td")]
             for tr in table.find("tbody").find_all("tr")}
@@ -237,11 +239,15 @@ def test_scoreboard_lists_every_chapter_claim_and_the_learning_claim():
     every = pd.concat(chapters.values(), ignore_index=True)
     assert list(shown.index) == ["FT1", *every["claim_id"]]
     assert shown["verdict"].tolist()[1:] == every["verdict"].tolist()
-    percent = lambda v: "n/a" if not math.isfinite(v) else f"{v:.1%}"  # noqa: E731
-    assert shown["value"].tolist()[1:] == [percent(v) for v in every["value"]]
-    assert shown["interval"].tolist()[1:] == [f"{percent(lo)} to {percent(hi)}" for lo, hi in
-                                              zip(every["low"], every["high"])]
-    assert shown["baseline"].tolist()[1:] == [percent(v) for v in every["baseline"]]
+    shares = every["percent"].astype(bool).tolist() if "percent" in every else [True] * len(every)
+
+    def fmt(v, share):  # a share as a percentage, another quantity (a change of loss) as a number
+        return "n/a" if not math.isfinite(v) else f"{v:.1%}" if share else f"{v:.3g}"
+
+    assert shown["value"].tolist()[1:] == [fmt(v, p) for v, p in zip(every["value"], shares)]
+    assert shown["interval"].tolist()[1:] == [f"{fmt(lo, p)} to {fmt(hi, p)}" for lo, hi, p in
+                                              zip(every["low"], every["high"], shares)]
+    assert shown["baseline"].tolist()[1:] == [fmt(v, p) for v, p in zip(every["baseline"], shares)]
     # FT1: the main runs' last-epoch accuracy over the fine-tuning languages (mean over seeds), against twice chance.
     values = []
     for ft in instances("finetune", "main"):
