@@ -122,6 +122,7 @@ def test_tracin_top_arm_on_the_planted_run_hurts_more_than_random(planted_run):
     assert len(top & set(planted)) / len(top) > len(planted) / len(scores.train_ids)  # enriched in duplicates
     assert arms.loc["top", "d_loss"] > arms.loc["random", "d_loss"]
     assert result.claims_table.set_index("claim_id").loc["CF1-40%", "verdict"] == "supports"
+    assert "a first check, not a settled one" in cf.plain_verdict(result)  # one seed: said so
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -175,7 +176,7 @@ def planted_retraining(effects):
                                        "d_loss": change, "d_correct": 0.0, "predicted": predicted}))
         log = pd.DataFrame([{"run": run.name, "removal": r.label, "arm": r.arm, "target": r.target,
                              "fraction": r.fraction, "n_removed": len(r.rows), "n_kept": 24 - len(r.rows),
-                             "share_own_language": 0.0, "seconds": 1.0} for r in removals])
+                             "share_own_language": 0.0, "seconds": 1.0, "threads": 1} for r in removals])
         return pd.concat(parts, ignore_index=True), log
     return retrain_run
 
@@ -206,7 +207,7 @@ def test_claims_on_planted_outcomes(tmp_path, monkeypatch):
     assert arms.loc[("fr", "other"), "d_loss"] == pytest.approx(0.4, abs=0.02)
     zero_shot = result.tables["zero_shot"].set_index("removed")
     assert zero_shot.loc["fr", "rank_share"] == 1 and zero_shot.loc["fr", "rank_actual"] == 1
-    assert "passes the removal test" in cf.plain_verdict(result)
+    assert "passes the removal test" in cf.plain_verdict(result) and "first check" not in cf.plain_verdict(result)
     assert set(result.tables["outcomes"]["run"]) == {"main-s0", "main-s1"}  # counterfactual_seeds: 2
     assert set(result.tables["datamodel"]["run"]) == {"main-s0"}  # halves on the first run only
 

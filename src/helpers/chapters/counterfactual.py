@@ -4,8 +4,9 @@ Every other chapter assumes that TracIn's most influential training samples are 
 Training-data attribution methods are known to predict poorly what happens when data is removed, so this chapter
 tests it on the study's own runs: it removes training samples, fine-tunes again from the same initialisation, seed
 and data order (:func:`helpers.finetune.retrain`; with nothing removed that reproduces the original checkpoints
-exactly, which the tests check) and measures, test sample by test sample, how the loss and the accuracy change
-against the original run (retrained minus original: paired, so the test samples' own difficulty cancels).
+exactly on the same machine and number of threads, which the tests check) and measures, test sample by test
+sample, how the loss and the accuracy change against the original run (retrained minus original: paired, so the
+test samples' own difficulty cancels).
 
 For a test language L and a number N of training samples (``counterfactual_fractions`` of the training set), the
 removals (*arms*, ``counterfactual_arms``):
@@ -36,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy.stats import rankdata
 
 from .. import analysis, claims, data, finetune, models
@@ -178,7 +180,7 @@ def retrain_run(run, removals: list[Removal]) -> tuple[pd.DataFrame, pd.DataFram
         log.append({"run": run.name, "removal": removal.label, "arm": removal.arm, "target": removal.target,
                     "fraction": removal.fraction, "n_removed": len(removal.rows), "n_kept": len(ft.train) -
                     len(removal.rows), "share_own_language": float(np.mean(removed_language == removal.target)),
-                    "seconds": round(seconds, 1)})
+                    "seconds": round(seconds, 1), "threads": torch.get_num_threads()})
     return pd.concat(parts, ignore_index=True), pd.DataFrame(log)
 
 
@@ -402,6 +404,12 @@ def plain_verdict(result: Result) -> str:
     if (tested["verdict"] == "supports").all():
         text = ("**TracIn passes the removal test here:** removing its top samples for the test language raised that "
                 "language's test loss more than removing as many random samples of the same languages.")
+        outcomes = result.tables["outcomes"]
+        random_draws = outcomes.loc[outcomes["arm"] == "random", "draw"].nunique()
+        if outcomes["run"].nunique() < 2 or random_draws < 2:
+            text += (" With one retraining per arm (one seed, one random draw) the interval covers L's test samples "
+                     "only, not how the result would move with another seed or draw: a first check, not a settled "
+                     "one.")
     else:
         failed = ", ".join(f"{r.claim_id} ({r.verdict})" for r in tested.itertuples() if r.verdict != "supports")
         text = ("**The attribution fails the removal test here:** removing TracIn's top samples did not raise the "
@@ -453,7 +461,8 @@ def design_markdown(cfg: dict[str, Any], runs: list, result: Result) -> str:
     if len(done):
         rate = float((done["seconds"] / (done["n_kept"] * 1.0)).mean())  # seconds per kept training sample
         text += (f"\n\nEach retraining took {done['seconds'].min():.0f}-{done['seconds'].max():.0f} s here "
-                 f"({done['seconds'].sum():.0f} s in all).")
+                 f"({done['seconds'].sum():.0f} s in all, {int(done['threads'].iloc[0])} torch thread(s); the "
+                 "Reproducibility page has the machine).")
         try:
             full = {**cfg, **{k: v for k, v in load_profile(FULL_PROFILE)["parameters"].items() if k in cfg}}
         except ConfigError:  # no such profile: no estimate
