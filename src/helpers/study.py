@@ -235,15 +235,14 @@ def check_feasible(runs: dict[str, Run]) -> None:
         key = (p["model"], n_labels)
         if key not in skeletons:
             skeletons[key] = models.skeleton(*key)
-        model = skeletons[key]
-        for name in ("tracin_params", "attribution_groups"):
-            for spec in [p[name]] if isinstance(p[name], str) else p[name]:
-                if model is not None:
-                    try:
-                        tracin.select_parameters(model, spec)
-                    except ValueError as err:
-                        raise ConfigError(f"{where} {name!r} has {spec!r}, which does not fit model "
-                                          f"{p['model']!r}: {err}") from None
+        model = skeletons[key]  # None: a hub model whose architecture is not known here
+        specs = [("tracin_params", p["tracin_params"])] + [("attribution_groups", g) for g in p["attribution_groups"]]
+        for name, spec in specs if model is not None else []:
+            try:
+                tracin.select_parameters(model, spec)
+            except ValueError as err:
+                raise ConfigError(f"{where} {name!r} has {spec!r}, which does not fit model {p['model']!r}: "
+                                  f"{err}") from None
         sizes = json.dumps({k: p[k] for k in data_stage.params}, sort_keys=True)  # runs sharing data: once
         if sizes not in sampled:
             try:
