@@ -139,7 +139,8 @@ def select_neurons(activations: np.ndarray, labels: np.ndarray, n_neurons: int =
 
     Rows are split into train and dev, stratified by label, from `seed`. A diagonal Gaussian probe (see the module
     docstring) is fitted on train; each round adds the neuron whose inclusion gives the highest dev NMI (in bits),
-    ties going to the lower neuron index. Every round adds a neuron, even when none improves NMI, so the selection
+    compared as the lowest dev cross-entropy so that a near-perfect probe still ranks candidates, ties going to the
+    lower neuron index. Every round adds a neuron, even when none improves NMI, so the selection
     always has exactly `n_neurons` entries, as in Wang et al. (k = 50).
     """
     activations, codes = _validate(np.asarray(activations), np.asarray(labels), n_neurons, dev_fraction)
@@ -163,11 +164,12 @@ def select_neurons(activations: np.ndarray, labels: np.ndarray, n_neurons: int =
     neurons, nmis, accuracies = [], [], []
     for _ in range(n_neurons):
         ce, correct = _score_candidates(current, log_lik, y_dev)
-        nmi = np.where(available, (h_y - ce) / h_y, -np.inf)
-        best = int(np.argmax(nmi))  # argmax returns the first maximum: ties go to the lower index
+        # Maximising NMI = (H(y) − CE) / H(y) is minimising CE, and CE keeps the precision that H(y) − CE would
+        # round away once CE is below ~1e-16 × H(y). argmin returns the first minimum: ties go to the lower index.
+        best = int(np.argmin(np.where(available, ce, np.inf)))
         available[best] = False
         current += log_lik[:, :, best]
         neurons.append(best)
-        nmis.append(float(nmi[best]))
+        nmis.append(float((h_y - ce[best]) / h_y))
         accuracies.append(float(correct[best]))
     return Selection(tuple(neurons), tuple(nmis), tuple(accuracies), n_train=len(train_rows), n_dev=len(dev_rows))
