@@ -109,6 +109,16 @@ def test_selection_is_deterministic_given_the_seed():
     assert all(np.isfinite(other.dev_nmi)) and all(0 <= acc <= 1 for acc in other.dev_accuracy)
 
 
+@pytest.mark.parametrize(("dev_fraction", "n_dev"), [(0.1, 2 + 1), (0.9, 18 + 1)])
+def test_split_keeps_every_class_in_both_train_and_dev(dev_fraction, n_dev):
+    """20 rows of class 0 and 2 of class 1: class 0 sends round(fraction × 20) rows to dev; class 1 would send 0
+    (fraction 0.1) or 2 (0.9), and is clipped to 1 so that it is both fitted and scored."""
+    activations, labels = np.random.default_rng(0).standard_normal((22, 4)), np.array([0] * 20 + [1] * 2)
+    selection = probing.select_neurons(activations, labels, n_neurons=2, dev_fraction=dev_fraction)
+    assert (selection.n_train, selection.n_dev) == (22 - n_dev, n_dev)
+    assert all(np.isfinite(selection.dev_nmi))
+
+
 def test_ties_go_to_the_lower_index_and_constant_neurons_are_harmless():
     activations, labels = planted(0, [7], n=300, d=16)
     activations[:, 3] = activations[:, 7]  # two identical informative neurons: an exact tie

@@ -1,4 +1,5 @@
-"""Overlap of selected neuron sets across languages and checkpoints, its chance level, and its correlation with transfer.
+"""Overlap of selected neuron sets across languages and checkpoints, its chance level, and its correlation with
+transfer scores.
 
 Wang, Minervini & Ponti (2024) measure cross-lingual alignment as the overlap rate |C_ℓ1 ∩ C_ℓ2| / k of the k = 50
 neurons selected for the same attribute in two languages, and correlate it with zero-shot transfer scores (Pearson r

@@ -149,7 +149,7 @@ def select_neurons(activations: np.ndarray, labels: np.ndarray, n_neurons: int =
     y_train, y_dev = codes[train_rows], codes[dev_rows]
 
     log_lik = _log_likelihoods(activations[train_rows], y_train, activations[dev_rows], n_classes)
-    # Class scores relative to the true class (s_y = 0), so −log p(y | x) = log Σ_c exp(s_c) needs no gather per candidate.
+    # Class scores relative to the true class (s_y = 0): −log p(y | x) = log Σ_c exp(s_c) needs no gather per candidate.
     dev_index = np.arange(len(dev_rows))
     log_lik -= log_lik[dev_index, y_dev][:, None, :]
     class_counts = np.bincount(y_train, minlength=n_classes)
