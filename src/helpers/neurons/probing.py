@@ -13,13 +13,20 @@ Why this probe: it is fitted in closed form (means and variances per class and n
 seed beyond the train/dev split, and the probe restricted to any subset S is exactly the marginal of the full probe, so
 nothing needs retraining per subset. Because the log-likelihood is a sum over neurons, the per-neuron, per-class
 log-likelihoods of the dev rows are computed once (dev rows × classes × neurons); scoring every candidate S ∪ {i} is
-then a single broadcast addition, and a 50-neuron selection from d = 384 on a few hundred rows takes milliseconds.
+then a single broadcast addition, and a 50-neuron selection from d = 384 on 600 rows takes about 0.3 s on one CPU
+core. That table holds dev rows × classes × d float64 values (180 × 6 × 384: 3.3 MB); for many thousands of dev rows
+and a wide model, subsample rows first (10,000 × 17 × 1024 would be 1.4 GB).
 The price of the diagonal covariance is that correlated neurons are counted as independent evidence (over-confident
 posteriors), which the dev-split cross-entropy penalises; the full-covariance probe of Torroba Hennigen et al. would
 need a d × d covariance per class, which a few hundred rows cannot estimate.
 
 NMI is in bits, as in Wang et al.: NMI = (H(y) − CE) / H(y), with H(y) from the dev class frequencies and CE the mean
 over dev rows of −log₂ p(y | x_S). NMI can be negative when the probe is confidently wrong on dev.
+
+Caveat, shared with every greedy dev-split selection: each round takes the best of ~d candidates on the same dev rows,
+so with a small dev split a noise neuron that happens to fit those rows can beat a weakly useful real one. In the
+tests (10 planted neurons among 128, 3 classes one standard deviation apart), a 90-row dev split recovers 7-9 of the
+10; a 300-row one recovers all 10 in 18 of 20 data seeds. Seeds of the split (`seed`) give a cheap noise floor.
 """
 
 from dataclasses import dataclass
@@ -51,8 +58,8 @@ class Selection:
     n_dev: int
 
 
-def _validate(activations: np.ndarray, labels: np.ndarray, n_neurons: int, dev_fraction: float) -> tuple[
-        np.ndarray, np.ndarray]:
+def _validate(activations: np.ndarray, labels: np.ndarray, n_neurons: int,
+              dev_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """Checks the arguments of `select_neurons`; returns the activations as float64 and the labels as class codes."""
     if activations.ndim != 2:
         raise ValueError(f"activations must be 2-D (rows × neurons), got shape {activations.shape}")
@@ -115,7 +122,7 @@ def _score_candidates(current: np.ndarray, log_lik: np.ndarray, y_dev: np.ndarra
     `current` (dev rows × classes) holds s_c − s_y for the chosen set S (class scores relative to the true class) and
     `log_lik` (dev rows × classes × neurons) each neuron's contribution on the same scale, so the candidate scores are
     one broadcast addition. Then −log p(y | x) = log Σ_c exp(s_c) = m + log1p(Σ_{c ≠ arg max} exp(s_c − m)) with m the
-    largest score: exact to float precision even when the probe is very confident, so candidates whose CE is tiny are
+    largest score: accurate to float precision even when the probe is very confident, so candidates whose CE is tiny are
     still told apart instead of all tying at 0. Neurons are processed in blocks to bound the temporary memory at
     about `_BLOCK_ELEMENTS` floats whatever the dev size.
     """
@@ -140,8 +147,8 @@ def select_neurons(activations: np.ndarray, labels: np.ndarray, n_neurons: int =
     Rows are split into train and dev, stratified by label, from `seed`. A diagonal Gaussian probe (see the module
     docstring) is fitted on train; each round adds the neuron whose inclusion gives the highest dev NMI (in bits),
     compared as the lowest dev cross-entropy so that a near-perfect probe still ranks candidates, ties going to the
-    lower neuron index. Every round adds a neuron, even when none improves NMI, so the selection
-    always has exactly `n_neurons` entries, as in Wang et al. (k = 50).
+    lower neuron index. Every round adds a neuron, even when none improves NMI, so the selection always has exactly
+    `n_neurons` entries, as in Wang et al. (k = 50).
     """
     activations, codes = _validate(np.asarray(activations), np.asarray(labels), n_neurons, dev_fraction)
     n_classes = codes.max() + 1
