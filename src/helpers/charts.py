@@ -160,3 +160,75 @@ def lines(frame: pd.DataFrame, x: str, title: str, color: str, value: str = "val
         layers.append(alt.Chart(pd.DataFrame({"y": [baseline]})).mark_rule(color="gray", strokeDash=[4, 3])
                       .encode(y="y:Q"))
     return alt.layer(*layers).properties(width=380, height=240, title=title)
+
+
+def loss_curve(history: pd.DataFrame, checkpoints: pd.DataFrame) -> alt.LayerChart:
+    """Pre-training: the smoothed training loss per step, and the held-out MLM loss at each checkpoint (points)."""
+    line = alt.Chart(history).mark_line(color="#4c78a8").encode(
+        x=alt.X("step:Q", title="pre-training step"), y=alt.Y("smoothed:Q", title="MLM loss (nats)"),
+        tooltip=tooltips(history, ["step", "language", "loss", "smoothed"]))
+    points = alt.Chart(checkpoints).mark_point(filled=True, size=70, color="#e45756").encode(
+        x="step:Q", y="mlm_loss:Q", tooltip=tooltips(checkpoints, ["name", "step", "mlm_loss"]))
+    return (line + points).properties(width=440, height=240, title="Training loss (line) and held-out loss (points)")
+
+
+def alignment_axis(axis: pd.DataFrame) -> alt.LayerChart:
+    """Each fine-tuned encoder: the retrieval of the encoder it started from (x) against its own-language share
+    of the top-k with its interval (y); crosses: the language-blind share."""
+    base = alt.Chart(axis).encode(x=alt.X("retrieval:Q", title="translation retrieval of the starting encoder",
+                                          axis=alt.Axis(format=".0%"), scale=alt.Scale(domain=[0, 1])))
+    color = alt.Color("encoder:N", title="encoder")
+    rules = base.mark_rule(strokeWidth=2).encode(y=alt.Y("own_low:Q", title="own-language share of the top-k",
+                                                         axis=alt.Axis(format=".0%")), y2="own_high:Q", color=color)
+    points = base.mark_point(filled=True, size=90).encode(y="own:Q", color=color,
+                                                          tooltip=tooltips(axis))
+    blind = base.mark_point(shape="cross", size=80, color="black").encode(y="language_blind:Q",
+                                                                            tooltip=tooltips(axis))
+    return alt.layer(rules, points, blind).properties(width=420, height=260,
+                                                      title="Alignment of the encoder vs own-language share")
+
+
+def alignment_trajectory(points: pd.DataFrame) -> alt.HConcatChart:
+    """Retrieval and neuron overlap (with chance) at every checkpoint, one line per encoder and phase."""
+    frame = points.assign(label=points["encoder"] + " (" + points["phase"] + ")",
+                          position=points["phase"].map({"pre-trained": 0, "fine-tuned": 1}) * 10_000
+                          + points["order"])
+    sort = list(frame.sort_values(["position"])["checkpoint"].drop_duplicates())
+    def panel(value: str, title: str) -> alt.LayerChart:
+        base = alt.Chart(frame).encode(x=alt.X("checkpoint:N", sort=sort, title="checkpoint"),
+                                       color=alt.Color("label:N", title="encoder"))
+        layers = [base.mark_line(point=True).encode(y=alt.Y(f"{value}:Q", title=title, axis=alt.Axis(format=".0%")),
+                                                    detail="label:N", tooltip=tooltips(frame))]
+        if value == "overlap":
+            layers.append(base.mark_line(strokeDash=[4, 3], color="gray").encode(y="chance:Q", detail="label:N"))
+        return alt.layer(*layers).properties(width=300, height=220, title=title)
+    return alt.hconcat(panel("retrieval", "translation retrieval"), panel("overlap", "neuron overlap"))
+
+
+def alignment_layers(layers: pd.DataFrame) -> alt.HConcatChart:
+    """Retrieval and neuron overlap against relative depth, one line per encoder state."""
+    def panel(value: str, title: str) -> alt.LayerChart:
+        base = alt.Chart(layers).encode(x=alt.X("depth:Q", title="relative depth (0: embeddings, 1: last layer)"),
+                                        color=alt.Color("state:N", title="encoder state"))
+        out = [base.mark_line(point=True).encode(y=alt.Y(f"{value}:Q", title=title, axis=alt.Axis(format=".0%")),
+                                                 tooltip=tooltips(layers))]
+        if value == "overlap":
+            out.append(base.mark_line(strokeDash=[4, 3], color="gray").encode(y="chance:Q", detail="state:N"))
+        return alt.layer(*out).properties(width=300, height=220, title=title)
+    return alt.hconcat(panel("retrieval", "translation retrieval"), panel("overlap", "neuron overlap"))
+
+
+def overlap_scatter(pairs: pd.DataFrame, transfer: pd.DataFrame) -> alt.HConcatChart:
+    """Neuron overlap against TracIn's cross-lingual share (per ordered language pair) and against accuracy (per
+    test language), coloured by encoder."""
+    color = alt.Color("encoder:N", title="encoder")
+    left = alt.Chart(pairs).mark_point(filled=True, size=50).encode(
+        x=alt.X("overlap:Q", title="neuron overlap of the two languages", axis=alt.Axis(format=".0%")),
+        y=alt.Y("share:Q", title="share of the other language in the top-k", axis=alt.Axis(format=".0%")),
+        color=color, tooltip=tooltips(pairs)).properties(width=300, height=240, title="Overlap and data sharing")
+    right = alt.Chart(transfer).mark_point(filled=True, size=60).encode(
+        x=alt.X("overlap:Q", title="mean overlap with the fine-tuning languages", axis=alt.Axis(format=".0%")),
+        y=alt.Y("accuracy:Q", title="test accuracy", axis=alt.Axis(format=".0%")),
+        color=color, shape=alt.Shape("zero_shot:N", title="zero-shot"),
+        tooltip=tooltips(transfer)).properties(width=300, height=240, title="Overlap and accuracy")
+    return alt.hconcat(left, right)

@@ -31,6 +31,8 @@ CLAIMS_FILE = "claims.csv"
 ABSTRACT = "abstract (verified)"
 SUMMARY = "the paper's body, as summarised in this project's issue (not checked against the PDF here)"
 METHOD = "this companion's own check (not a claim of the paper)"
+RELATED = ("Wang, Minervini & Ponti (2024), abstract: a different model (BLOOM, pre-training checkpoints) and setting "
+           "(zero-shot transfer from English); tested here on this study's encoders")
 
 
 @dataclass
@@ -38,7 +40,7 @@ class Claim:
     claim_id: str
     chapter: str
     statement: str  # what the paper says (or, for method checks, what the companion checks)
-    source: str  # ABSTRACT, SUMMARY or METHOD
+    source: str  # ABSTRACT, SUMMARY, METHOD or RELATED
     statistic: str  # what was measured, in words
     value: float
     low: float

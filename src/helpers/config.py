@@ -116,6 +116,27 @@ PARAMETERS: dict[str, Param] = {
         Param("batch_size", int, 16, "fine-tuning batch size", minimum=1),
         Param("learning_rate", float, 1e-4, "peak learning rate (linear warm-up then decay)", minimum=0),
         Param("warmup_ratio", float, 0.1, "share of steps spent warming up", minimum=0, maximum=1),
+        Param("reinit_top_layers", int, 0, "re-initialise the encoder's top N layers before fine-tuning (0: none): "
+              "a cheap point between an aligned encoder and an unaligned one", minimum=0, maximum=48),
+        Param("pretrain_checkpoint", int, -1, "with model inhouse-mlm: which pre-training checkpoint to fine-tune "
+              "(0: step 0, random weights; 1..pretrain_checkpoints; -1: the last)", minimum=-1, maximum=100),
+        # --- pre-training the in-house encoder (model inhouse-mlm; the alignment chapter) ---
+        Param("pretrain_languages", list, ["en", "fr", "de", "es", "ru", "ko", "pt"],
+              "languages the in-house encoder is pre-trained on (monolingual text, no verse in two languages)",
+              choices=_languages),
+        Param("pretrain_verses_per_language", int, 2000, "pre-training verses per language", minimum=100),
+        Param("pretrain_layers", int, 4, "layers of the in-house encoder", minimum=1, maximum=24),
+        Param("pretrain_hidden", int, 256, "width of the in-house encoder (a multiple of 64; heads of 64)",
+              minimum=64, maximum=1024),
+        Param("pretrain_steps", int, 400, "masked-language-modelling steps (one language per batch, in turn)",
+              minimum=1),
+        Param("pretrain_batch_size", int, 32, "pre-training batch size (sequences)", minimum=1),
+        Param("pretrain_learning_rate", float, 5e-4, "pre-training peak learning rate", minimum=0),
+        Param("pretrain_checkpoints", int, 3, "pre-training checkpoints saved besides step 0 (evenly spaced)",
+              minimum=1, maximum=100),
+        Param("pretrain_vocab_size", int, 8000, "subword vocabulary trained on the pre-training text",
+              minimum=500, maximum=64000),
+        Param("pretrain_max_length", int, 64, "maximum tokens per pre-training sequence", minimum=8, maximum=512),
         # --- TracIn ---
         Param("tracin_params", str, "last_layers:1",
               "parameters whose gradients TracIn compares: all | classifier | embeddings | last_layers:N | re:<regex>"),
@@ -154,6 +175,14 @@ PARAMETERS: dict[str, Param] = {
               scope="study", minimum=1, maximum=20),
         Param("counterfactual_zero_shot", bool, False, "also retrain once without each fine-tuning language, to ask "
               "which one a zero-shot language needs most", scope="study"),
+        # --- the alignment chapter ---
+        Param("alignment_verses", int, 240, "held-out verses (the same in every test language, about as many per "
+              "label) for translation retrieval and neuron probing", scope="study", minimum=12, maximum=1500),
+        Param("probe_depth", float, 0.5, "relative depth of the probed layer (0: the embeddings' output, 1: the last "
+              "layer), rounded to each encoder's nearest layer; the summary figure shows every layer",
+              scope="study", minimum=0, maximum=1),
+        Param("probe_neurons", int, 50, "neurons the probe of each language selects greedily (50 in Wang et al. "
+              "2024)", scope="study", minimum=1, maximum=4096),
         Param("datamodel_subsets", int, 0, "retrainings on random halves of the training set for the linear "
               "datamodeling score (0: none; at least 3 to rank)", scope="study", minimum=0, maximum=1000),
     ]
@@ -279,6 +308,7 @@ def check_relations(cfg: dict[str, Any]) -> None:
                               f"(train_per_language x fine_tune_languages); allowed: 1..{n_train}")
     _check_attribution(cfg)
     _check_counterfactual(cfg)
+    _check_pretraining(cfg)
 
 
 def _check_attribution(cfg: dict[str, Any]) -> None:
@@ -342,3 +372,31 @@ def show(cfg: dict[str, Any], title: str) -> None:
     print(title)
     for k, v in cfg.items():
         print(f"  {k:<{width}} = {v!r}")
+
+
+def _check_pretraining(cfg: dict[str, Any]) -> None:
+    if cfg.get("pretrain_hidden", 64) % 64:
+        raise ConfigError(f"parameter 'pretrain_hidden' is {cfg['pretrain_hidden']}; allowed: a multiple of 64 "
+                          "(attention heads of 64)")
+    if "pretrain_checkpoint" in cfg and "pretrain_checkpoints" in cfg:
+        if cfg["pretrain_checkpoint"] > cfg["pretrain_checkpoints"]:
+            raise ConfigError(f"parameter 'pretrain_checkpoint' is {cfg['pretrain_checkpoint']} but only "
+                              f"{cfg['pretrain_checkpoints']} checkpoints besides step 0 are saved "
+                              f"(pretrain_checkpoints); allowed: -1..{cfg['pretrain_checkpoints']}")
+    if "model" not in cfg:
+        return
+    if cfg["model"] != "inhouse-mlm":
+        if cfg.get("pretrain_checkpoint", -1) != -1:
+            raise ConfigError(f"parameter 'pretrain_checkpoint' is set but 'model' is {cfg['model']!r}; it chooses a "
+                              "checkpoint of model 'inhouse-mlm' only")
+        return
+    if cfg.get("max_length", 0) > cfg.get("pretrain_max_length", 10**6):
+        raise ConfigError(f"parameter 'max_length' is {cfg['max_length']} but model 'inhouse-mlm' is pre-trained on "
+                          f"sequences of at most {cfg['pretrain_max_length']} tokens (its positions beyond are never "
+                          f"trained); allowed: max_length <= pretrain_max_length")
+    langs = cfg.get("pretrain_languages")
+    unseen = [lang for lang in (*cfg.get("fine_tune_languages", ()), *cfg.get("zero_shot_languages", ()))
+              if langs is not None and lang not in langs]
+    if unseen:
+        raise ConfigError(f"model 'inhouse-mlm' is not pre-trained on {unseen} (parameter 'pretrain_languages' is "
+                          f"{langs}); add them to 'pretrain_languages'")

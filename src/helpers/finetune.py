@@ -43,21 +43,47 @@ def set_threads() -> int:
     return n
 
 
-def initial_model(model_name: str, num_labels: int, seed: int, vocab_size: int | None = None) -> torch.nn.Module:
-    """The model before fine-tuning, with its full vocabulary: the pretrained encoder with a classification head
-    initialised afresh from ``seed``, or the smoke model (``vocab_size`` tokens, from its locally trained tokenizer).
-    Deterministic in ``seed``; :func:`tokenise_splits` and :func:`retrain` both start from it."""
+def initial_model(model_name: str, num_labels: int, seed: int, vocab_size: int | None = None,
+                  init_from: Path | None = None, reinit_top_layers: int = 0) -> torch.nn.Module:
+    """The model before fine-tuning, with its full vocabulary: the pretrained encoder (for ``inhouse-mlm``, the
+    pre-training checkpoint ``init_from``) with a classification head initialised afresh from ``seed``, or the smoke
+    model (``vocab_size`` tokens, from its locally trained tokenizer); then its top ``reinit_top_layers`` encoder
+    layers re-initialised (:func:`reinit_top`). Deterministic in ``seed``; :func:`tokenise_splits` and
+    :func:`retrain` both start from it."""
     spec = models.MODELS[model_name]
     torch.manual_seed(seed)
-    if spec.pretrained:
-        return models.load_classifier(models.checkpoint(model_name), num_labels=num_labels)
-    if vocab_size is None:
+    if spec.source == "pretrain":
+        if init_from is None:
+            raise ValueError(f"model {model_name!r} starts from a pre-training checkpoint: give init_from")
+        model = models.load_classifier(init_from, num_labels=num_labels)
+    elif spec.pretrained:
+        model = models.load_classifier(models.checkpoint(model_name), num_labels=num_labels)
+    elif vocab_size is None:
         raise ValueError(f"model {model_name!r} is built from its tokenizer: give vocab_size")
-    return models.smoke_model(vocab_size, num_labels=num_labels, seed=seed)
+    else:
+        model = models.smoke_model(vocab_size, num_labels=num_labels, seed=seed)
+    return reinit_top(model, reinit_top_layers)
+
+
+def reinit_top(model: torch.nn.Module, n: int) -> torch.nn.Module:
+    """Re-initialise the top ``n`` encoder layers with the model's own initialiser (normal(0, initializer_range)
+    weights, zero biases, unit LayerNorms), drawing from the global torch generator: what pre-training left in them
+    is erased, so the encoder keeps its aligned lower layers but must learn the upper ones from the task."""
+    if n:
+        from .tracin import encoder_layers
+
+        _, layers = encoder_layers(model)
+        if n > len(layers):
+            raise ValueError(f"parameter 'reinit_top_layers' is {n} but the model has {len(layers)} encoder layers; "
+                             f"allowed: 0..{len(layers)}")
+        for layer in layers[len(layers) - n:]:
+            layer.apply(model._init_weights)
+    return model
 
 
 def tokenise_splits(model_name: str, train: pd.DataFrame, test: pd.DataFrame, max_length: int, trim: bool,
-                    seed: int, num_labels: int, out_dir: Path) -> tuple[torch.nn.Module, Dataset, Dataset, dict]:
+                    seed: int, num_labels: int, out_dir: Path, init_from: Path | None = None,
+                    reinit_top_layers: int = 0) -> tuple[torch.nn.Module, Dataset, Dataset, dict]:
     """Build the model and tokenised splits; return (model, train, test, info).
 
     The tokenizer runs once here; the stored ``input_ids`` are what the model consumes, so TracIn and the
@@ -65,14 +91,19 @@ def tokenise_splits(model_name: str, train: pd.DataFrame, test: pd.DataFrame, ma
     """
     texts = list(train["text"]) + list(test["text"])
     spec = models.MODELS[model_name]
-    if spec.pretrained:
+    if spec.source == "pretrain":
+        tokenizer = models.load_tokenizer(init_from)
+    elif spec.pretrained:
         tokenizer = models.load_tokenizer(models.checkpoint(model_name))
     else:
         tokenizer = models.train_smoke_tokenizer(texts, vocab_size=spec.vocab_size)
-    model = initial_model(model_name, num_labels, seed, vocab_size=len(tokenizer))
+    model = initial_model(model_name, num_labels, seed, vocab_size=len(tokenizer), init_from=init_from,
+                          reinit_top_layers=reinit_top_layers)
     ids = models.tokenize(tokenizer, texts, max_length=max_length)
     info: dict[str, Any] = {"model": model_name, "full_vocab_size": int(model.config.vocab_size),
-                            "n_parameters_before_trim": sum(p.numel() for p in model.parameters())}
+                            "n_parameters_before_trim": sum(p.numel() for p in model.parameters()),
+                            "init_from": str(init_from) if init_from else None,
+                            "reinit_top_layers": reinit_top_layers}
     if trim:
         vocab = models.VocabMap.from_ids(ids, specials=tokenizer.all_special_ids)
         model = models.trim_vocabulary(model, vocab.keep_ids)
@@ -236,12 +267,21 @@ class FinetuneOutputs:
 
 
 # pragma: no mutate start (make mutation leaves out what tokenises or fine-tunes: a model build per mutant)
-def run(cfg: dict[str, Any], data_params: dict[str, Any], data_folder: Path, out: Path) -> FinetuneOutputs:
-    """The whole stage: tokenise the data stage's splits, fine-tune, write everything into ``out``."""
+def run(cfg: dict[str, Any], data_params: dict[str, Any], data_folder: Path, out: Path,
+        pretrain_folder: Path | None = None) -> FinetuneOutputs:
+    """The whole stage: tokenise the data stage's splits, fine-tune, write everything into ``out``.
+    ``pretrain_folder``: the pretrain stage's outputs, for model ``inhouse-mlm``."""
     train_frame, test_frame = data.load_splits(data_folder)
     num_labels = len(data.LABELS[data_params["label"]].names)
+    init_from = None
+    if pretrain_folder is not None:
+        from .pretrain import load as load_pretraining
+
+        init_from = load_pretraining(pretrain_folder).path(cfg["pretrain_checkpoint"])
     model, train_ds, test_ds, info = tokenise_splits(cfg["model"], train_frame, test_frame, cfg["max_length"],
-                                                     cfg["trim_vocabulary"], cfg["seed"], num_labels, out)
+                                                     cfg["trim_vocabulary"], cfg["seed"], num_labels, out,
+                                                     init_from=init_from,
+                                                     reinit_top_layers=cfg["reinit_top_layers"])
     info["threads"] = set_threads()
     history, checkpoints = train(model, train_ds, test_ds, cfg["epochs"], cfg["batch_size"], cfg["learning_rate"],
                                  cfg["warmup_ratio"], cfg["seed"], out)
@@ -273,7 +313,10 @@ def retrain(folder: Path, params: dict[str, Any], remove: Collection[int] = (), 
     ``evaluate`` scores the test set after every epoch (neither is needed to measure the final model)."""
     out = load(folder)
     num_labels = len(data.LABELS[params["label"]].names)
-    model = initial_model(params["model"], num_labels, params["seed"], vocab_size=out.info["full_vocab_size"])
+    init_from = out.info.get("init_from")
+    model = initial_model(params["model"], num_labels, params["seed"], vocab_size=out.info["full_vocab_size"],
+                          init_from=Path(init_from) if init_from else None,
+                          reinit_top_layers=out.info.get("reinit_top_layers", 0))
     if params["trim_vocabulary"]:
         models.trim_vocabulary(model, np.load(folder / "vocab_keep_ids.npy"))
     history, checkpoints = train(model, out.train, out.test if evaluate else None, params["epochs"],

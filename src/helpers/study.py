@@ -50,6 +50,10 @@ ROLES: dict[str, tuple[str, Callable[[Run], bool]]] = {
     "imbalance": ("one language over-represented (no label permutation)",
                   lambda r: r.params["imbalance_language"] != "none" and r.params["permuted_language"] == "none"),
     "control": ("positive control: one language's labels permuted", lambda r: r.params["permuted_language"] != "none"),
+    "axis": ("the main run's data and fine-tuning from each encoder of the alignment axis (the main run itself, "
+             "re-initialised top layers, the in-house encoder)",
+             lambda r: not r.params["parallel_train"] and r.params["imbalance_language"] == "none"
+             and r.params["permuted_language"] == "none"),
 }
 
 
@@ -219,11 +223,11 @@ def check_feasible(runs: dict[str, Run]) -> None:
     cuda`` without CUDA, sample sizes beyond what the corpus has."""
     import torch
 
-    from . import data, models, tracin
-    from .stages import RUN_STAGES  # stages imports this module
+    from . import data, models, pretrain, tracin
+    from .stages import get as get_stage  # stages imports this module
 
-    data_stage = RUN_STAGES[0]
-    skeletons: dict[tuple[str, int], Any] = {}
+    data_stage = get_stage("data")
+    skeletons: dict[str, Any] = {}
     sampled: set[str] = set()
     for run in runs.values():
         p = run.params
@@ -232,10 +236,21 @@ def check_feasible(runs: dict[str, Run]) -> None:
             raise ConfigError(f"{where} 'device' is 'cuda' but torch sees no CUDA device here; allowed here: "
                               "'auto' or 'cpu'")
         n_labels = len(data.LABELS[p["label"]].names)
-        key = (p["model"], n_labels)
+        inhouse = p["model"] == "inhouse-mlm"
+        key = json.dumps([p["model"], n_labels, p["pretrain_layers"] if inhouse else 0, p["pretrain_hidden"] if inhouse else 0])
         if key not in skeletons:
-            skeletons[key] = models.skeleton(*key)
+            skeletons[key] = models.skeleton(p["model"], n_labels, p)
         model = skeletons[key]  # None: a hub model whose architecture is not known here
+        if model is not None and p["reinit_top_layers"]:
+            n_layers = len(tracin.encoder_layers(model)[1])
+            if p["reinit_top_layers"] > n_layers:
+                raise ConfigError(f"{where} 'reinit_top_layers' is {p['reinit_top_layers']} but model {p['model']!r} "
+                                  f"has {n_layers} encoder layers; allowed: 0..{n_layers}")
+        if inhouse:
+            try:
+                pretrain.check_size(p["pretrain_languages"], p["pretrain_verses_per_language"])
+            except data.SizeError as err:
+                raise ConfigError(f"{where}s ask for more pre-training text than the corpus has ({err})") from None
         specs = [("tracin_params", p["tracin_params"])] + [("attribution_groups", g) for g in p["attribution_groups"]]
         for name, spec in specs if model is not None else []:
             try:
