@@ -81,16 +81,6 @@ def _pair_cosines(emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="session")
-def e5_path():
-    env = os.environ.get("HELPERS_CACHE")
-    if env:
-        yield embedded_checkpoint(Path(env))
-        return
-    with tempfile.TemporaryDirectory(prefix="helpers-e5-") as tmp:
-        yield embedded_checkpoint(Path(tmp))
-
-
-@pytest.fixture(scope="session")
 def e5_tokenizer(e5_path):
     from transformers import AutoTokenizer
 

@@ -70,14 +70,19 @@ def check_size(languages: list[str], per_language: int) -> None:
                              "of each language measure the held-out MLM loss, so give more than that")
 
 
-def corpus(languages: list[str], per_language: int, seed: int) -> dict[str, list[str]]:
-    """Monolingual pre-training text: ``per_language`` verses per language, no verse in two languages and none from
-    the held-out pool. Raises :class:`helpers.data.SizeError` when the canon has too few verses."""
+def corpus_keys(languages: list[str], per_language: int, seed: int) -> dict[str, pd.DataFrame]:
+    """Which verses each language pre-trains on: ``per_language`` each, dealt in turn from a seeded shuffle of the
+    canon outside the held-out pool, so no verse is in two languages. Raises :class:`helpers.data.SizeError` when
+    the canon has too few verses."""
     check_size(languages, per_language)
     keys = _pool()
     order = np.random.default_rng(seed).permutation(len(keys))
-    return {lang: data.read_verses(lang, keys.iloc[np.sort(order[i::len(languages)][:per_language])])
-            for i, lang in enumerate(languages)}
+    return {lang: keys.iloc[np.sort(order[i::len(languages)][:per_language])] for i, lang in enumerate(languages)}
+
+
+def corpus(languages: list[str], per_language: int, seed: int) -> dict[str, list[str]]:
+    """Monolingual pre-training text: the verses of :func:`corpus_keys`, each in its one language."""
+    return {lang: data.read_verses(lang, keys) for lang, keys in corpus_keys(languages, per_language, seed).items()}
 
 
 def config(cfg: dict[str, Any], vocab_size: int):

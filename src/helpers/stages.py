@@ -46,6 +46,7 @@ from . import artifacts, config, paths
 from .study import Run, Study, load
 
 RECORD = "stage.json"
+STUDY_ROLE = "study"  # the role under which a chapter reads another study-scope stage
 SOURCE = Path(__file__).resolve().parent  # the package's source (src/helpers)
 #: Modules that run, store and lay out stages but compute no result: not part of any stage's code fingerprint
 #: (editing the runner does not recompute fine-tuning). Everything a stage's code imports besides these is.
@@ -66,7 +67,9 @@ class Stage:
     notebook: str  # file name in notebooks/
     title: str
     params: tuple[str, ...] = ()  # its own parameters (helpers.config names)
-    reads: tuple[tuple[str, str], ...] = ()  # (stage, role): run stages of the runs of a role ("same" for run stages)
+    #: (stage, role): run stages of the runs of a role ("same" for run stages), or (chapter, "study"): another
+    #: study-scope stage, run before this one (notebook order)
+    reads: tuple[tuple[str, str], ...] = ()
     modules: tuple[str, ...] = ()  # helpers modules (paths under src/helpers, no suffix) whose source it depends on
     scope: str = "study"  # "run" or "study"
     reads_chapters: bool = False  # the scoreboard: reads every other chapter's claims
@@ -229,8 +232,13 @@ def run_instance(stage: Stage, run: Run, study: Study) -> Instance:
 
 
 def chapter_inputs(stage: Stage, study: Study) -> list[Input]:
-    inputs = [Input(role, up, run.name, run_instance(get(up), run, study).identity)
-              for up, role in stage.reads for run in study.role(role) if get(up).applies(run)]
+    inputs = []
+    for up, role in stage.reads:
+        if role == STUDY_ROLE:  # another study-scope stage, which computes what this chapter reads
+            inputs.append(Input(role, up, None, chapter_instance(get(up), study).identity))
+        else:
+            inputs += [Input(role, up, run.name, run_instance(get(up), run, study).identity)
+                       for run in study.role(role) if get(up).applies(run)]
     if stage.reads_chapters:
         inputs += [Input("chapter", c.name, None, chapter_instance(c, study).identity)
                    for c in chapters() if c.name != stage.name and not c.reads_chapters and not c.always_run]
@@ -258,8 +266,8 @@ def plan(study: Study) -> list[Instance]:
         ordered.setdefault(inst.key, inst)
 
     chapter_list = sorted(chapters(), key=lambda c: (c.reads_chapters or c.always_run, c.always_run, c.notebook))
-    needed = {(up, run.name) for c in chapter_list for up, role in c.reads for run in study.role(role)
-              if get(up).applies(run)}
+    needed = {(up, run.name) for c in chapter_list for up, role in c.reads if role != STUDY_ROLE
+              for run in study.role(role) if get(up).applies(run)}
     for run in study.runs.values():
         for stage in RUN_STAGES:
             if (stage.name, run.name) in needed:

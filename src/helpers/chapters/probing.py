@@ -1,0 +1,243 @@
+"""Neurons shared between languages (Wang, Minervini & Ponti 2024), and translation retrieval, along the alignment
+axis.
+
+The encoders of the axis are the runs of role ``axis`` (the main run's data and fine-tuning from another encoder):
+e5-small (trained to map translations together: the aligned end), e5-small with its top ``reinit_top_layers``
+layers re-initialised (cheap points in between) and the encoder pre-trained here on monolingual text only
+(:mod:`helpers.pretrain`: the unaligned end). Each is measured before fine-tuning, after every epoch and, for the
+in-house encoder, at every pre-training checkpoint, on held-out verses (the same in every test language, never
+pre-trained on, :func:`helpers.pretrain.held_out`, and in no axis run's training set):
+
+* **translation retrieval** between every pair of test languages, from mean-pooled states of a layer
+  (:func:`helpers.neurons.activations.retrieval_hits`): the intrinsic alignment measure;
+* **neuron overlap**: per language, the ``probe_neurons`` neurons of the layer that a probe of the task label picks
+  greedily (:func:`helpers.neurons.probing.select_neurons`); per pair, the share they have in common, next to what
+  two random selections would share (:mod:`helpers.neurons.overlap`);
+
+at the layer of ``probe_depth`` (the tables) and at every layer (the summary figure). This stage reads checkpoints
+only: changing ``top_k`` does not rerun it (the alignment chapter, which reads it and TracIn, reruns alone).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from .. import claims, data, finetune, models, pretrain, progress_interval
+from ..neurons import activations, overlap, probing
+from ..stages import Stage
+from . import Result
+
+STAGE = Stage("probing", "19_probing.ipynb", "Neurons shared between languages",
+              reads=(("pretrain", "axis"), ("finetune", "axis")),
+              params=("alignment_verses", "probe_depth", "probe_neurons", "n_bootstrap", "confidence"),
+              modules=("chapters/probing", "neurons/activations", "neurons/probing", "neurons/overlap", "claims"))
+
+PRETRAINING = "in-house MLM"  # the encoder name of the pre-training checkpoints
+
+
+@dataclass(frozen=True)
+class Point:
+    """One encoder state whose alignment is measured."""
+
+    encoder: str  # which encoder of the axis
+    phase: str  # "pre-trained" (a pre-training checkpoint, or the encoder a fine-tuning starts from) or "fine-tuned"
+    checkpoint: str  # "step-400", "start", "epoch3"
+    order: int  # position along its training (steps or epochs)
+    run: str | None  # the fine-tuning run it belongs to (None: a pre-training checkpoint)
+
+
+def encoder_name(params: dict[str, Any], pretrain_step: str | None = None) -> str:
+    """The axis's name for the encoder a run fine-tunes."""
+    if params["model"] == "inhouse-mlm":
+        return f"{PRETRAINING} ({pretrain_step})" if pretrain_step else PRETRAINING
+    name = params["model"]
+    return f"{name}, top {params['reinit_top_layers']} re-initialised" if params["reinit_top_layers"] else name
+
+
+def pretraining_step(run) -> str | None:
+    """The pre-training checkpoint a run fine-tuned (its folder's name), or None."""
+    init_from = finetune.load(run["finetune"]).info.get("init_from")
+    return Path(init_from).name if init_from else None
+
+
+def held_out_verses(runs: list, n: int) -> tuple[pd.DataFrame, list[str]]:
+    """``n`` held-out verses (about as many per label), the same in every language, and the test languages: from
+    the pool never pre-trained on, leaving out any verse an axis run trains on. Deterministic."""
+    first = runs[0]
+    task = data.LABELS[first.params["label"]]
+    keys = data.verse_keys()
+    keys = keys[pretrain.held_out(keys)].copy()
+    keys["label"] = keys["book"].map(task.books)
+    keys = keys.dropna(subset=["label"]).astype({"label": int})
+    keys["pair_id"] = keys["book"].astype(str) + "." + keys["chapter"].astype(str) + "." + keys["verse"].astype(str)
+    trained = set().union(*(set(finetune.load(r["finetune"]).ids("train")["pair_id"]) for r in runs))
+    keys = keys[~keys["pair_id"].isin(trained)].sample(frac=1, random_state=0)
+    per_label = -(-n // len(task.names))
+    chosen = keys.groupby("label", sort=True).head(per_label).head(n).reset_index(drop=True)
+    if len(chosen) < n:
+        raise ValueError(f"parameter 'alignment_verses' is {n} but the held-out pool has {len(chosen)} labelled "
+                         f"verses outside the axis runs' training sets; allowed: at most {len(chosen)}")
+    languages = [*first.params["fine_tune_languages"], *first.params["zero_shot_languages"]]
+    return chosen, languages
+
+
+def measure(point: Point, states: dict[str, np.ndarray], labels: np.ndarray, cfg: dict[str, Any]
+            ) -> tuple[dict[str, Any], list[dict], list[dict]]:
+    """Retrieval and neuron overlap of one encoder state at every layer: (summary row at the probed layer, with a
+    bootstrap interval over verses for retrieval; per-layer rows; per-pair rows at the probed layer)."""
+    languages = list(states)
+    n_layers, _, d = next(iter(states.values())).shape
+    n_layers -= 1
+    probed = activations.layer_at(cfg["probe_depth"], n_layers)
+    k = min(cfg["probe_neurons"], d)
+    layer_rows, pair_rows, summary = [], [], {}
+    for layer in range(n_layers + 1):
+        selections = {lang: probing.select_neurons(states[lang][layer], labels, n_neurons=k, seed=0)
+                      for lang in languages}
+        pairs = overlap.pairwise({lang: s.neurons for lang, s in selections.items()}, d=d,
+                                 confidence=cfg["confidence"])
+        hits = np.mean([activations.retrieval_hits(states[a][layer], states[b][layer])
+                        for a, b in itertools.combinations(languages, 2)], axis=0)  # per verse
+        row = {**point.__dict__, "layer": layer, "depth": layer / n_layers, "retrieval": float(hits.mean()),
+               "overlap": float(pairs["overlap"].mean()), "chance": float(pairs["chance"].iloc[0]),
+               "probe_nmi": float(np.mean([s.dev_nmi[-1] for s in selections.values()]))}
+        layer_rows.append(row)
+        if layer == probed:
+            retrieval = claims.interval(pd.DataFrame({"hit": hits}), "hit", cfg["n_bootstrap"], cfg["confidence"],
+                                        strata=None, unit=None)
+            summary = {**row, "n_layers": n_layers, "retrieval_low": retrieval[1], "retrieval_high": retrieval[2],
+                       "chance_low": float(pairs["chance_low"].iloc[0]),
+                       "chance_high": float(pairs["chance_high"].iloc[0])}
+            pair_rows = [{**point.__dict__, **r} for r in pairs.to_dict("records")]
+    return summary, layer_rows, pair_rows
+
+
+def plan(runs: list) -> list[tuple[Point, Callable[[], tuple]]]:
+    """Every encoder state to measure, with how to load it (model, tokenizer, vocabulary map or None): each
+    pre-training checkpoint once; for the first seed of each variant, the encoder fine-tuning starts from (for the
+    in-house encoder, that is a pre-training checkpoint, measured once) and every fine-tuning checkpoint."""
+    jobs, seen_pretraining, variants = [], set(), set()
+    for run in runs:
+        if "pretrain" in run.folders and str(run["pretrain"]) not in seen_pretraining:
+            seen_pretraining.add(str(run["pretrain"]))
+            for c in pretrain.load(run["pretrain"]).checkpoints:
+                jobs.append((Point(PRETRAINING, "pre-trained", c["name"], c["step"], None),
+                             lambda c=c: (models.load_classifier(c["path"]), models.load_tokenizer(c["path"]), None)))
+        if run.run.variant in variants:
+            continue
+        variants.add(run.run.variant)
+        out = finetune.load(run["finetune"])
+        tokenizer = models.load_tokenizer(run["finetune"] / "tokenizer")
+        name = encoder_name(run.params, pretraining_step(run))
+        if "pretrain" not in run.folders:
+            n_labels = len(data.LABELS[run.params["label"]].names)
+            jobs.append((Point(name, "pre-trained", "start", 0, run.name),
+                         lambda run=run, out=out, tokenizer=tokenizer, n_labels=n_labels: (
+                             finetune.initial_model(run.params["model"], n_labels, run.params["seed"],
+                                                    vocab_size=out.info["full_vocab_size"],
+                                                    reinit_top_layers=run.params["reinit_top_layers"]),
+                             tokenizer, None)))
+        keep = run["finetune"] / "vocab_keep_ids.npy"
+        vocab = models.VocabMap(np.load(keep), out.info["full_vocab_size"]) if keep.exists() else None
+        for i, c in enumerate(out.checkpoints, 1):
+            jobs.append((Point(name, "fine-tuned", c["name"], i, run.name),
+                         lambda c=c, tokenizer=tokenizer, vocab=vocab: (models.load_classifier(c["path"]), tokenizer,
+                                                                         vocab)))
+    return jobs
+
+
+def starts(runs: list, points: pd.DataFrame) -> pd.DataFrame:
+    """Per variant: the measurement of the encoder its fine-tuning started from (retrieval, overlap)."""
+    rows, seen = [], set()
+    for run in runs:
+        if run.run.variant in seen:
+            continue
+        seen.add(run.run.variant)
+        step = pretraining_step(run)
+        if step:
+            match = points[(points["encoder"] == PRETRAINING) & (points["checkpoint"] == step)]
+        else:
+            match = points[(points["run"] == run.name) & (points["checkpoint"] == "start")]
+        rows.append({"variant": run.run.variant, "run": run.name, "encoder": encoder_name(run.params, step),
+                     **match[["retrieval", "retrieval_low", "retrieval_high", "overlap"]].iloc[0].to_dict()})
+    return pd.DataFrame(rows)
+
+
+def compute(runs: list, cfg: dict[str, Any]) -> Result:
+    """``runs``: the axis runs (``RunInputs`` with ``finetune``, and ``pretrain`` for the in-house encoder)."""
+    from tqdm import tqdm
+
+    finetune.set_threads()
+    verses, languages = held_out_verses(runs, cfg["alignment_verses"])
+    texts = {lang: data.read_verses(lang, verses) for lang in languages}
+    labels = verses["label"].to_numpy()
+    max_length = runs[0].params["max_length"]
+    summaries, layer_rows, pair_rows = [], [], []
+    for point, load in tqdm(plan(runs), desc="probing encoder states", unit="checkpoint",
+                            mininterval=progress_interval()):
+        model, tokenizer, vocab = load()
+        states = {lang: activations.pooled_states(model, activations.token_ids(tokenizer, t, max_length, vocab))
+                  for lang, t in texts.items()}
+        del model
+        summary, layers, pairs = measure(point, states, labels, cfg)
+        summaries.append(summary)
+        layer_rows += layers
+        pair_rows += pairs
+    points = pd.DataFrame(summaries)
+    losses = [{"encoder": PRETRAINING, "checkpoint": c["name"], "mlm_loss": c["mlm_loss"]}
+              for folder in dict.fromkeys(str(r["pretrain"]) for r in runs if "pretrain" in r.folders)
+              for c in pretrain.load(Path(folder)).checkpoints]
+    if losses:
+        points = points.merge(pd.DataFrame(losses), on=["encoder", "checkpoint"], how="left")
+    result = Result(tables={"points": points, "layers": pd.DataFrame(layer_rows), "pairs": pd.DataFrame(pair_rows),
+                            "starts": starts(runs, points),
+                            "verses": verses[["book", "chapter", "verse", "label"]]})
+    result.claims = [degradation_claim(points)]
+    return result
+
+
+def degradation_claim(points: pd.DataFrame) -> claims.Claim:
+    """Wang et al.'s second finding, on the in-house pre-training trajectory: the largest drop of retrieval between
+    successive checkpoints, with an interval from the two checkpoints' bootstrap half-widths."""
+    statement = ("Alignment does not grow steadily during pre-training: it degrades in some phases (a drop between "
+                 "successive checkpoints).")
+    trajectory = points[(points["encoder"] == PRETRAINING) & points["run"].isna()].sort_values("order")
+    statistic = "largest drop of translation retrieval between successive in-house pre-training checkpoints"
+    if len(trajectory) < 3:
+        return claims.not_tested("W2", STAGE.name, statement, claims.RELATED, statistic,
+                                 "the study has no in-house pre-training trajectory of three checkpoints or more")
+    drops = -np.diff(trajectory["retrieval"].to_numpy())
+    i = int(np.argmax(drops))
+    before, after = trajectory.iloc[i], trajectory.iloc[i + 1]
+    half = np.hypot(before["retrieval_high"] - before["retrieval"], after["retrieval"] - after["retrieval_low"])
+    return claims.claim("W2", STAGE.name, statement, claims.RELATED,
+                        f"{statistic} ({before['checkpoint']} to {after['checkpoint']})",
+                        (float(drops[i]), float(drops[i] - half), float(drops[i] + half)), 0.0, "no drop", "above",
+                        note="Tested on the in-house encoder's few pre-training checkpoints, not on BLOOM's. Wang "
+                             "et al.'s drops coincide with collapses of English accuracy too, so the trajectory "
+                             "table gives each checkpoint's held-out MLM loss beside its retrieval.")
+
+
+def layer_summary(layers: pd.DataFrame) -> pd.DataFrame:
+    """The per-layer rows of each encoder before fine-tuning (its start, or the pre-training checkpoints) and at its
+    last fine-tuning checkpoint, named by state."""
+    fine = layers["phase"] == "fine-tuned"
+    last = layers["run"].map(layers[fine].groupby("run")["order"].max())
+    out = layers[~fine | (layers["order"] == last)].copy()
+    out["state"] = out["encoder"] + ": " + out["checkpoint"]
+    return out
+
+
+def points_display(points: pd.DataFrame) -> pd.DataFrame:
+    cols = ["encoder", "phase", "checkpoint", "layer", "retrieval", "retrieval_low", "retrieval_high", "overlap",
+            "chance", "chance_high", "probe_nmi"] + (["mlm_loss"] if "mlm_loss" in points else [])
+    out = points[cols].copy()
+    for col in ("retrieval", "retrieval_low", "retrieval_high", "overlap", "chance", "chance_high"):
+        out[col] = out[col].map(lambda x: f"{x:.1%}")
+    return out.set_index(["encoder", "phase", "checkpoint"])
