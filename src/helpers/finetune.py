@@ -43,33 +43,27 @@ def set_threads() -> int:
     return n
 
 
-def initial_model(model_name: str, num_labels: int, seed: int, vocab_size: int | None = None) -> torch.nn.Module:
+def initial_model(model_name: str, num_labels: int, seed: int, vocab_size: int | None = None,
+                  model_dir: str | None = None) -> torch.nn.Module:
     """The model before fine-tuning, with its full vocabulary: the pretrained encoder with a classification head
-    initialised afresh from ``seed``, or the smoke model (``vocab_size`` tokens, from its locally trained tokenizer).
-    Deterministic in ``seed``; :func:`tokenise_splits` and :func:`retrain` both start from it."""
-    spec = models.MODELS[model_name]
+    initialised afresh from ``seed``, or a smoke model (``vocab_size`` tokens, from its tokenizer). Deterministic in
+    ``seed``; :func:`tokenise_splits` and :func:`retrain` both start from it (``model_dir``: a local copy of a hub
+    model, see :func:`helpers.models.checkpoint`)."""
     torch.manual_seed(seed)
-    if spec.pretrained:
-        return models.load_classifier(models.checkpoint(model_name), num_labels=num_labels)
-    if vocab_size is None:
-        raise ValueError(f"model {model_name!r} is built from its tokenizer: give vocab_size")
-    return models.smoke_model(vocab_size, num_labels=num_labels, seed=seed)
+    return models.initial_classifier(model_name, num_labels, seed, vocab_size=vocab_size, model_dir=model_dir)
 
 
 def tokenise_splits(model_name: str, train: pd.DataFrame, test: pd.DataFrame, max_length: int, trim: bool,
-                    seed: int, num_labels: int, out_dir: Path) -> tuple[torch.nn.Module, Dataset, Dataset, dict]:
+                    seed: int, num_labels: int, out_dir: Path,
+                    model_dir: str | None = None) -> tuple[torch.nn.Module, Dataset, Dataset, dict]:
     """Build the model and tokenised splits; return (model, train, test, info).
 
     The tokenizer runs once here; the stored ``input_ids`` are what the model consumes, so TracIn and the
     analyses never tokenise again. With ``trim``, ids are remapped into the trimmed vocabulary.
     """
     texts = list(train["text"]) + list(test["text"])
-    spec = models.MODELS[model_name]
-    if spec.pretrained:
-        tokenizer = models.load_tokenizer(models.checkpoint(model_name))
-    else:
-        tokenizer = models.train_smoke_tokenizer(texts, vocab_size=spec.vocab_size)
-    model = initial_model(model_name, num_labels, seed, vocab_size=len(tokenizer))
+    tokenizer = models.tokenizer_for(model_name, texts, model_dir=model_dir)
+    model = initial_model(model_name, num_labels, seed, vocab_size=len(tokenizer), model_dir=model_dir)
     ids = models.tokenize(tokenizer, texts, max_length=max_length)
     info: dict[str, Any] = {"model": model_name, "full_vocab_size": int(model.config.vocab_size),
                             "n_parameters_before_trim": sum(p.numel() for p in model.parameters())}

@@ -83,7 +83,7 @@ RUN_STAGES: tuple[Stage, ...] = (
                   "test_per_language", "parallel_train", "test_translations_in_train", "imbalance_language",
                   "imbalance_factor", "permuted_language", "permuted_share")),
     Stage("finetune", "02_finetune.ipynb", "Fine-tuning", scope="run", reads=(("data", "same"),),
-          modules=("finetune", "models"),
+          modules=("finetune", "models/__init__"),
           params=("model", "trim_vocabulary", "max_length", "epochs", "batch_size", "learning_rate", "warmup_ratio")),
     Stage("tracin", "03_tracin.ipynb", "TracIn", scope="run", reads=(("finetune", "same"),), modules=("tracin",),
           params=("tracin_params", "tracin_similarity", "tracin_batch_size", "device")),

