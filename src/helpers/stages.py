@@ -71,6 +71,9 @@ class Stage:
     scope: str = "study"  # "run" or "study"
     reads_chapters: bool = False  # the scoreboard: reads every other chapter's claims
     always_run: bool = False  # cheap summaries that must see the latest timings (not fingerprinted)
+    #: Parameters added after results existed: left out of the identity while at their declared default, so the
+    #: stages computed before they existed stay valid (a non-default value is part of the identity as usual).
+    optional_params: tuple[str, ...] = ()
 
     @property
     def path(self) -> Path:
@@ -81,15 +84,20 @@ RUN_STAGES: tuple[Stage, ...] = (
     Stage("data", "01_data.ipynb", "Data", scope="run", modules=("data",),
           params=("seed", "dataset", "fine_tune_languages", "zero_shot_languages", "label", "train_per_language",
                   "test_per_language", "parallel_train", "test_translations_in_train", "imbalance_language",
-                  "imbalance_factor", "permuted_language", "permuted_share")),
+                  "imbalance_factor", "permuted_language", "permuted_share", "corpus_dir"),
+          optional_params=("corpus_dir",)),
     Stage("finetune", "02_finetune.ipynb", "Fine-tuning", scope="run", reads=(("data", "same"),),
           modules=("finetune", "models/__init__"),
-          params=("model", "trim_vocabulary", "max_length", "epochs", "batch_size", "learning_rate", "warmup_ratio")),
+          params=("model", "trim_vocabulary", "max_length", "epochs", "batch_size", "learning_rate", "warmup_ratio",
+                  "model_dir", "device", "precision"),
+          optional_params=("model_dir", "device", "precision")),
     Stage("tracin", "03_tracin.ipynb", "TracIn", scope="run", reads=(("finetune", "same"),), modules=("tracin",),
-          params=("tracin_params", "tracin_similarity", "tracin_batch_size", "device")),
+          params=("tracin_params", "tracin_similarity", "tracin_batch_size", "device", "precision"),
+          optional_params=("precision",)),
     Stage("tracin_groups", "04_tracin_groups.ipynb", "TracIn by parameter group", scope="run",
           reads=(("finetune", "same"),), modules=("tracin",),
-          params=("attribution_groups", "attribution_test_per_language", "tracin_batch_size", "device")),
+          params=("attribution_groups", "attribution_test_per_language", "tracin_batch_size", "device", "precision"),
+          optional_params=("precision",)),
 )
 
 
@@ -211,7 +219,9 @@ class Instance:
 def run_instance(stage: Stage, run: Run, study: Study) -> Instance:
     inputs = [Input("same", up, run.name, run_instance(get(up), run, study).identity) for up, _ in stage.reads]
     params = {k: run.params[k] for k in stage.params}
-    identity = _hash(stage.name, params, [i.identity for i in inputs])[:16]
+    named = {k: v for k, v in params.items()
+             if not (k in stage.optional_params and v == config.PARAMETERS[k].default)}
+    identity = _hash(stage.name, named, [i.identity for i in inputs])[:16]
     return Instance(stage, run, params, inputs, identity)
 
 
