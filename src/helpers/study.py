@@ -232,8 +232,13 @@ def check_feasible(runs: dict[str, Run]) -> None:
             raise ConfigError(f"{where} 'device' is 'cuda' but torch sees no CUDA device here; allowed here: "
                               "'auto' or 'cpu'")
         n_labels = len(data.LABELS[p["label"]].names)
-        key = (p["model"], n_labels)
+        key = (p["model"], n_labels, p["model_dir"])
         if key not in skeletons:
+            if models.get(p["model"]).source == "hub":
+                try:  # fails fast, naming model_dir, when the hub is out of reach and nothing is cached
+                    models.require_available(p["model"], p["model_dir"])
+                except models.ModelUnavailableError as err:
+                    raise ConfigError(f"run {run.variant!r}: {err}") from None
             skeletons[key] = models.skeleton(*key)
         model = skeletons[key]  # None: a hub model whose architecture is not known here
         specs = [("tracin_params", p["tracin_params"])] + [("attribution_groups", g) for g in p["attribution_groups"]]
@@ -249,6 +254,8 @@ def check_feasible(runs: dict[str, Run]) -> None:
                 data.sample_keys(p)
             except data.SizeError as err:
                 raise ConfigError(f"{where}s ask for more samples than the corpus has ({err})") from None
+            except data.CorpusUnavailableError as err:
+                raise ConfigError(f"run {run.variant!r}: {err}") from None
             sampled.add(sizes)
 
 
