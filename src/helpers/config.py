@@ -129,6 +129,9 @@ PARAMETERS: dict[str, Param] = {
               "parameters whose gradients TracIn compares: all | classifier | embeddings | last_layers:N | re:<regex>"),
         Param("tracin_similarity", str, "dot", "gradient similarity", choices=("dot", "cosine")),
         Param("tracin_batch_size", int, 32, "training samples per TracIn batch", minimum=1),
+        Param("tracin_processes", int, 1, "processes TracIn is split over (torchrun; one GPU each where CUDA is "
+              "present): each scores a share of the training rows, merged into the one-process matrix", minimum=1,
+              maximum=64),
         Param("device", str, "auto", "where fine-tuning and TracIn run (auto: CUDA when present)",
               choices=("auto", "cpu", "cuda")),
         Param("attribution_groups", list, ["last_layers:1", "classifier", "last_layers:6", "all", "embeddings"],
