@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: install book test mutation benchmark clean distclean
+.PHONY: install book paper test mutation benchmark clean distclean
 
 install: $(STAMP)
 
@@ -28,6 +28,17 @@ $(STAMP): pyproject.toml
 ## make book: run the whole pipeline on the embedded profile (offline, CPU) and build _build/html
 book: $(STAMP)
 	$(PY) -m helpers.pipeline run --profile $(PROFILE)
+
+## make paper TASK=xnli|pawsx|marc: the paper's own setting (params/paper-<TASK>.yaml): XLM-R base and the hub corpus,
+## with the hub allowed (this target alone lifts HF_HUB_OFFLINE). Without hub access, point at local copies:
+##   make paper TASK=xnli ARGS="-p corpus_dir=/data/xnli -p model_dir=/data/xlm-roberta-base"
+## Fine-tuning and TracIn use CUDA when present; several GPUs for TracIn: see the README (torchrun).
+TASK ?= xnli
+ARGS ?=
+paper: $(STAMP)
+	@case "$(TASK)" in xnli|pawsx|marc) ;; *) echo "TASK must be one of xnli, pawsx, marc (got '$(TASK)')" >&2; exit 2;; esac
+	HF_HUB_OFFLINE=0 TRANSFORMERS_OFFLINE=0 HF_DATASETS_OFFLINE=0 \
+		$(PY) -m helpers.pipeline run --profile paper-$(TASK) $(ARGS)
 
 ## make test: unit tests, then every notebook through nbval with its stored (smoke) parameters, in order, writing
 ## to a temporary artifacts folder (a smoke study of yours in artifacts/smoke is left alone; notebooks/conftest.py

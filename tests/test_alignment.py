@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import config, data, finetune, models, pretrain, stages, study
+from helpers import config, data, finetune, models, stages, study
+from helpers.models import pretrain
 from helpers.config import ConfigError
 from helpers.neurons import activations
 

@@ -3,6 +3,7 @@
 import pandas as pd
 import pytest
 
+from helpers.corpora import bible
 from helpers import config, data, study
 
 SMOKE_MAIN = study.resolve("smoke").first.params  # resolved once, before any test shrinks the corpus
@@ -86,7 +87,7 @@ def small_pool(monkeypatch, per_class: int) -> None:
     """Replace the canon by its first ``per_class`` verses of Genesis (Old Testament) and of Matthew (New)."""
     keys = data.verse_keys()
     pool = pd.concat([keys[keys["book"] == 1].head(per_class), keys[keys["book"] == 40].head(per_class)])
-    monkeypatch.setattr(data, "verse_keys", lambda: pool.reset_index(drop=True))
+    monkeypatch.setattr(bible, "verse_keys", lambda: pool.reset_index(drop=True))  # where sampling reads it
 
 
 @pytest.mark.parametrize("parallel", [False, True])

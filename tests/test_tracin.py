@@ -495,7 +495,7 @@ def test_every_plan_equals_brute_force(perturbed, monkeypatch, plan, similarity)
     """Several test chunks and training blocks, the bank's Linear weight gradients kept factored (formed again for
     every training block) or formed once: the same scores."""
     ckpts, train, test = perturbed["ckpts"], perturbed["train"], perturbed["test"]
-    monkeypatch.setattr(TracIn, "_plan", lambda self, *args: tracin._Plan(**plan))
+    monkeypatch.setattr(TracIn, "_plan", lambda self, *args: tracin.Plan(**plan))
     ours = TracIn(ckpts, params="all", similarity=similarity, batch_size=2).scores(train, test, progress=False)
     ref = brute_force(ckpts, "all", train, test, cosine=similarity == "cosine")
     for c in range(len(ckpts)):
@@ -512,12 +512,12 @@ def test_plan_fits_free_memory(perturbed, monkeypatch):
     engine = TracIn(ckpts, params="all")
     test_ex = tracin._Examples(test * 10, "test")
 
-    def plan(free: int, n_train: int = 600) -> tracin._Plan:
+    def plan(free: int, n_train: int = 600) -> tracin.Plan:
         monkeypatch.setattr(tracin, "_free_memory", lambda device: free)
         return engine._plan(scored, tracin._Examples(perturbed["train"] * (n_train // 10), "train"), test_ex)
 
-    assert plan(1 << 40) == tracin._Plan(test_chunk=40, train_block=tracin._MAX_TRAIN_BLOCK, dense_bank=True)
-    assert plan(1 << 40, n_train=50) == tracin._Plan(test_chunk=40, train_block=50, dense_bank=True)
+    assert plan(1 << 40) == tracin.Plan(test_chunk=40, train_block=tracin._MAX_TRAIN_BLOCK, dense_bank=True)
+    assert plan(1 << 40, n_train=50) == tracin.Plan(test_chunk=40, train_block=50, dense_bank=True)
     dense_bank = 40 * 4 * sum(p.numel() for n, p in model.named_parameters()
                               if re.search(r"(query|key|value|dense|classifier)\.weight", n))
     tight = plan(2 * dense_bank)  # the dense bank alone would take the whole budget

@@ -55,9 +55,9 @@ class Param:
 
 
 def _languages() -> tuple:
-    from . import data
+    from .languages import LANGUAGES
 
-    return tuple(data.LANGUAGES)
+    return tuple(LANGUAGES)
 
 
 def _languages_or_none() -> tuple:
@@ -89,7 +89,10 @@ PARAMETERS: dict[str, Param] = {
         Param("seed", int, 0, "seed for sampling, initialisation and data order (a study sets it from 'seeds')",
               minimum=0),
         # --- data ---
-        Param("dataset", str, "bible", "where the texts and labels come from", choices=_datasets),
+        Param("dataset", str, "bible", "where the texts and labels come from: the Bible package, or the paper's hub "
+              "corpora (xnli, pawsx, marc)", choices=_datasets),
+        Param("corpus_dir", str, "none", "a local copy of a hub corpus, in the hub's schema: <dir>/<language>/"
+              "<split>.jsonl (or .json, .parquet, .csv, .tsv); none: load it from the Hugging Face hub"),
         Param("fine_tune_languages", list, ["en", "fr", "de", "es", "ru"], "languages of the training set (ISO 639-1)",
               choices=_languages),
         Param("zero_shot_languages", list, ["ko", "pt"], "languages seen only at test time", choices=_languages),
@@ -110,6 +113,11 @@ PARAMETERS: dict[str, Param] = {
               "shifted (its test samples always are)", minimum=0, maximum=1),
         # --- fine-tuning ---
         Param("model", str, "multilingual-e5-small", "the encoder to fine-tune", choices=_models),
+        Param("model_dir", str, "none", "a local copy of a hub model (a save_pretrained / huggingface-cli download "
+              "directory); none: the hub id"),
+        Param("precision", str, "auto", "arithmetic on CUDA: auto (bf16 autocast for fine-tuning; bf16 for TracIn "
+              "where it passes the accuracy gate against fp32 on a sample, else fp32), fp32 or bf16; CPU: always fp32",
+              choices=("auto", "fp32", "bf16")),
         Param("trim_vocabulary", bool, True, "keep only the word embeddings of tokens the run uses"),
         Param("max_length", int, 64, "maximum tokens per sample (longer ones are truncated)", minimum=8, maximum=512),
         Param("epochs", int, 3, "fine-tuning epochs (one checkpoint each)", minimum=1),
@@ -142,7 +150,11 @@ PARAMETERS: dict[str, Param] = {
               "parameters whose gradients TracIn compares: all | classifier | embeddings | last_layers:N | re:<regex>"),
         Param("tracin_similarity", str, "dot", "gradient similarity", choices=("dot", "cosine")),
         Param("tracin_batch_size", int, 32, "training samples per TracIn batch", minimum=1),
-        Param("device", str, "auto", "where TracIn runs", choices=("auto", "cpu", "cuda")),
+        Param("tracin_processes", int, 1, "processes TracIn is split over (torchrun; one GPU each where CUDA is "
+              "present): each scores a share of the training rows, merged into the one-process matrix", minimum=1,
+              maximum=64),
+        Param("device", str, "auto", "where fine-tuning and TracIn run (auto: CUDA when present)",
+              choices=("auto", "cpu", "cuda")),
         Param("attribution_groups", list, ["last_layers:1", "classifier", "last_layers:6", "all", "embeddings"],
               "parameter subsets the attribution chapter compares (the first is the reference), all scored in one "
               "full-model TracIn pass"),
@@ -293,6 +305,7 @@ def check_relations(cfg: dict[str, Any]) -> None:
                     re.compile(value[3:])
                 except re.error as err:
                     raise ConfigError(f"parameter {key!r} has {value!r}, a bad regular expression ({err})") from None
+    _check_corpus(cfg)
     if "label" in cfg and "train_per_language" in cfg:
         n_labels = len(data.LABELS[cfg["label"]].names)
         if cfg["train_per_language"] < n_labels:
@@ -309,6 +322,32 @@ def check_relations(cfg: dict[str, Any]) -> None:
     _check_attribution(cfg)
     _check_counterfactual(cfg)
     _check_pretraining(cfg)
+
+
+def _check_corpus(cfg: dict[str, Any]) -> None:
+    """What the chosen corpus allows: its tasks, its languages, parallel sampling, a local copy."""
+    from . import corpora
+
+    if "dataset" not in cfg:
+        return
+    corpus = corpora.get(cfg["dataset"])
+    if "label" in cfg and cfg["label"] not in corpus.labels:
+        raise ConfigError(f"parameter 'label' is {cfg['label']!r} but dataset {corpus.name!r} has the task(s) "
+                          f"{list(corpus.labels)}; allowed: {list(corpus.labels)}")
+    for key in ("fine_tune_languages", "zero_shot_languages"):
+        missing = [lang for lang in cfg.get(key) or [] if lang not in corpus.languages]
+        if missing:
+            raise ConfigError(f"parameter {key!r} has {missing[0]!r}, which dataset {corpus.name!r} does not have; "
+                              f"allowed: {list(corpus.languages)}")
+    if cfg.get("parallel_train") and not corpus.parallel:
+        raise ConfigError(f"parameter 'parallel_train' is true but dataset {corpus.name!r} is not parallel across "
+                          "languages; allowed: false")
+    if cfg.get("test_translations_in_train") and not corpus.single_pool:
+        raise ConfigError(f"parameter 'test_translations_in_train' needs one pool of items for training and test "
+                          f"(dataset 'bible'); dataset {corpus.name!r} has its own test split; allowed: false")
+    if cfg.get("corpus_dir", "none") != "none" and corpus.single_pool:
+        raise ConfigError(f"parameter 'corpus_dir' is set but dataset {corpus.name!r} is read from its Python "
+                          "package; allowed: none")
 
 
 def _check_attribution(cfg: dict[str, Any]) -> None:
@@ -394,6 +433,9 @@ def _check_pretraining(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"parameter 'max_length' is {cfg['max_length']} but model 'inhouse-mlm' is pre-trained on "
                           f"sequences of at most {cfg['pretrain_max_length']} tokens (its positions beyond are never "
                           f"trained); allowed: max_length <= pretrain_max_length")
+    if cfg.get("dataset", "bible") != "bible":
+        raise ConfigError(f"model 'inhouse-mlm' is pre-trained on the Bible corpus's languages (its held-out pool is "
+                          f"verses); parameter 'dataset' is {cfg['dataset']!r}; allowed with it: 'bible'")
     langs = cfg.get("pretrain_languages")
     unseen = [lang for lang in (*cfg.get("fine_tune_languages", ()), *cfg.get("zero_shot_languages", ()))
               if langs is not None and lang not in langs]

@@ -3,6 +3,9 @@
 The loop is written out (about forty lines) rather than delegated to ``transformers.Trainer`` because TracIn needs
 exactly what it saves and nothing else: one checkpoint per epoch, the learning rate in force during that epoch, and
 per-language accuracy after each epoch; a plain loop states all three in one screen and is deterministic on CPU.
+Devices and mixed precision are ``accelerate``'s (:func:`accelerator`): the model, the optimiser's steps and the
+backward pass go through an ``Accelerator``, on CUDA when present (``device``) with bf16 autocast (``precision``);
+on a CPU it changes nothing (the embedded default's checkpoints are bit-identical to the plain loop's).
 
 Learning rate recorded for TracIn: the mean over the epoch's optimiser steps of the scheduled rate (with a linear
 decay to zero, the rate *at* the last checkpoint would be zero and would erase that checkpoint from the sum).
@@ -44,24 +47,14 @@ def set_threads() -> int:
 
 
 def initial_model(model_name: str, num_labels: int, seed: int, vocab_size: int | None = None,
-                  init_from: Path | None = None, reinit_top_layers: int = 0) -> torch.nn.Module:
-    """The model before fine-tuning, with its full vocabulary: the pretrained encoder (for ``inhouse-mlm``, the
-    pre-training checkpoint ``init_from``) with a classification head initialised afresh from ``seed``, or the smoke
-    model (``vocab_size`` tokens, from its locally trained tokenizer); then its top ``reinit_top_layers`` encoder
-    layers re-initialised (:func:`reinit_top`). Deterministic in ``seed``; :func:`tokenise_splits` and
-    :func:`retrain` both start from it."""
-    spec = models.MODELS[model_name]
+                  model_dir: str | None = None, reinit_top_layers: int = 0) -> torch.nn.Module:
+    """The model before fine-tuning, with its full vocabulary: the pretrained encoder with a classification head
+    initialised afresh from ``seed``, or a smoke model (``vocab_size`` tokens, from its tokenizer); then its top
+    ``reinit_top_layers`` encoder layers re-initialised (:func:`reinit_top`). Deterministic in ``seed``;
+    :func:`tokenise_splits` and :func:`retrain` both start from it (``model_dir``: a local copy of a hub model, or
+    the pre-training checkpoint of ``inhouse-mlm``, see :func:`helpers.models.checkpoint`)."""
     torch.manual_seed(seed)
-    if spec.source == "pretrain":
-        if init_from is None:
-            raise ValueError(f"model {model_name!r} starts from a pre-training checkpoint: give init_from")
-        model = models.load_classifier(init_from, num_labels=num_labels)
-    elif spec.pretrained:
-        model = models.load_classifier(models.checkpoint(model_name), num_labels=num_labels)
-    elif vocab_size is None:
-        raise ValueError(f"model {model_name!r} is built from its tokenizer: give vocab_size")
-    else:
-        model = models.smoke_model(vocab_size, num_labels=num_labels, seed=seed)
+    model = models.initial_classifier(model_name, num_labels, seed, vocab_size=vocab_size, model_dir=model_dir)
     return reinit_top(model, reinit_top_layers)
 
 
@@ -82,7 +75,7 @@ def reinit_top(model: torch.nn.Module, n: int) -> torch.nn.Module:
 
 
 def tokenise_splits(model_name: str, train: pd.DataFrame, test: pd.DataFrame, max_length: int, trim: bool,
-                    seed: int, num_labels: int, out_dir: Path, init_from: Path | None = None,
+                    seed: int, num_labels: int, out_dir: Path, model_dir: str | None = None,
                     reinit_top_layers: int = 0) -> tuple[torch.nn.Module, Dataset, Dataset, dict]:
     """Build the model and tokenised splits; return (model, train, test, info).
 
@@ -90,19 +83,14 @@ def tokenise_splits(model_name: str, train: pd.DataFrame, test: pd.DataFrame, ma
     analyses never tokenise again. With ``trim``, ids are remapped into the trimmed vocabulary.
     """
     texts = list(train["text"]) + list(test["text"])
-    spec = models.MODELS[model_name]
-    if spec.source == "pretrain":
-        tokenizer = models.load_tokenizer(init_from)
-    elif spec.pretrained:
-        tokenizer = models.load_tokenizer(models.checkpoint(model_name))
-    else:
-        tokenizer = models.train_smoke_tokenizer(texts, vocab_size=spec.vocab_size)
-    model = initial_model(model_name, num_labels, seed, vocab_size=len(tokenizer), init_from=init_from,
+    pairs = (list(train["text_pair"]) + list(test["text_pair"])) if "text_pair" in train.columns else None
+    tokenizer = models.tokenizer_for(model_name, texts + (pairs or []), model_dir=model_dir)
+    model = initial_model(model_name, num_labels, seed, vocab_size=len(tokenizer), model_dir=model_dir,
                           reinit_top_layers=reinit_top_layers)
-    ids = models.tokenize(tokenizer, texts, max_length=max_length)
+    ids = models.tokenize(tokenizer, texts, max_length=max_length, pairs=pairs)
     info: dict[str, Any] = {"model": model_name, "full_vocab_size": int(model.config.vocab_size),
                             "n_parameters_before_trim": sum(p.numel() for p in model.parameters()),
-                            "init_from": str(init_from) if init_from else None,
+                            "model_dir": str(model_dir) if model_dir else None,
                             "reinit_top_layers": reinit_top_layers}
     if trim:
         vocab = models.VocabMap.from_ids(ids, specials=tokenizer.all_special_ids)
@@ -125,6 +113,22 @@ def tokenise_splits(model_name: str, train: pd.DataFrame, test: pd.DataFrame, ma
 # pragma: no mutate end
 
 
+def accelerator(device: str = "auto", precision: str = "auto"):
+    """The ``accelerate.Accelerator`` for fine-tuning: CUDA when ``device`` is auto or cuda and a GPU is present (else
+    the CPU), bf16 autocast on CUDA unless ``precision`` is fp32 (the optimiser's weights and states stay fp32)."""
+    from accelerate import Accelerator
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"parameter 'device' is {device!r}; allowed: ['auto', 'cpu', 'cuda']")
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"parameter 'precision' is {precision!r}; allowed: ['auto', 'fp32', 'bf16']")
+    cuda = device != "cpu" and torch.cuda.is_available()
+    if device == "cuda" and not cuda:
+        raise ValueError("parameter 'device' is 'cuda' but torch sees no CUDA device; allowed here: 'auto' or 'cpu'")
+    mixed = "bf16" if cuda and precision in ("auto", "bf16") else "no"
+    return Accelerator(cpu=not cuda, mixed_precision=mixed)
+
+
 def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """A batch of tokenised rows: right-padded ids, attention mask from the lengths, labels."""
     input_ids, mask = models.pad_batch([r["input_ids"] for r in rows], pad_id=pad_id)
@@ -142,7 +146,8 @@ def predict(model: torch.nn.Module, ds: Dataset, batch_size: int = 64) -> np.nda
         batch = collate(ds.select(range(start, min(start + batch_size, len(ds)))).to_list(),
                         model.config.pad_token_id)
         batch.pop("labels")
-        out.append(model(**batch).logits.float().numpy())
+        device = next(model.parameters()).device
+        out.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -180,37 +185,43 @@ def epoch_orders(lengths: list[int], batch_size: int, seed: int, epochs: int,
 
 def train(model: torch.nn.Module, train_ds: Dataset, test_ds: Dataset | None, epochs: int, batch_size: int,
           learning_rate: float, warmup_ratio: float, seed: int, out_dir: Path | None,
-          exclude: Collection[int] = ()) -> tuple[pd.DataFrame, list[dict]]:
+          exclude: Collection[int] = (), device: str = "auto",
+          precision: str = "auto") -> tuple[pd.DataFrame, list[dict]]:
     """Fine-tune; save ``checkpoint-epoch<e>/`` after every epoch; return (accuracy history, checkpoint list).
 
     The history has one row per (epoch, test language), epoch 0 being the model before fine-tuning (empty when
     ``test_ds`` is None). ``out_dir=None`` saves no checkpoint. ``exclude``: training rows left out of every epoch,
     the others keeping their order (:func:`epoch_orders`); the schedule follows the remaining number of steps.
-    Dropout draws from the global torch generator as :func:`initial_model` (and trimming) left it.
+    Dropout draws from the global torch generator as :func:`initial_model` (and trimming) left it. ``device`` and
+    ``precision``: see :func:`accelerator`; the model is returned on that device.
     """
     set_threads()
+    acc = accelerator(device, precision)
     n_train = len(train_ds) - len(set(int(i) for i in exclude))
     if n_train < 1:
         raise ValueError("every training sample is excluded: nothing to train on")
     steps_per_epoch = math.ceil(n_train / batch_size)
     total = steps_per_epoch * epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
+    # The scheduler is stepped here once per optimiser step (not prepared: accelerate would step it per process).
     scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total), total)
+    model, optimizer = acc.prepare(model, optimizer)
     history = [] if test_ds is None else [accuracy_by_language(model, test_ds, epoch=0)]
     checkpoints = []
     # Batches of similar length (transformers' group_by_length sampler: shuffled mega-batches sorted by length)
     # pad less: about a third of the tokens of a fine-tuning step on this corpus.
     orders = epoch_orders([len(x) for x in train_ds["input_ids"]], batch_size, seed, epochs, exclude)
+    pad_id = acc.unwrap_model(model).config.pad_token_id
     bar = tqdm(total=total, desc="fine-tuning", unit="step", mininterval=progress_interval())
     for epoch, order in enumerate(orders, 1):
         model.train()
         rates, losses = [], []
         for start in range(0, len(order), batch_size):
-            batch = collate(train_ds.select(order[start: start + batch_size]).to_list(), model.config.pad_token_id)
+            batch = collate(train_ds.select(order[start: start + batch_size]).to_list(), pad_id)
             rates.append(scheduler.get_last_lr()[0])
-            loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            loss = model(**{k: v.to(acc.device) for k, v in batch.items()}).loss
+            acc.backward(loss)
+            acc.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -219,13 +230,14 @@ def train(model: torch.nn.Module, train_ds: Dataset, test_ds: Dataset | None, ep
             bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-20:]):.3f}", refresh=False)
         name = f"checkpoint-epoch{epoch}"
         if out_dir is not None:
-            model.save_pretrained(out_dir / name)
+            acc.unwrap_model(model).save_pretrained(out_dir / name)
         checkpoints.append({"name": f"epoch{epoch}", "path": name, "learning_rate": float(np.mean(rates)),
                             "learning_rate_at_end": float(scheduler.get_last_lr()[0]),
                             "train_loss": float(np.mean(losses))})
         if test_ds is not None:
             history.append(accuracy_by_language(model, test_ds, epoch=epoch))
     bar.close()
+    model = acc.unwrap_model(model)
     model.eval()
     return (pd.concat(history, ignore_index=True) if history else pd.DataFrame()), checkpoints
 # pragma: no mutate end
@@ -273,18 +285,19 @@ def run(cfg: dict[str, Any], data_params: dict[str, Any], data_folder: Path, out
     ``pretrain_folder``: the pretrain stage's outputs, for model ``inhouse-mlm``."""
     train_frame, test_frame = data.load_splits(data_folder)
     num_labels = len(data.LABELS[data_params["label"]].names)
-    init_from = None
-    if pretrain_folder is not None:
-        from .pretrain import load as load_pretraining
+    model_dir = cfg.get("model_dir")
+    if pretrain_folder is not None:  # inhouse-mlm: the chosen pre-training checkpoint is its local copy
+        from .models.pretrain import load as load_pretraining
 
-        init_from = load_pretraining(pretrain_folder).path(cfg["pretrain_checkpoint"])
+        model_dir = str(load_pretraining(pretrain_folder).path(cfg["pretrain_checkpoint"]))
     model, train_ds, test_ds, info = tokenise_splits(cfg["model"], train_frame, test_frame, cfg["max_length"],
                                                      cfg["trim_vocabulary"], cfg["seed"], num_labels, out,
-                                                     init_from=init_from,
-                                                     reinit_top_layers=cfg["reinit_top_layers"])
+                                                     model_dir=model_dir, reinit_top_layers=cfg["reinit_top_layers"])
     info["threads"] = set_threads()
     history, checkpoints = train(model, train_ds, test_ds, cfg["epochs"], cfg["batch_size"], cfg["learning_rate"],
-                                 cfg["warmup_ratio"], cfg["seed"], out)
+                                 cfg["warmup_ratio"], cfg["seed"], out, device=cfg.get("device", "auto"),
+                                 precision=cfg.get("precision", "auto"))
+    info["device"] = str(next(model.parameters()).device)
     train_ds.save_to_disk(out / "train_tokens")
     test_ds.save_to_disk(out / "test_tokens")
     history.to_csv(out / "accuracy.csv", index=False)
@@ -313,15 +326,15 @@ def retrain(folder: Path, params: dict[str, Any], remove: Collection[int] = (), 
     ``evaluate`` scores the test set after every epoch (neither is needed to measure the final model)."""
     out = load(folder)
     num_labels = len(data.LABELS[params["label"]].names)
-    init_from = out.info.get("init_from")
     model = initial_model(params["model"], num_labels, params["seed"], vocab_size=out.info["full_vocab_size"],
-                          init_from=Path(init_from) if init_from else None,
+                          model_dir=out.info.get("model_dir") or params.get("model_dir"),
                           reinit_top_layers=out.info.get("reinit_top_layers", 0))
     if params["trim_vocabulary"]:
         models.trim_vocabulary(model, np.load(folder / "vocab_keep_ids.npy"))
     history, checkpoints = train(model, out.train, out.test if evaluate else None, params["epochs"],
                                  params["batch_size"], params["learning_rate"], params["warmup_ratio"], params["seed"],
-                                 out_dir, exclude=remove)
+                                 out_dir, exclude=remove, device=params.get("device", "auto"),
+                                 precision=params.get("precision", "auto"))
     return model, history, checkpoints
 
 

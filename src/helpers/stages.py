@@ -77,6 +77,9 @@ class Stage:
     #: run stages only: the runs that have this stage, by their parameters (None: every run). A stage reading it
     #: reads it only in those runs (fine-tuning reads pre-training only when the model is pre-trained here).
     when: Callable[[dict[str, Any]], bool] | None = None
+    #: Parameters added after results existed: left out of the identity while at their declared default, so the
+    #: stages computed before they existed stay valid (a non-default value is part of the identity as usual).
+    optional_params: tuple[str, ...] = ()
 
     def applies(self, run: Run) -> bool:
         return self.when is None or self.when(run.params)
@@ -87,7 +90,8 @@ class Stage:
 
 
 RUN_STAGES: tuple[Stage, ...] = (
-    Stage("pretrain", "05_pretrain.ipynb", "Pre-training an unaligned encoder", scope="run", modules=("pretrain",),
+    Stage("pretrain", "05_pretrain.ipynb", "Pre-training an unaligned encoder", scope="run",
+          modules=("models/pretrain",),
           params=("seed", "pretrain_languages", "pretrain_verses_per_language", "pretrain_layers", "pretrain_hidden",
                   "pretrain_steps", "pretrain_batch_size", "pretrain_learning_rate", "pretrain_checkpoints",
                   "pretrain_vocab_size", "pretrain_max_length"),
@@ -95,16 +99,21 @@ RUN_STAGES: tuple[Stage, ...] = (
     Stage("data", "01_data.ipynb", "Data", scope="run", modules=("data",),
           params=("seed", "dataset", "fine_tune_languages", "zero_shot_languages", "label", "train_per_language",
                   "test_per_language", "parallel_train", "test_translations_in_train", "imbalance_language",
-                  "imbalance_factor", "permuted_language", "permuted_share")),
+                  "imbalance_factor", "permuted_language", "permuted_share", "corpus_dir"),
+          optional_params=("corpus_dir",)),
     Stage("finetune", "02_finetune.ipynb", "Fine-tuning", scope="run", reads=(("data", "same"), ("pretrain", "same")),
-          modules=("finetune", "models"),
+          modules=("finetune", "models/__init__"),
           params=("model", "trim_vocabulary", "max_length", "epochs", "batch_size", "learning_rate", "warmup_ratio",
-                  "reinit_top_layers", "pretrain_checkpoint")),
-    Stage("tracin", "03_tracin.ipynb", "TracIn", scope="run", reads=(("finetune", "same"),), modules=("tracin",),
-          params=("tracin_params", "tracin_similarity", "tracin_batch_size", "device")),
+                  "model_dir", "device", "precision", "reinit_top_layers", "pretrain_checkpoint"),
+          optional_params=("model_dir", "device", "precision", "reinit_top_layers", "pretrain_checkpoint")),
+    Stage("tracin", "03_tracin.ipynb", "TracIn", scope="run", reads=(("finetune", "same"),),
+          modules=("tracin", "tracin_shard"),
+          params=("tracin_params", "tracin_similarity", "tracin_batch_size", "device", "precision", "tracin_processes"),
+          optional_params=("precision", "tracin_processes")),
     Stage("tracin_groups", "04_tracin_groups.ipynb", "TracIn by parameter group", scope="run",
           reads=(("finetune", "same"),), modules=("tracin",),
-          params=("attribution_groups", "attribution_test_per_language", "tracin_batch_size", "device")),
+          params=("attribution_groups", "attribution_test_per_language", "tracin_batch_size", "device", "precision"),
+          optional_params=("precision",)),
 )
 
 
@@ -227,7 +236,9 @@ def run_instance(stage: Stage, run: Run, study: Study) -> Instance:
     inputs = [Input("same", up, run.name, run_instance(get(up), run, study).identity) for up, _ in stage.reads
               if get(up).applies(run)]
     params = {k: run.params[k] for k in stage.params}
-    identity = _hash(stage.name, params, [i.identity for i in inputs])[:16]
+    named = {k: v for k, v in params.items()
+             if not (k in stage.optional_params and v == config.PARAMETERS[k].default)}
+    identity = _hash(stage.name, named, [i.identity for i in inputs])[:16]
     return Instance(stage, run, params, inputs, identity)
 
 

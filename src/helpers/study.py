@@ -223,7 +223,8 @@ def check_feasible(runs: dict[str, Run]) -> None:
     cuda`` without CUDA, sample sizes beyond what the corpus has."""
     import torch
 
-    from . import data, models, pretrain, tracin
+    from . import data, models, tracin
+    from .models import pretrain
     from .stages import get as get_stage  # stages imports this module
 
     data_stage = get_stage("data")
@@ -237,9 +238,15 @@ def check_feasible(runs: dict[str, Run]) -> None:
                               "'auto' or 'cpu'")
         n_labels = len(data.LABELS[p["label"]].names)
         inhouse = p["model"] == "inhouse-mlm"
-        key = json.dumps([p["model"], n_labels, p["pretrain_layers"] if inhouse else 0, p["pretrain_hidden"] if inhouse else 0])
+        key = json.dumps([p["model"], n_labels, p["model_dir"], p["pretrain_layers"] if inhouse else 0,
+                          p["pretrain_hidden"] if inhouse else 0])
         if key not in skeletons:
-            skeletons[key] = models.skeleton(p["model"], n_labels, p)
+            if models.get(p["model"]).source == "hub":
+                try:  # fails fast, naming model_dir, when the hub is out of reach and nothing is cached
+                    models.require_available(p["model"], p["model_dir"])
+                except models.ModelUnavailableError as err:
+                    raise ConfigError(f"run {run.variant!r}: {err}") from None
+            skeletons[key] = models.skeleton(p["model"], n_labels, p["model_dir"], params=p)
         model = skeletons[key]  # None: a hub model whose architecture is not known here
         if model is not None and p["reinit_top_layers"]:
             n_layers = len(tracin.encoder_layers(model)[1])
@@ -264,6 +271,8 @@ def check_feasible(runs: dict[str, Run]) -> None:
                 data.sample_keys(p)
             except data.SizeError as err:
                 raise ConfigError(f"{where}s ask for more samples than the corpus has ({err})") from None
+            except data.CorpusUnavailableError as err:
+                raise ConfigError(f"run {run.variant!r}: {err}") from None
             sampled.add(sizes)
 
 

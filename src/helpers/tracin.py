@@ -882,14 +882,28 @@ def _free_memory(device: torch.device) -> int:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class Plan:
     """How :meth:`TracIn.scores` walks the data: test samples per bank (each chunk is one more pass over the training
     set), training samples scored against the bank at once, and whether the bank's Linear weight gradients are
-    formed once and kept (``dense_bank``) or kept factored and formed again for every training block."""
+    formed once and kept (``dense_bank``) or kept factored and formed again for every training block.
+
+    A training row's scores depend only on its block (the rows ``[b * train_block, (b + 1) * train_block)``) and the
+    bank, never on the other blocks: runs that share a plan give bit-identical rows however the blocks are split
+    among processes (:mod:`helpers.tracin_shard`)."""
 
     test_chunk: int
     train_block: int
     dense_bank: bool
+
+
+
+def shard_blocks(n_train: int, train_block: int, rank: int, world: int) -> list[range]:
+    """The training blocks process ``rank`` of ``world`` scores: blocks ``rank, rank + world, ...`` (interleaved, so
+    that every process gets a similar mix of the length-sorted data)."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in 0..{world - 1}")
+    starts = range(0, n_train, train_block)
+    return [range(a, min(a + train_block, n_train)) for b, a in enumerate(starts) if b % world == rank]
 
 
 def _default_loader(path: str) -> nn.Module:
@@ -983,8 +997,8 @@ class TracIn:
                                  f"e.g. {sorted(sel - scored_names)[0]}")
         return signatures
 
-    def _plan(self, scored: list[_Scored], train: _Examples, test: _Examples) -> _Plan:
-        """Test chunk, training block and bank form, from half the free memory (:class:`_Plan`)."""
+    def _plan(self, scored: list[_Scored], train: _Examples, test: _Examples) -> Plan:
+        """Test chunk, training block and bank form, from half the free memory (:class:`Plan`)."""
         elem = torch.finfo(self._storage).bits // 8
         factored = [s for s in scored if s.factored]
         per_token = sum(s.module.weight.shape[0] + s.module.weight.shape[1] for s in factored) * elem
@@ -1004,11 +1018,11 @@ class TracIn:
         chunk = test.n if self.test_chunk_size is None else min(self.test_chunk_size, test.n)
         block = min(train.n, _MAX_TRAIN_BLOCK)
         if chunk * bank_dense + block * train_sample <= budget:
-            return _Plan(test_chunk=chunk, train_block=block, dense_bank=True)
+            return Plan(test_chunk=chunk, train_block=block, dense_bank=True)
         if self.test_chunk_size is None:
             chunk = int(max(1, min(chunk, budget // 2 // bank_factored)))
         block = int(max(1, min(block, (budget - chunk * bank_factored) // train_sample)))
-        return _Plan(test_chunk=chunk, train_block=block, dense_bank=False)
+        return Plan(test_chunk=chunk, train_block=block, dense_bank=False)
 
     def _probe(self, model: nn.Module, scored: list[_Scored], workspace: _Workspace | None = None) -> _Probe:
         probe = _Probe(model, scored, autocast=torch.bfloat16 if self.dtype == "bf16" else None)
@@ -1108,15 +1122,29 @@ class TracIn:
 
     # -- public API --------------------------------------------------------------------------------------------
 
+    def plan(self, train_examples: Sequence[Any], test_examples: Sequence[Any]) -> Plan:
+        """The :class:`Plan` :meth:`scores` would follow here (from the first checkpoint and the free memory)."""
+        train, test = _Examples(train_examples, "train_examples"), _Examples(test_examples, "test_examples")
+        model, scored, _ = self._load(self.checkpoints[0])
+        try:
+            return self._plan(scored, train, test)
+        finally:
+            del model, scored
+
     def scores(self, train_examples: Sequence[Any], test_examples: Sequence[Any],
                train_ids: pd.DataFrame | None = None, test_ids: pd.DataFrame | None = None,
-               progress: bool = True) -> InfluenceScores:
+               progress: bool = True, plan: Plan | None = None,
+               shard: tuple[int, int] | None = None) -> InfluenceScores:
         """Scores of every training sample on every test sample, per checkpoint.
 
         Examples are pre-tokenised: mappings (or a ``datasets.Dataset``) with ``input_ids`` (unpadded, starting with
         the bos/cls id) and ``label``; other columns are ignored here and become the id tables when ``train_ids`` /
-        ``test_ids`` are None.
+        ``test_ids`` are None. ``plan``: follow this :class:`Plan` instead of sizing one from free memory.
+        ``shard=(rank, world)``: score only the training blocks of :func:`shard_blocks` (needs ``plan``, the same in
+        every process); the other rows stay 0 (:mod:`helpers.tracin_shard` writes and merges the shards).
         """
+        if shard is not None and plan is None:
+            raise ValueError("shard=(rank, world) needs the plan every process shares (TracIn.plan on one of them)")
         train, test = _Examples(train_examples, "train_examples"), _Examples(test_examples, "test_examples")
         train_table, test_table = (_ids(train_examples, train_ids, "train_ids"),
                                    _ids(test_examples, test_ids, "test_ids"))
@@ -1125,16 +1153,20 @@ class TracIn:
         group_dot = {g: np.zeros_like(out) for g in self.groups}
         group_sq = {g: (np.zeros((n_ckpt, train.n), np.float32), np.zeros((n_ckpt, test.n), np.float32))
                     for g in self.groups}
-        plan = bar = None
+        bar = None
+        blocks: list[range] | None = None
         workspace = _Workspace()
         arenas = {k: _Arena(self.device) for k in ("bank", "dense bank", "train")}
         for c, checkpoint in enumerate(self.checkpoints):
             model, scored, pad_id = self._load(checkpoint)
             signatures = self._signatures(model, scored) if self.groups else None
-            if plan is None:  # planned once, on the first checkpoint, so every checkpoint does the same passes
-                plan = self._plan(scored, train, test)
+            if blocks is None:  # planned once, on the first checkpoint, so every checkpoint does the same passes
+                if plan is None:
+                    plan = self._plan(scored, train, test)
+                blocks = shard_blocks(train.n, plan.train_block, *(shard or (0, 1)))
                 n_chunks = math.ceil(test.n / plan.test_chunk)
-                bar = self._bar(len(self.checkpoints) * (test.n + n_chunks * train.n), progress, "scores")
+                n_rows = sum(len(b) for b in blocks)
+                bar = self._bar(len(self.checkpoints) * (test.n + n_chunks * n_rows), progress, "scores")
             bar.set_postfix_str(f"{checkpoint.name}, {n_chunks} test chunk(s)", refresh=False)
             with self._probe(model, scored, workspace) as probe:
                 for start in range(0, test.n, plan.test_chunk):
@@ -1145,9 +1177,8 @@ class TracIn:
                     if plan.dense_bank:
                         arenas["dense bank"].reset()
                         bank.densify(arenas["dense bank"])
-                    for first in range(0, train.n, plan.train_block):
-                        block = self._collect(probe, train, range(first, min(first + plan.train_block, train.n)),
-                                              pad_id, bar, arenas["train"], signatures)
+                    for rows in blocks:
+                        block = self._collect(probe, train, rows, pad_id, bar, arenas["train"], signatures)
                         scores, parts = self._score(scored, block, bank, workspace, signatures)
                         cells = np.ix_(block.rows, bank.rows)
                         out[c][cells] = (scores * checkpoint.learning_rate).cpu().numpy()
@@ -1194,3 +1225,55 @@ class TracIn:
         bar.close()
         return SelfInfluence(per_checkpoint=out, checkpoints=[c.name for c in self.checkpoints],
                              learning_rates=[c.learning_rate for c in self.checkpoints], train_ids=table)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Precision: bf16 only where it passes the accuracy gates against fp32
+
+#: The gates bf16 scores must pass against fp32 (per test column): Spearman correlation, and how many of the fp32
+#: top-10 proponents bf16 also ranks in its top 10.
+GATE_SPEARMAN, GATE_TOP10 = 0.99, 9
+
+
+def precision_gate(fp32: np.ndarray, bf16: np.ndarray, top: int = 10) -> dict[str, Any]:
+    """Compare two (n_train, n_test) score matrices column by column: the smallest Spearman correlation and the
+    smallest top-``top`` overlap; ``passed`` when they meet :data:`GATE_SPEARMAN` and :data:`GATE_TOP10`."""
+    from scipy.stats import spearmanr
+
+    if fp32.shape != bf16.shape:
+        raise ValueError(f"score matrices of shapes {fp32.shape} and {bf16.shape}")
+    top = min(top, fp32.shape[0])
+    rhos, overlaps = [], []
+    for j in range(fp32.shape[1]):
+        rho = spearmanr(fp32[:, j], bf16[:, j]).statistic
+        rhos.append(float(rho) if np.isfinite(rho) else 0.0)
+        overlaps.append(len(set(np.argsort(-fp32[:, j])[:top]) & set(np.argsort(-bf16[:, j])[:top])))
+    need = GATE_TOP10 * top / 10
+    out = {"spearman_min": min(rhos), "top_overlap_min": min(overlaps), "top": top}
+    out["passed"] = out["spearman_min"] >= GATE_SPEARMAN and out["top_overlap_min"] >= need
+    return out
+
+
+def choose_dtype(precision: str, checkpoints: Sequence[Checkpoint], train_examples: Sequence[Any],
+                 test_examples: Sequence[Any], device: str | torch.device | None = None, sample: tuple[int, int] = (
+                     256, 16), **engine: Any) -> tuple[str, dict[str, Any]]:
+    """The dtype TracIn runs in for the ``precision`` parameter: ``fp32`` on a CPU and for ``fp32``; ``bf16`` for
+    ``bf16`` on CUDA; ``auto`` on CUDA scores a sample (the first checkpoint, the first ``sample`` training and test
+    samples) in both and takes bf16 only if it passes :func:`precision_gate`, else fp32. Returns (dtype, the gate's
+    figures or {}); ``engine``: the other :class:`TracIn` arguments (params, similarity, batch_size, groups)."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"parameter 'precision' is {precision!r}; allowed: ['auto', 'fp32', 'bf16']")
+    where = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    if where.type != "cuda" or precision == "fp32":
+        return "fp32", {}
+    if precision == "bf16":
+        return "bf16", {}
+    engine = {k: v for k, v in engine.items() if k != "groups"}
+    n_train, n_test = min(sample[0], len(train_examples)), min(sample[1], len(test_examples))
+    take = (lambda ex, n: ex.select(range(n))) if hasattr(train_examples, "select") else (lambda ex, n: list(ex)[:n])
+    tr, te = take(train_examples, n_train), take(test_examples, n_test)
+    runs = {d: TracIn(list(checkpoints)[:1], device=where, dtype=d, **engine).scores(tr, te, progress=False).total
+            for d in ("fp32", "bf16")}
+    gate = precision_gate(runs["fp32"], runs["bf16"])
+    gate.update(sample=[n_train, n_test])
+    return ("bf16" if gate["passed"] else "fp32"), gate

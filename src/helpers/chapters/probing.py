@@ -28,7 +28,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from .. import claims, data, finetune, models, pretrain, progress_interval
+from .. import claims, data, finetune, models, progress_interval
+from ..models import pretrain
 from ..neurons import activations, overlap, probing
 from ..stages import Stage
 from . import Result
@@ -62,8 +63,9 @@ def encoder_name(params: dict[str, Any], pretrain_step: str | None = None) -> st
 
 def pretraining_step(run) -> str | None:
     """The pre-training checkpoint a run fine-tuned (its folder's name), or None."""
-    init_from = finetune.load(run["finetune"]).info.get("init_from")
-    return Path(init_from).name if init_from else None
+    if run.params["model"] != "inhouse-mlm":
+        return None
+    return Path(finetune.load(run["finetune"]).info["model_dir"]).name
 
 
 def held_out_verses(runs: list, n: int) -> tuple[pd.DataFrame, list[str]]:

@@ -35,7 +35,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from . import artifacts, data, models, progress_interval
+from .. import artifacts, data, progress_interval
+from .smoke import train_smoke_tokenizer
+from .tokens import BOS_ID, EOS_ID, PAD_ID, tokenize
 
 CHECKPOINTS_FILE = "checkpoints.json"
 #: Verses whose CRC-32 of ``book:chapter:verse`` is divisible by this form the held-out pool (about 5 % of the
@@ -94,7 +96,7 @@ def config(cfg: dict[str, Any], vocab_size: int):
     return BertConfig(vocab_size=int(vocab_size), hidden_size=hidden, num_hidden_layers=cfg["pretrain_layers"],
                       num_attention_heads=max(1, hidden // 64), intermediate_size=4 * hidden,
                       max_position_embeddings=cfg["pretrain_max_length"], type_vocab_size=2,
-                      pad_token_id=models.PAD_ID, bos_token_id=models.BOS_ID, eos_token_id=models.EOS_ID)
+                      pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID)
 
 
 def save_steps(steps: int, n_checkpoints: int) -> list[int]:
@@ -143,15 +145,15 @@ def run(cfg: dict[str, Any], out: Path) -> PretrainOutputs:
     ``out``, with ``checkpoints.json``, ``history.csv`` and ``info.json``."""
     from transformers import BertForMaskedLM, DataCollatorForLanguageModeling, get_linear_schedule_with_warmup
 
-    from .finetune import set_threads
+    from ..finetune import set_threads
 
     start_time = time.perf_counter()
     languages, seed = list(cfg["pretrain_languages"]), int(cfg["seed"])
     texts = corpus(languages, cfg["pretrain_verses_per_language"], seed)
-    tokenizer = models.train_smoke_tokenizer([t for lang in languages for t in texts[lang]],
+    tokenizer = train_smoke_tokenizer([t for lang in languages for t in texts[lang]],
                                              vocab_size=cfg["pretrain_vocab_size"],
                                              model_max_length=cfg["pretrain_max_length"])
-    ids = {lang: models.tokenize(tokenizer, texts[lang], cfg["pretrain_max_length"]) for lang in languages}
+    ids = {lang: tokenize(tokenizer, texts[lang], cfg["pretrain_max_length"]) for lang in languages}
     threads = set_threads()
     torch.manual_seed(seed)
     model = BertForMaskedLM(config(cfg, len(tokenizer)))
@@ -160,7 +162,7 @@ def run(cfg: dict[str, Any], out: Path) -> PretrainOutputs:
 
     def masked(rows: list[list[int]]) -> dict[str, torch.Tensor]:
         batch = collator([{"input_ids": r} for r in rows])
-        return {"input_ids": batch["input_ids"], "attention_mask": (batch["input_ids"] != models.PAD_ID).long(),
+        return {"input_ids": batch["input_ids"], "attention_mask": (batch["input_ids"] != PAD_ID).long(),
                 "labels": batch["labels"]}
 
     with torch.random.fork_rng(devices=[]):  # the held-out masks are fixed, whatever the training draws

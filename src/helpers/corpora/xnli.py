@@ -1,0 +1,20 @@
+"""XNLI (Conneau et al. 2018): natural language inference in 15 languages, the paper's first task.
+
+Hub id ``facebook/xnli``, one configuration per language, splits ``train`` (MNLI machine-translated, 392,702 pairs),
+``validation`` (2,490) and ``test`` (5,010, human-translated); columns ``premise``, ``hypothesis``, ``label``
+(0 entailment, 1 neutral, 2 contradiction). The items of a split are translations of each other row by row, so the
+row number is the id that links them.
+"""
+
+from __future__ import annotations
+
+from .base import HubCorpus, Label
+
+CORPUS = HubCorpus(
+    name="xnli", title="XNLI", hub_id="facebook/xnli",
+    languages=("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh"),
+    labels={"nli": Label(("entailment", "neutral", "contradiction"),
+                         "does the premise entail, leave open or contradict the hypothesis")},
+    text_column="premise", text_pair_column="hypothesis", label_column="label",
+    parallel=True, parallel_by="row number (the splits are aligned row by row across languages)",
+)

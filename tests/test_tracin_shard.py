@@ -1,0 +1,118 @@
+"""Sharded TracIn: 2 processes launched by torchrun on the CPU (gloo) give the same score store as 1 process, bit for
+bit; shards scored apart (--rank/--world-size) merge to the same; the merge refuses incomplete or mixed shards."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import config, data, finetune, tracin, tracin_shard
+
+GROUPS = "head=classifier,last=last_layers:1,words=embeddings"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    """A smoke fine-tuning stage folder: tiny-random on 12 verses x 5 languages, 2 epochs (2 checkpoints)."""
+    root = tmp_path_factory.mktemp("shard")
+    cfg = {**config.defaults("run"), "model": "tiny-random", "train_per_language": 12, "test_per_language": 3,
+           "zero_shot_languages": ["ko"], "epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "max_length": 48}
+    train, test = data.build_splits(cfg)
+    (root / "data").mkdir()
+    data.save_splits(train, test, root / "data")
+    (root / "ft").mkdir()
+    before, threads = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # finetune.set_threads reads it: tiny models run fastest on one thread
+    try:
+        finetune.run(cfg, cfg, root / "data", root / "ft")
+    finally:
+        torch.set_num_threads(before)
+        if threads is None:
+            os.environ.pop("OMP_NUM_THREADS")
+        else:
+            os.environ["OMP_NUM_THREADS"] = threads
+    return root / "ft"
+
+
+def cli(*args, launcher=()):
+    cmd = [sys.executable, *launcher, "-m", "helpers.tracin_shard", *args]
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_two_gloo_processes_equal_one_process_bit_for_bit(finetuned, tmp_path):
+    common = ["score", "--finetune", str(finetuned), "--params", "all", "--groups", GROUPS, "--train-block", "8",
+              "--quiet"]
+    cli(*common, "--out", str(tmp_path / "one"))
+    cli(*common, "--out", str(tmp_path / "two"),
+        launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))
+    one = tracin.InfluenceScores.load(tmp_path / "one" / "scores")
+    two = tracin.InfluenceScores.load(tmp_path / "two" / "scores")
+    assert one.per_checkpoint.shape == (2, 60, 18) and np.abs(one.per_checkpoint).min() > 0  # every cell scored
+    assert np.array_equal(one.per_checkpoint, two.per_checkpoint)
+    for g in ("head", "last", "words"):
+        for key in ("dot", "train_sq", "test_sq"):
+            assert np.array_equal(one.groups[g][key], two.groups[g][key]), (g, key)
+    assert one.train_ids.equals(two.train_ids) and one.test_ids.equals(two.test_ids)
+    assert not (tmp_path / "two" / tracin_shard.SHARDS).exists()  # merged, then removed
+
+    # ... and equal to the engine called in this process with the same plan (one thread, as torchrun's processes)
+    ft = finetune.load(finetuned)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        engine = tracin.TracIn(ft.tracin_checkpoints(), params="all", groups=dict(
+            g.split("=") for g in GROUPS.split(",")))
+        plan = engine.plan(ft.train, ft.test)
+        plan = tracin.Plan(plan.test_chunk, 8, plan.dense_bank)
+        here = engine.scores(ft.train, ft.test, train_ids=ft.ids("train"), test_ids=ft.ids("test"), progress=False,
+                             plan=plan)
+    finally:
+        torch.set_num_threads(before)
+    assert np.array_equal(here.per_checkpoint, one.per_checkpoint)
+
+
+def test_shards_scored_apart_merge_to_the_same_matrix(finetuned, tmp_path):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        common = ["score", "--finetune", str(finetuned), "--params", "last_layers:1", "--train-block", "16",
+                  "--test-chunk", "9", "--quiet", "--out", str(tmp_path)]
+        for rank in (0, 2):
+            assert tracin_shard.main([*common, "--rank", str(rank), "--world-size", "3"]) == 0
+        with pytest.raises(ValueError, match=r"2 shard\(s\) for a world of 3; missing ranks \[1\]"):
+            tracin_shard.merge(tmp_path / tracin_shard.SHARDS)
+        assert tracin_shard.main([*common, "--rank", "1", "--world-size", "3"]) == 0
+        assert tracin_shard.main(["merge", "--out", str(tmp_path), "--keep-shards"]) == 0
+        merged = tracin.InfluenceScores.load(tmp_path / "scores")
+        ft = finetune.load(finetuned)
+        whole = tracin.TracIn(ft.tracin_checkpoints(), params="last_layers:1").scores(
+            ft.train, ft.test, progress=False, plan=tracin.Plan(test_chunk=9, train_block=16, dense_bank=True))
+        assert np.array_equal(merged.per_checkpoint, whole.per_checkpoint)
+        # a shard of another run (another plan) is refused
+        other = tmp_path / "other"
+        assert tracin_shard.main(["score", "--finetune", str(finetuned), "--params", "last_layers:1", "--train-block",
+                                  "8", "--test-chunk", "9", "--quiet", "--out", str(other), "--rank", "0",
+                                  "--world-size", "3"]) == 0
+        (tmp_path / tracin_shard.SHARDS / "shard-0000-of-0003.json").write_bytes(
+            (other / tracin_shard.SHARDS / "shard-0000-of-0003.json").read_bytes())
+        with pytest.raises(ValueError, match=r"\['plan'\] differ from rank 0's"):
+            tracin_shard.merge(tmp_path / tracin_shard.SHARDS)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_blocks_are_dealt_out_once():
+    blocks = [tracin.shard_blocks(21, 4, r, 3) for r in range(3)]
+    rows = sorted(i for shard in blocks for b in shard for i in b)
+    assert rows == list(range(21)) and blocks[1] == [range(4, 8), range(16, 20)]
+    with pytest.raises(ValueError):
+        tracin.shard_blocks(21, 4, 3, 3)
+    with pytest.raises(SystemExit):
+        tracin_shard.main(["score", "--finetune", "x", "--out", "y", "--rank", "0"])  # needs --world-size etc.
