@@ -170,3 +170,50 @@ def test_the_held_out_pool_is_fixed_and_labelled_verses_are_balanced():
     counts = labelled["label"].value_counts()
     assert counts.min() >= 40  # enough per label for a balanced probing set of a few hundred verses
     assert isinstance(labelled, pd.DataFrame)
+
+
+def _planted_states(rng, shared: bool, n: int = 240, d: int = 32, layers: int = 3):
+    """Per language (layers + 1, n, d) states: the label is carried by neurons 0-3 in every language when
+    ``shared``, else by neurons 0-3 in 'en' and 8-11 in 'fr'; the same verse has the same noise in both languages
+    (translations) only at the last layer."""
+    labels = np.arange(n) % 3
+    base = rng.normal(size=(layers + 1, n, d))
+    states = {}
+    for lang, start in (("en", 0), ("fr", 0 if shared else 8)):
+        x = rng.normal(size=(layers + 1, n, d))
+        x[-1] = base[-1] + 0.05 * rng.normal(size=(n, d))
+        x[:, :, start:start + 4] += 3.0 * labels[None, :, None]
+        states[lang] = x
+    return states, labels
+
+
+def test_measure_finds_planted_shared_neurons_and_retrieval_where_translations_agree():
+    from helpers.chapters import probing
+
+    rng = np.random.default_rng(0)
+    cfg = {"probe_depth": 1.0, "probe_neurons": 4, "n_bootstrap": 200, "confidence": 0.95}
+    point = probing.Point("x", "pre-trained", "start", 0, "main-s0")
+    shared, labels = _planted_states(rng, shared=True)
+    summary, layers, pairs = probing.measure(point, shared, labels, cfg)
+    assert summary["overlap"] == 1.0 and pairs[0]["above_chance"]
+    assert summary["retrieval"] > 0.9 and summary["retrieval_low"] <= summary["retrieval"] <= summary["retrieval_high"]
+    assert [r["layer"] for r in layers] == [0, 1, 2, 3]
+    assert max(r["retrieval"] for r in layers[:-1]) < 0.2  # no translation signal below the last layer
+    apart, labels = _planted_states(rng, shared=False)
+    summary, _, pairs = probing.measure(point, apart, labels, cfg)
+    assert summary["overlap"] == 0.0 and not pairs[0]["above_chance"]
+
+
+def test_the_degradation_claim_reads_the_pretraining_trajectory():
+    from helpers.chapters import probing
+
+    def trajectory(values):
+        return pd.DataFrame({"encoder": probing.PRETRAINING, "run": None, "order": range(len(values)),
+                             "checkpoint": [f"step-{i}" for i in range(len(values))], "retrieval": values,
+                             "retrieval_low": [v - 0.02 for v in values], "retrieval_high": [v + 0.02 for v in values]})
+
+    dropped = probing.degradation_claim(trajectory([0.1, 0.5, 0.2, 0.6]))
+    assert dropped.verdict == "supports" and abs(dropped.value - 0.3) < 1e-9 and "step-1 to step-2" in dropped.statistic
+    steady = probing.degradation_claim(trajectory([0.1, 0.2, 0.3, 0.4]))
+    assert steady.verdict != "supports" and steady.value < 0
+    assert probing.degradation_claim(trajectory([0.1, 0.2])).verdict == "not tested"
