@@ -40,6 +40,9 @@ STAGE = Stage("probing", "19_probing.ipynb", "Neurons shared between languages",
               modules=("chapters/probing", "neurons/activations", "neurons/probing", "neurons/overlap", "claims"))
 
 PRETRAINING = "in-house MLM"  # the encoder name of the pre-training checkpoints
+TABLES = ("points", "layers", "pairs", "starts", "verses")
+DEGRADATION = ("Alignment does not grow steadily during pre-training: it degrades in some phases (a drop between "
+               "successive checkpoints).")
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,10 @@ def compute(runs: list, cfg: dict[str, Any]) -> Result:
     """``runs``: the axis runs (``RunInputs`` with ``finetune``, and ``pretrain`` for the in-house encoder)."""
     from tqdm import tqdm
 
+    if runs[0].params["dataset"] != "bible":  # the held-out pool and the in-house encoder are Bible verses
+        return Result(tables={name: pd.DataFrame() for name in TABLES}, claims=[claims.not_tested(
+            "W2", STAGE.name, DEGRADATION, claims.RELATED, "translation retrieval over pre-training",
+            f"the alignment axis needs the Bible corpus's parallel verses; dataset is {runs[0].params['dataset']!r}")])
     finetune.set_threads()
     verses, languages = held_out_verses(runs, cfg["alignment_verses"])
     texts = {lang: data.read_verses(lang, verses) for lang in languages}
@@ -207,8 +214,7 @@ def compute(runs: list, cfg: dict[str, Any]) -> Result:
 def degradation_claim(points: pd.DataFrame) -> claims.Claim:
     """Wang et al.'s second finding, on the in-house pre-training trajectory: the largest drop of retrieval between
     successive checkpoints, with an interval from the two checkpoints' bootstrap half-widths."""
-    statement = ("Alignment does not grow steadily during pre-training: it degrades in some phases (a drop between "
-                 "successive checkpoints).")
+    statement = DEGRADATION
     trajectory = points[(points["encoder"] == PRETRAINING) & points["run"].isna()].sort_values("order")
     statistic = "largest drop of translation retrieval between successive in-house pre-training checkpoints"
     if len(trajectory) < 3:
