@@ -19,7 +19,7 @@ import altair as alt
 import pandas as pd
 import vl_convert as vlc
 
-from . import data
+from . import languages
 
 FONT = "DejaVu Sans, Helvetica, Arial, sans-serif"
 BUNDLE = "vega-bundle.js"  # in book/_static, loaded by every page (see _config.yml)
@@ -87,12 +87,12 @@ def accuracy_curves(history: pd.DataFrame, fine_tune_languages: list[str], n_lab
     """Test accuracy per language after each epoch (epoch 0: before fine-tuning); dashed: zero-shot languages."""
     frame = history.assign(seen=history["language"].isin(fine_tune_languages).map({True: "fine-tuned",
                                                                                   False: "zero-shot"}),
-                           name=history["language"].map(lambda c: data.LANGUAGES[c].name))
+                           name=history["language"].map(languages.name))
     base = alt.Chart(frame).encode(
         x=alt.X("epoch:O", title="epoch (0 = before fine-tuning)", axis=alt.Axis(labelAngle=0)),
         y=alt.Y("accuracy:Q", title="test accuracy", scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("name:N", title="language", sort=[data.LANGUAGES[c].name
-                                                          for c in _language_order(frame["language"])]),
+        color=alt.Color("name:N", title="language",
+                        sort=[languages.name(c) for c in _language_order(frame["language"])]),
         strokeDash=alt.StrokeDash("seen:N", title="", sort=["fine-tuned", "zero-shot"]),
         tooltip=tooltips(frame, ["name", "epoch", "accuracy", "seen"]),
     )
