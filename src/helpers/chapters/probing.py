@@ -14,7 +14,8 @@ pre-trained on, :func:`helpers.pretrain.held_out`, and in no axis run's training
   greedily (:func:`helpers.neurons.probing.select_neurons`); per pair, the share they have in common, next to what
   two random selections would share (:mod:`helpers.neurons.overlap`);
 
-at the layer of ``probe_depth`` (the tables) and at every layer (the summary figure). This stage reads checkpoints
+at the layer of ``probe_depth`` (the tables) and, before fine-tuning and at its last checkpoint, at every layer (the
+summary figure). This stage reads checkpoints
 only: changing ``top_k`` does not rerun it (the alignment chapter, which reads it and TracIn, reruns alone).
 """
 
@@ -92,17 +93,18 @@ def held_out_verses(runs: list, n: int) -> tuple[pd.DataFrame, list[str]]:
     return chosen, languages
 
 
-def measure(point: Point, states: dict[str, np.ndarray], labels: np.ndarray, cfg: dict[str, Any]
-            ) -> tuple[dict[str, Any], list[dict], list[dict]]:
-    """Retrieval and neuron overlap of one encoder state at every layer: (summary row at the probed layer, with a
-    bootstrap interval over verses for retrieval; per-layer rows; per-pair rows at the probed layer)."""
+def measure(point: Point, states: dict[str, np.ndarray], labels: np.ndarray, cfg: dict[str, Any],
+            every_layer: bool = True) -> tuple[dict[str, Any], list[dict], list[dict]]:
+    """Retrieval and neuron overlap of one encoder state at every layer (or at the probed layer only): (summary row
+    at the probed layer, with a bootstrap interval over verses for retrieval; per-layer rows; per-pair rows at the
+    probed layer)."""
     languages = list(states)
     n_layers, _, d = next(iter(states.values())).shape
     n_layers -= 1
     probed = activations.layer_at(cfg["probe_depth"], n_layers)
     k = min(cfg["probe_neurons"], d)
     layer_rows, pair_rows, summary = [], [], {}
-    for layer in range(n_layers + 1):
+    for layer in range(n_layers + 1) if every_layer else [probed]:
         selections = {lang: probing.select_neurons(states[lang][layer], labels, n_neurons=k, seed=0)
                       for lang in languages}
         pairs = overlap.pairwise({lang: s.neurons for lang, s in selections.items()}, d=d,
@@ -188,13 +190,16 @@ def compute(runs: list, cfg: dict[str, Any]) -> Result:
     labels = verses["label"].to_numpy()
     max_length = runs[0].params["max_length"]
     summaries, layer_rows, pair_rows = [], [], []
-    for point, load in tqdm(plan(runs), desc="probing encoder states", unit="checkpoint",
-                            mininterval=progress_interval()):
+    jobs = plan(runs)
+    last = {p.run: p.order for p, _ in jobs if p.phase == "fine-tuned"}
+    for point, load in tqdm(jobs, desc="probing encoder states", unit="checkpoint", mininterval=progress_interval()):
         model, tokenizer, vocab = load()
         states = {lang: activations.pooled_states(model, activations.token_ids(tokenizer, t, max_length, vocab))
                   for lang, t in texts.items()}
         del model
-        summary, layers, pairs = measure(point, states, labels, cfg)
+        # every layer before fine-tuning and at its end; the probed layer alone in between (the cost is per layer)
+        every_layer = point.phase == "pre-trained" or point.order == last.get(point.run)
+        summary, layers, pairs = measure(point, states, labels, cfg, every_layer)
         summaries.append(summary)
         layer_rows += layers
         pair_rows += pairs
