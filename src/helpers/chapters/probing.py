@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .. import claims, data, finetune, models, progress_interval
+from ..corpora import bible
 from ..models import pretrain
 from ..neurons import activations, overlap, probing
 from ..stages import Stage
@@ -81,7 +82,7 @@ def held_out_verses(runs: list, n: int) -> tuple[pd.DataFrame, list[str]]:
     keys = keys[pretrain.held_out(keys)].copy()
     keys["label"] = keys["book"].map(task.books)
     keys = keys.dropna(subset=["label"]).astype({"label": int})
-    keys["pair_id"] = keys["book"].astype(str) + "." + keys["chapter"].astype(str) + "." + keys["verse"].astype(str)
+    keys["pair_id"] = bible.pair_ids(keys)
     trained = set().union(*(set(finetune.load(r["finetune"]).ids("train")["pair_id"]) for r in runs))
     keys = keys[~keys["pair_id"].isin(trained)].sample(frac=1, random_state=0)
     per_label = -(-n // len(task.names))

@@ -100,6 +100,11 @@ def verse_keys() -> pd.DataFrame:
                            "WHERE bbName = 'k' ORDER BY book, chapter, verse", con)
 
 
+def pair_ids(keys: pd.DataFrame) -> pd.Series:
+    """The id shared by a verse's translations (``book.chapter.verse``), from columns book, chapter, verse."""
+    return keys["book"].astype(str) + "." + keys["chapter"].astype(str) + "." + keys["verse"].astype(str)
+
+
 @lru_cache(maxsize=None)
 def _translation(bb: str) -> pd.DataFrame:
     """Every verse of one translation (read once per process: the splits of a study, or of the tests, read each
@@ -156,7 +161,7 @@ def sample_keys(cfg: Mapping[str, Any]) -> tuple[dict[str, pd.DataFrame], dict[s
     keys = verse_keys().copy()
     keys["label"] = keys["book"].map(task.books)
     keys = keys.dropna(subset=["label"]).astype({"label": int})
-    keys["pair_id"] = keys["book"].astype(str) + "." + keys["chapter"].astype(str) + "." + keys["verse"].astype(str)
+    keys["pair_id"] = pair_ids(keys)
     n_labels = len(task.names)
     test_languages = list(fine_tune_languages) + list(zero_shot_languages)
     sizes = train_sizes(cfg)
@@ -221,7 +226,7 @@ class Bible(Corpus):
         keys = verse_keys().copy()
         keys["label"] = keys["book"].map(LABELS["genre"].books)
         keys = keys.dropna(subset=["label"]).astype({"label": int})
-        keys["pair_id"] = keys["book"].astype(str) + "." + keys["chapter"].astype(str) + "." + keys["verse"].astype(str)
+        keys["pair_id"] = pair_ids(keys)
         return keys.assign(text=read_verses(language, keys))[["pair_id", "book", "label", "text"]]
 
     def sample_keys(self, cfg):
