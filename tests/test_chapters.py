@@ -236,3 +236,39 @@ def test_reproducibility_parameter_table_shows_where_runs_differ():
     assert table.loc["imbalance_factor", "in imbalance4-s0"] == "4"
     assert table.loc["seed", "in main-s1"] == "1" and table.loc["seed", "in imbalance4-s0"] == ""
     assert table.loc["epochs", [c for c in table.columns if c.startswith("in ")]].eq("").all()
+
+
+def test_alignment_sees_the_unaligned_encoder_drawing_on_its_own_language_and_overlap_tracking_sharing(
+        tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from helpers.chapters import alignment
+
+    train, test = frames()
+    aligned = fake_run(tmp_path, "main-s0", [own_language_scores(train, test, 0)], train, test)
+    unaligned = fake_run(tmp_path, "mlm-s0", [own_language_scores(train, test, 10)], train, test,
+                         model="inhouse-mlm")
+    accuracy = {"main-s0": [0.7, 0.75, 0.8], "mlm-s0": [0.3, 0.35, 0.4]}  # rising with the overlap below
+    for run in (aligned, unaligned):
+        run.folders["finetune"] = tmp_path / run.name / "finetune"
+    monkeypatch.setattr(alignment.finetune, "load", lambda folder: SimpleNamespace(history=pd.DataFrame(
+        {"epoch": 3, "language": LANGS, "accuracy": accuracy[Path(folder).parent.name]})))
+    probing = tmp_path / "probing"
+    probing.mkdir()
+    pd.DataFrame([{"variant": "main", "run": "main-s0", "encoder": "e5", "retrieval": 0.9, "retrieval_low": 0.85,
+                   "retrieval_high": 0.95, "overlap": 0.5},
+                  {"variant": "mlm", "run": "mlm-s0", "encoder": "in-house", "retrieval": 0.05, "retrieval_low": 0.02,
+                   "retrieval_high": 0.08, "overlap": 0.1}]).to_csv(probing / "starts.csv", index=False)
+    pairs = [{"encoder": encoder, "phase": "fine-tuned", "checkpoint": f"epoch{epoch}", "order": epoch, "run": run,
+              "language_a": a, "language_b": b, "overlap": base + 0.01 * i + (0.3 if epoch == 1 else 0)}
+             for run, encoder, base in (("main-s0", "e5", 0.5), ("mlm-s0", "in-house", 0.05))
+             for epoch in (1, 2) for i, (a, b) in enumerate([("en", "fr"), ("en", "de"), ("fr", "de")])]
+    pd.DataFrame(pairs).to_csv(probing / "pairs.csv", index=False)
+    result = alignment.compute(probing, [aligned, unaligned], CFG)
+    assert verdicts(result) == {"AL1": "supports", "AL2": "supports", "W1": "supports"}
+    axis = result.tables["axis"].set_index("encoder")
+    assert axis.loc["in-house", "own"] == 1.0 and axis.loc["e5", "own"] < 0.6
+    assert result.tables["pair_points"]["overlap"].max() < 0.6  # the last checkpoint's overlap, not the first's
+    assert len(result.tables["pair_points"]) == 2 * 6  # ordered pairs of 3 languages, per run
+    (probing / "pairs.csv").write_text("")  # the probing chapter measured nothing (not the Bible corpus)
+    assert set(verdicts(alignment.compute(probing, [aligned, unaligned], CFG)).values()) == {"not tested"}
