@@ -217,3 +217,10 @@ def test_the_degradation_claim_reads_the_pretraining_trajectory():
     steady = probing.degradation_claim(trajectory([0.1, 0.2, 0.3, 0.4]))
     assert steady.verdict != "supports" and steady.value < 0
     assert probing.degradation_claim(trajectory([0.1, 0.2])).verdict == "not tested"
+
+
+def test_attribution_groups_are_checked_only_where_they_are_scored(tmp_path, monkeypatch):
+    profile = _study(tmp_path, monkeypatch)
+    study.resolve(profile, ["mlm.attribution_groups=[last_layers:9]"])  # the mlm run has no tracin_groups stage
+    with pytest.raises(ConfigError, match="attribution_groups.*last_layers:9"):
+        study.resolve(profile, ["main.attribution_groups=[last_layers:9]"])

@@ -29,7 +29,7 @@ def test_every_profile_resolves_to_the_runs_its_yaml_declares(profile, monkeypat
     feasibility check needs the hub, which no test reaches: tests/test_paper_smoke.py checks its offline errors.)"""
     spec = raw_profile(profile)
     if spec.get("parameters", {}).get("dataset", "bible") != "bible":
-        monkeypatch.setattr(study, "check_feasible", lambda runs: None)
+        monkeypatch.setattr(study, "check_feasible", lambda runs, grouped=None: None)
     s = study.resolve(profile)
     expected = {}
     for variant, overrides in spec["runs"].items():

@@ -208,19 +208,23 @@ def resolve(profile: str | Path, overrides: list[str] | dict[str, Any] | None = 
         config.check_relations({**smallest.params, **study_params})
     except ConfigError as err:
         raise ConfigError(f"run {smallest.variant!r}: {err}") from None
-    check_feasible(runs)
     study_name = name or profile_path(profile).stem
     try:
         paths.study_dir(study_name)  # refuses names outside the artifacts root
     except ValueError as err:
         raise ConfigError(f"option --study: {err}") from None
-    return Study(study_name, str(profile), study_params, runs)
+    result = Study(study_name, str(profile), study_params, runs)
+    from .stages import plan  # stages imports this module
+
+    check_feasible(runs, {i.run.name for i in plan(result) if i.stage.name == "tracin_groups"})
+    return result
 
 
-def check_feasible(runs: dict[str, Run]) -> None:
+def check_feasible(runs: dict[str, Run], grouped: set[str] | None = None) -> None:
     """What each value allows only with the chosen model, machine and corpus, checked before any work (each would
     otherwise fail minutes into a run): a TracIn parameter subset that selects nothing of the model, ``device:
-    cuda`` without CUDA, sample sizes beyond what the corpus has."""
+    cuda`` without CUDA, sample sizes beyond what the corpus has. ``grouped``: the runs that score
+    ``attribution_groups`` (None: every run), so that a run that does not is not held to them."""
     import torch
 
     from . import data, models, tracin
@@ -258,7 +262,9 @@ def check_feasible(runs: dict[str, Run]) -> None:
                 pretrain.check_size(p["pretrain_languages"], p["pretrain_verses_per_language"])
             except data.SizeError as err:
                 raise ConfigError(f"{where}s ask for more pre-training text than the corpus has ({err})") from None
-        specs = [("tracin_params", p["tracin_params"])] + [("attribution_groups", g) for g in p["attribution_groups"]]
+        specs = [("tracin_params", p["tracin_params"])]
+        if grouped is None or run.name in grouped:
+            specs += [("attribution_groups", g) for g in p["attribution_groups"]]
         for name, spec in specs if model is not None else []:
             try:
                 tracin.select_parameters(model, spec)
