@@ -188,47 +188,47 @@ def alignment_axis(axis: pd.DataFrame) -> alt.LayerChart:
                                                       title="Alignment of the encoder vs own-language share")
 
 
-def alignment_trajectory(points: pd.DataFrame) -> alt.HConcatChart:
-    """Retrieval and neuron overlap (with chance) at every checkpoint, one line per encoder and phase."""
-    frame = points.assign(label=points["encoder"] + " (" + points["phase"] + ")",
-                          position=points["phase"].map({"pre-trained": 0, "fine-tuned": 1}) * 10_000
-                          + points["order"])
-    sort = list(frame.sort_values(["position"])["checkpoint"].drop_duplicates())
+def alignment_trajectory(points: pd.DataFrame) -> alt.VConcatChart:
+    """Retrieval and neuron overlap (dashed: chance) at the probed layer, at every checkpoint, one line per encoder:
+    the in-house encoder's pre-training steps, then each encoder's start of fine-tuning and its epochs."""
+    frame = points.assign(position=(points["phase"] == "fine-tuned") * 10_000 + points["order"]
+                          + (points["checkpoint"] != "start") * (points["phase"] == "pre-trained") * -100_000)
+    sort = list(frame.sort_values("position")["checkpoint"].drop_duplicates())
+    return _two_panels(frame, alt.X("checkpoint:N", sort=sort, title="checkpoint", axis=alt.Axis(labelAngle=0)),
+                       "encoder")
+
+
+def alignment_layers(layers: pd.DataFrame) -> alt.VConcatChart:
+    """Retrieval and neuron overlap (dashed: chance) against relative depth, one line per encoder state."""
+    return _two_panels(layers, alt.X("depth:Q", title="relative depth (0: embeddings' output, 1: last layer)"), "state")
+
+
+def _two_panels(frame: pd.DataFrame, x: alt.X, line: str) -> alt.VConcatChart:
+    """Translation retrieval above neuron overlap (with its chance level dashed), one line per ``line``."""
+    color = alt.Color(f"{line}:N", title=line.replace("_", " "))
+
     def panel(value: str, title: str) -> alt.LayerChart:
-        base = alt.Chart(frame).encode(x=alt.X("checkpoint:N", sort=sort, title="checkpoint"),
-                                       color=alt.Color("label:N", title="encoder"))
+        base = alt.Chart(frame).encode(x=x, color=color, detail=f"{line}:N")
         layers = [base.mark_line(point=True).encode(y=alt.Y(f"{value}:Q", title=title, axis=alt.Axis(format=".0%")),
-                                                    detail="label:N", tooltip=tooltips(frame))]
+                                                    tooltip=tooltips(frame))]
         if value == "overlap":
-            layers.append(base.mark_line(strokeDash=[4, 3], color="gray").encode(y="chance:Q", detail="label:N"))
-        return alt.layer(*layers).properties(width=300, height=220, title=title)
-    return alt.hconcat(panel("retrieval", "translation retrieval"), panel("overlap", "neuron overlap"))
+            layers.append(base.mark_line(strokeDash=[4, 3], opacity=0.6).encode(y="chance:Q"))
+        return alt.layer(*layers).properties(width=420, height=200, title=title)
+
+    return alt.vconcat(panel("retrieval", "translation retrieval"), panel("overlap", "neuron overlap"))
 
 
-def alignment_layers(layers: pd.DataFrame) -> alt.HConcatChart:
-    """Retrieval and neuron overlap against relative depth, one line per encoder state."""
-    def panel(value: str, title: str) -> alt.LayerChart:
-        base = alt.Chart(layers).encode(x=alt.X("depth:Q", title="relative depth (0: embeddings, 1: last layer)"),
-                                        color=alt.Color("state:N", title="encoder state"))
-        out = [base.mark_line(point=True).encode(y=alt.Y(f"{value}:Q", title=title, axis=alt.Axis(format=".0%")),
-                                                 tooltip=tooltips(layers))]
-        if value == "overlap":
-            out.append(base.mark_line(strokeDash=[4, 3], color="gray").encode(y="chance:Q", detail="state:N"))
-        return alt.layer(*out).properties(width=300, height=220, title=title)
-    return alt.hconcat(panel("retrieval", "translation retrieval"), panel("overlap", "neuron overlap"))
-
-
-def overlap_scatter(pairs: pd.DataFrame, transfer: pd.DataFrame) -> alt.HConcatChart:
+def overlap_scatter(pairs: pd.DataFrame, transfer: pd.DataFrame) -> alt.VConcatChart:
     """Neuron overlap against TracIn's cross-lingual share (per ordered language pair) and against accuracy (per
     test language), coloured by encoder."""
     color = alt.Color("encoder:N", title="encoder")
     left = alt.Chart(pairs).mark_point(filled=True, size=50).encode(
         x=alt.X("overlap:Q", title="neuron overlap of the two languages", axis=alt.Axis(format=".0%")),
         y=alt.Y("share:Q", title="share of the other language in the top-k", axis=alt.Axis(format=".0%")),
-        color=color, tooltip=tooltips(pairs)).properties(width=300, height=240, title="Overlap and data sharing")
+        color=color, tooltip=tooltips(pairs)).properties(width=420, height=220, title="Overlap and data sharing")
     right = alt.Chart(transfer).mark_point(filled=True, size=60).encode(
         x=alt.X("overlap:Q", title="mean overlap with the fine-tuning languages", axis=alt.Axis(format=".0%")),
         y=alt.Y("accuracy:Q", title="test accuracy", axis=alt.Axis(format=".0%")),
         color=color, shape=alt.Shape("zero_shot:N", title="zero-shot"),
-        tooltip=tooltips(transfer)).properties(width=300, height=240, title="Overlap and accuracy")
-    return alt.hconcat(left, right)
+        tooltip=tooltips(transfer)).properties(width=420, height=220, title="Overlap and accuracy")
+    return alt.vconcat(left, right)

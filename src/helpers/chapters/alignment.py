@@ -163,13 +163,16 @@ def correlation_claim(claim_id: str, statement: str, stat: pd.Series, statistic:
 
 
 def axis_display(axis: pd.DataFrame) -> pd.DataFrame:
-    out = axis.set_index("encoder")[["seeds", "retrieval", "overlap", "language_blind", "accuracy",
-                                     "zero_shot_accuracy"]].copy()
-    out.insert(3, "own-language share", [f"{o:.1%} ({lo:.1%} to {hi:.1%})" for o, lo, hi in
-                                         zip(axis["own"], axis["own_low"], axis["own_high"])])
-    for col in ("retrieval", "overlap", "language_blind", "accuracy", "zero_shot_accuracy"):
-        out[col] = out[col].map(lambda x: "n/a" if pd.isna(x) else f"{x:.1%}")
-    return out
+    def pct(x: float) -> str:
+        return "n/a" if pd.isna(x) else f"{x:.1%}"
+
+    return pd.DataFrame({"seeds": axis["seeds"].to_numpy(), "retrieval": axis["retrieval"].map(pct).to_numpy(),
+                         "own-language share (interval)": [f"{pct(o)} ({pct(lo)} to {pct(hi)})" for o, lo, hi in
+                                                           zip(axis["own"], axis["own_low"], axis["own_high"])],
+                         "language-blind": axis["language_blind"].map(pct).to_numpy(),
+                         "accuracy": axis["accuracy"].map(pct).to_numpy(),
+                         "zero-shot accuracy": axis["zero_shot_accuracy"].map(pct).to_numpy()},
+                        index=pd.Index(axis["encoder"], name="encoder"))
 
 
 def correlations_display(correlations: pd.DataFrame) -> pd.DataFrame:
@@ -177,4 +180,4 @@ def correlations_display(correlations: pd.DataFrame) -> pd.DataFrame:
     for name in ("pearson", "spearman"):
         out[name] = [f"{v:.2f} ({lo:.2f} to {hi:.2f})" if np.isfinite(v) else "n/a"
                      for v, lo, hi in zip(out[name], out[f"{name}_low"], out[f"{name}_high"])]
-    return out[["x", "y", "n", "pearson", "spearman"]]
+    return out[["x", "y", "n", "pearson", "spearman"]].set_index(["x", "y"])

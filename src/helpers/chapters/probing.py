@@ -249,9 +249,14 @@ def layer_summary(layers: pd.DataFrame) -> pd.DataFrame:
 
 
 def points_display(points: pd.DataFrame) -> pd.DataFrame:
-    cols = ["encoder", "phase", "checkpoint", "layer", "retrieval", "retrieval_low", "retrieval_high", "overlap",
-            "chance", "chance_high", "probe_nmi"] + (["mlm_loss"] if "mlm_loss" in points else [])
-    out = points[cols].copy()
-    for col in ("retrieval", "retrieval_low", "retrieval_high", "overlap", "chance", "chance_high"):
-        out[col] = out[col].map(lambda x: f"{x:.1%}")
-    return out.set_index(["encoder", "phase", "checkpoint"])
+    """The trajectory table: retrieval with its interval, overlap next to chance, probe quality, MLM loss."""
+    out = pd.DataFrame({
+        "layer": points["layer"],
+        "retrieval (interval)": [f"{r:.1%} ({lo:.1%} to {hi:.1%})" for r, lo, hi in
+                                 zip(points["retrieval"], points["retrieval_low"], points["retrieval_high"])],
+        "overlap (chance)": [f"{o:.1%} ({c:.1%})" for o, c in zip(points["overlap"], points["chance"])],
+        "probe NMI": points["probe_nmi"].round(2)})
+    if "mlm_loss" in points:
+        out["MLM loss"] = points["mlm_loss"].round(2)
+    out.index = pd.MultiIndex.from_frame(points[["encoder", "checkpoint"]])
+    return out.fillna("")
