@@ -40,8 +40,8 @@ def finetuned(tmp_path_factory):
     return root / "ft"
 
 
-def cli(*args, launcher=()):
-    cmd = [sys.executable, *launcher, "-m", "helpers.tracin_shard", *args]
+def cli(*args):
+    cmd = [sys.executable, "-m", "helpers.tracin_shard", *args]
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -50,8 +50,14 @@ def test_two_gloo_processes_equal_one_process_bit_for_bit(finetuned, tmp_path):
     common = ["score", "--finetune", str(finetuned), "--params", "all", "--groups", GROUPS, "--train-block", "8",
               "--quiet"]
     cli(*common, "--out", str(tmp_path / "one"))
-    cli(*common, "--out", str(tmp_path / "two"),
-        launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))
+    # torchrun --standalone --nproc_per_node=2 -m helpers.tracin_shard score ... (as the TracIn stage launches it)
+    env = {k: os.environ.get(k) for k in ENV}
+    os.environ.update(ENV)
+    try:
+        tracin_shard.launch(2, finetuned, tmp_path / "two", params="all", groups=GROUPS, train_block=8, quiet=True)
+    finally:
+        for k, v in env.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     one = tracin.InfluenceScores.load(tmp_path / "one" / "scores")
     two = tracin.InfluenceScores.load(tmp_path / "two" / "scores")
     assert one.per_checkpoint.shape == (2, 60, 18) and np.abs(one.per_checkpoint).min() > 0  # every cell scored

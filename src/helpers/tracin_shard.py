@@ -196,14 +196,16 @@ def score(args: argparse.Namespace) -> Path | None:
 
 
 def launch(processes: int, finetune_folder: Path | str, out: Path | str, params: str, similarity: str = "dot",
-           batch_size: int = 32, device: str = "auto", dtype: str = "fp32") -> Path:
+           batch_size: int = 32, device: str = "auto", dtype: str = "fp32", groups: str | None = None,
+           train_block: int | None = None, quiet: bool = False) -> Path:
     """Run :func:`score` in ``processes`` processes with ``torchrun`` (what the TracIn stage does with
     ``tracin_processes`` > 1); returns ``<out>/scores``. The launcher's output goes to this process's."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(processes)}",
            "-m", "helpers.tracin_shard", "score", "--finetune", str(finetune_folder), "--out", str(out),
            "--params", params, "--similarity", similarity, "--batch-size", str(batch_size), "--device", device,
            "--dtype", dtype]
-    subprocess.run(cmd, check=True)
+    cmd += (["--groups", groups] if groups else []) + (["--train-block", str(train_block)] if train_block else [])
+    subprocess.run(cmd + (["--quiet"] if quiet else []), check=True)
     return Path(out) / SCORES
 
 
