@@ -51,7 +51,7 @@ def test_paper_profiles_resolve_and_name_their_assumptions():
         assert raw["dataset"] == dataset and raw["model"] == "xlm-roberta-base"
         assert raw["top_k"] == 100 and len(raw["fine_tune_languages"]) == 5
         for key in ("fine_tune_languages", "zero_shot_languages", "train_per_language", "epochs", "batch_size",
-                    "learning_rate", "max_length", "tracin_params"):
+                    "learning_rate", "max_length", "tracin_params", "top_k"):
             line = next(line for line in text.splitlines() if line.strip().startswith(f"{key}:"))
             assert "ASSUMPTION" in line, f"paper-{task}.yaml: {key} is not labelled an assumption"
         config.check({**config.defaults("run"), **{k: v for k, v in raw.items()
