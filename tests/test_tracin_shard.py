@@ -13,7 +13,7 @@ import torch
 
 from helpers import config, data, finetune, tracin, tracin_shard
 
-GROUPS = "head=classifier,last=last_layers:1,words=embeddings"
+GROUPS = "head=classifier,last=last_layers:1,words=embeddings,every=all"  # every: a sum over the others
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
@@ -54,7 +54,8 @@ def test_two_gloo_processes_equal_one_process_bit_for_bit(finetuned, tmp_path):
     env = {k: os.environ.get(k) for k in ENV}
     os.environ.update(ENV)
     try:
-        tracin_shard.launch(2, finetuned, tmp_path / "two", params="all", groups=GROUPS, train_block=8, quiet=True)
+        tracin_shard.launch(2, finetuned, tmp_path / "two", params="all", train_block=8, quiet=True,
+                            groups=dict(g.split("=") for g in GROUPS.split(",")))
     finally:
         for k, v in env.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
@@ -62,7 +63,7 @@ def test_two_gloo_processes_equal_one_process_bit_for_bit(finetuned, tmp_path):
     two = tracin.InfluenceScores.load(tmp_path / "two" / "scores")
     assert one.per_checkpoint.shape == (2, 60, 18) and np.abs(one.per_checkpoint).min() > 0  # every cell scored
     assert np.array_equal(one.per_checkpoint, two.per_checkpoint)
-    for g in ("head", "last", "words"):
+    for g in ("head", "last", "words", "every"):
         for key in ("dot", "train_sq", "test_sq"):
             assert np.array_equal(one.groups[g][key], two.groups[g][key]), (g, key)
     assert one.train_ids.equals(two.train_ids) and one.test_ids.equals(two.test_ids)
@@ -92,6 +93,10 @@ def test_shards_scored_apart_merge_to_the_same_matrix(finetuned, tmp_path):
                   "--test-chunk", "9", "--quiet", "--out", str(tmp_path)]
         for rank in (0, 2):
             assert tracin_shard.main([*common, "--rank", str(rank), "--world-size", "3"]) == 0
+        assert tracin_shard.main([*common[:-2], "--out", str(tmp_path / "sub"), "--test-per-language", "1",
+                                  "--rank", "0", "--world-size", "1"]) == 0  # one shard: merged at once
+        sub = tracin.InfluenceScores.load(tmp_path / "sub" / "scores")
+        assert sub.per_checkpoint.shape == (2, 60, 6) and sub.test_ids["language"].is_unique
         with pytest.raises(ValueError, match=r"2 shard\(s\) for a world of 3; missing ranks \[1\]"):
             tracin_shard.merge(tmp_path / tracin_shard.SHARDS)
         assert tracin_shard.main([*common, "--rank", "1", "--world-size", "3"]) == 0
