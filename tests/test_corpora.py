@@ -146,3 +146,15 @@ def test_hub_corpus_offline_names_corpus_dir(monkeypatch, tmp_path):
 def test_config_checks_what_the_corpus_allows(over, message):
     with pytest.raises(config.ConfigError, match=message):
         config.check(run_cfg(**over))
+
+
+def test_the_bible_behind_the_same_interface():
+    bible = corpora.get("bible")
+    assert bible.single_pool and bible.parallel and not bible.pairs and set(bible.languages) <= set(languages.LANGUAGES)
+    en = bible.load_split("en")
+    assert len(en) > 25000 and en["pair_id"].is_unique and set(en["label"]) == set(range(6))
+    assert en.loc[en["pair_id"] == "1.1.1", "book"].item() == 1
+    with pytest.raises(ValueError, match="split 'all'"):
+        bible.load_split("en", "test")
+    with pytest.raises(ValueError, match="corpus_dir"):
+        bible.load_split("en", corpus_dir="/data/bible")

@@ -4,8 +4,6 @@ bit; shards scored apart (--rank/--world-size) merge to the same; the merge refu
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ import torch
 
 from helpers import config, data, finetune, tracin, tracin_shard
 
-GROUPS = "head=classifier,last=last_layers:1,words=embeddings"
+GROUPS = "head=classifier,last=last_layers:1,words=embeddings,every=all"  # every: a sum over the others
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
@@ -40,29 +38,20 @@ def finetuned(tmp_path_factory):
     return root / "ft"
 
 
-def cli(*args, launcher=()):
-    cmd = [sys.executable, *launcher, "-m", "helpers.tracin_shard", *args]
-    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-
-
 def test_two_gloo_processes_equal_one_process_bit_for_bit(finetuned, tmp_path):
-    common = ["score", "--finetune", str(finetuned), "--params", "all", "--groups", GROUPS, "--train-block", "8",
-              "--quiet"]
-    cli(*common, "--out", str(tmp_path / "one"))
-    cli(*common, "--out", str(tmp_path / "two"),
-        launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))
-    one = tracin.InfluenceScores.load(tmp_path / "one" / "scores")
+    # torchrun --standalone --nproc_per_node=2 -m helpers.tracin_shard score ... (as the TracIn stages launch it)
+    env = {k: os.environ.get(k) for k in ENV}
+    os.environ.update(ENV)
+    try:
+        tracin_shard.launch(2, finetuned, tmp_path / "two", params="all", train_block=8, quiet=True,
+                            groups=dict(g.split("=") for g in GROUPS.split(",")))
+    finally:
+        for k, v in env.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     two = tracin.InfluenceScores.load(tmp_path / "two" / "scores")
-    assert one.per_checkpoint.shape == (2, 60, 18) and np.abs(one.per_checkpoint).min() > 0  # every cell scored
-    assert np.array_equal(one.per_checkpoint, two.per_checkpoint)
-    for g in ("head", "last", "words"):
-        for key in ("dot", "train_sq", "test_sq"):
-            assert np.array_equal(one.groups[g][key], two.groups[g][key]), (g, key)
-    assert one.train_ids.equals(two.train_ids) and one.test_ids.equals(two.test_ids)
     assert not (tmp_path / "two" / tracin_shard.SHARDS).exists()  # merged, then removed
 
-    # ... and equal to the engine called in this process with the same plan (one thread, as torchrun's processes)
+    # One process: the engine called here with the same plan, on one thread (as torchrun's processes)
     ft = finetune.load(finetuned)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -71,11 +60,16 @@ def test_two_gloo_processes_equal_one_process_bit_for_bit(finetuned, tmp_path):
             g.split("=") for g in GROUPS.split(",")))
         plan = engine.plan(ft.train, ft.test)
         plan = tracin.Plan(plan.test_chunk, 8, plan.dense_bank)
-        here = engine.scores(ft.train, ft.test, train_ids=ft.ids("train"), test_ids=ft.ids("test"), progress=False,
-                             plan=plan)
+        one = engine.scores(ft.train, ft.test, train_ids=ft.ids("train"), test_ids=ft.ids("test"), progress=False,
+                            plan=plan)
     finally:
         torch.set_num_threads(before)
-    assert np.array_equal(here.per_checkpoint, one.per_checkpoint)
+    assert one.per_checkpoint.shape == (2, 60, 18) and np.abs(one.per_checkpoint).min() > 0  # every cell scored
+    assert np.array_equal(one.per_checkpoint, two.per_checkpoint)
+    for g in ("head", "last", "words", "every"):
+        for key in ("dot", "train_sq", "test_sq"):
+            assert np.array_equal(one.groups[g][key], two.groups[g][key]), (g, key)
+    assert one.train_ids.equals(two.train_ids) and one.test_ids.equals(two.test_ids)
 
 
 def test_shards_scored_apart_merge_to_the_same_matrix(finetuned, tmp_path):
@@ -86,6 +80,10 @@ def test_shards_scored_apart_merge_to_the_same_matrix(finetuned, tmp_path):
                   "--test-chunk", "9", "--quiet", "--out", str(tmp_path)]
         for rank in (0, 2):
             assert tracin_shard.main([*common, "--rank", str(rank), "--world-size", "3"]) == 0
+        assert tracin_shard.main([*common[:-2], "--out", str(tmp_path / "sub"), "--test-per-language", "1",
+                                  "--rank", "0", "--world-size", "1"]) == 0  # one shard: merged at once
+        sub = tracin.InfluenceScores.load(tmp_path / "sub" / "scores")
+        assert sub.per_checkpoint.shape == (2, 60, 6) and sub.test_ids["language"].is_unique
         with pytest.raises(ValueError, match=r"2 shard\(s\) for a world of 3; missing ranks \[1\]"):
             tracin_shard.merge(tmp_path / tracin_shard.SHARDS)
         assert tracin_shard.main([*common, "--rank", "1", "--world-size", "3"]) == 0

@@ -111,9 +111,10 @@ RUN_STAGES: tuple[Stage, ...] = (
           params=("tracin_params", "tracin_similarity", "tracin_batch_size", "device", "precision", "tracin_processes"),
           optional_params=("precision", "tracin_processes")),
     Stage("tracin_groups", "04_tracin_groups.ipynb", "TracIn by parameter group", scope="run",
-          reads=(("finetune", "same"),), modules=("tracin",),
-          params=("attribution_groups", "attribution_test_per_language", "tracin_batch_size", "device", "precision"),
-          optional_params=("precision",)),
+          reads=(("finetune", "same"),), modules=("tracin", "tracin_shard"),
+          params=("attribution_groups", "attribution_test_per_language", "tracin_batch_size", "device", "precision",
+                  "tracin_processes"),
+          optional_params=("precision", "tracin_processes")),
 )
 
 

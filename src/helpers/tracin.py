@@ -1036,7 +1036,10 @@ class TracIn:
         in ``arena`` (reset first). With ``signatures`` (groups), also each group signature's squared norms."""
         arena.reset()
         n, cosine = len(rows), self.similarity == "cosine"
-        group_sq = {sig: torch.zeros(n, dtype=torch.float32, device=self.device) for sig in set(signatures or [])}
+        # In module order (not a set's, which follows string hashing and so differs from one process to the next):
+        # a group's norms sum these in this order, and must come out the same in every process and every run.
+        group_sq = {sig: torch.zeros(n, dtype=torch.float32, device=self.device)
+                    for sig in dict.fromkeys(signatures or [])}
         need_norms = cosine or bool(signatures)
         order: list[np.ndarray] = []
         weights: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}

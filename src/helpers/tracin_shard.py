@@ -130,7 +130,7 @@ def _parse_groups(text: str | None) -> dict[str, str] | None:
     if not text:
         return None
     out = {}
-    for item in text.split(","):
+    for item in text.split(","):  # (a re: spec holding a comma cannot be passed this way)
         name, sep, spec = item.partition("=")
         if not sep:
             raise ValueError(f"--groups takes name=spec,name=spec (e.g. head=classifier,all=all); got {item!r}")
@@ -161,20 +161,24 @@ def score(args: argparse.Namespace) -> Path | None:
         dist.init_process_group(backend="nccl" if cuda else "gloo")
     try:
         ft = finetune.load(Path(args.finetune))
+        test, test_ids = ft.test, ft.ids("test")
+        if args.test_per_language:  # the first N test samples of each language (the attribution chapter's subset)
+            rows = test_ids.groupby("language", sort=False).head(args.test_per_language).index.tolist()
+            test, test_ids = ft.test.select(rows), test_ids.iloc[rows].reset_index(drop=True)
         engine = TracIn(ft.tracin_checkpoints(), params=args.params, similarity=args.similarity, device=device,
                         dtype=args.dtype, batch_size=args.batch_size, test_chunk_size=args.test_chunk,
                         groups=_parse_groups(args.groups))
         if args.train_block is not None and args.test_chunk is not None:
             plan = Plan(test_chunk=args.test_chunk, train_block=args.train_block, dense_bank=not args.factored_bank)
         else:
-            plan = engine.plan(ft.train, ft.test) if rank == 0 or not distributed else None
+            plan = engine.plan(ft.train, test) if rank == 0 or not distributed else None
             if args.train_block is not None:
                 plan = Plan(plan.test_chunk, args.train_block, plan.dense_bank) if plan else None
         if distributed:
             box = [asdict(plan) if plan else None]
             dist.broadcast_object_list(box, src=0)
             plan = Plan(**box[0])
-        scores = engine.scores(ft.train, ft.test, train_ids=ft.ids("train"), test_ids=ft.ids("test"),
+        scores = engine.scores(ft.train, test, train_ids=ft.ids("train"), test_ids=test_ids,
                                progress=rank == 0 and not args.quiet, plan=plan, shard=(rank, world))
         rows = np.concatenate([np.arange(b.start, b.stop) for b in shard_blocks(len(ft.train), plan.train_block,
                                                                                 rank, world)] or [np.zeros(0, int)])
@@ -196,14 +200,19 @@ def score(args: argparse.Namespace) -> Path | None:
 
 
 def launch(processes: int, finetune_folder: Path | str, out: Path | str, params: str, similarity: str = "dot",
-           batch_size: int = 32, device: str = "auto", dtype: str = "fp32") -> Path:
+           batch_size: int = 32, device: str = "auto", dtype: str = "fp32", groups: dict[str, str] | None = None,
+           train_block: int | None = None, test_per_language: int | None = None, quiet: bool = False) -> Path:
     """Run :func:`score` in ``processes`` processes with ``torchrun`` (what the TracIn stage does with
     ``tracin_processes`` > 1); returns ``<out>/scores``. The launcher's output goes to this process's."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(processes)}",
            "-m", "helpers.tracin_shard", "score", "--finetune", str(finetune_folder), "--out", str(out),
            "--params", params, "--similarity", similarity, "--batch-size", str(batch_size), "--device", device,
            "--dtype", dtype]
-    subprocess.run(cmd, check=True)
+    if groups:
+        cmd += ["--groups", ",".join(f"{name}={spec}" for name, spec in groups.items())]
+    cmd += ["--train-block", str(train_block)] if train_block else []
+    cmd += ["--test-per-language", str(test_per_language)] if test_per_language else []
+    subprocess.run(cmd + (["--quiet"] if quiet else []), check=True)
     return Path(out) / SCORES
 
 
@@ -217,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                    "embeddings, re:<regex>)")
     p.add_argument("--similarity", default="dot", choices=("dot", "cosine"))
     p.add_argument("--groups", help="name=spec,... parameter groups scored in the same pass (see TracIn(groups=))")
+    p.add_argument("--test-per-language", type=int, help="score only the first N test samples of each language")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))

@@ -2,8 +2,10 @@
 
 Hub id ``facebook/xnli``, one configuration per language, splits ``train`` (MNLI machine-translated, 392,702 pairs),
 ``validation`` (2,490) and ``test`` (5,010, human-translated); columns ``premise``, ``hypothesis``, ``label``
-(0 entailment, 1 neutral, 2 contradiction). The items of a split are translations of each other row by row, so the
-row number is the id that links them.
+(0 entailment, 1 neutral, 2 contradiction). The validation and test items are translations of each other row by row
+(XNLI's ``all_languages`` configuration pairs them so), so the row number is the id that links them; the train split
+(MNLI machine-translated) is taken to be aligned the same way, which was not checked here (no hub access): it matters
+only for ``parallel_train: true`` and for keeping an item out of two languages' training data.
 """
 
 from __future__ import annotations
