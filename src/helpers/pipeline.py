@@ -261,6 +261,12 @@ def publish(study: study_mod.Study, instances: list[stages.Instance]) -> None:
     paths.EXECUTED.mkdir(parents=True)
     for notebook, inst in chosen.items():
         shutil.copy2(paths.executed_notebook(study.name, inst.stage.name, inst.identity), paths.EXECUTED / notebook)
+    for stage in stages.all_stages().values():  # a stage no run of this study has: a page that says so (the TOC
+        if stage.notebook not in chosen:        # lists every stage)
+            page = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
+                f"# {stage.title}\n\nNo run of study `{study.name}` has this stage (for instance, pre-training runs "
+                "only for runs with `model: inhouse-mlm`; see [Re-running](../reproduce)).")])
+            nbformat.write(page, paths.EXECUTED / stage.notebook)
 
 
 def build_book() -> Path:
