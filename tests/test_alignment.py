@@ -61,9 +61,9 @@ def test_the_pretraining_corpus_has_no_parallel_verse_and_no_held_out_one():
         pretrain.corpus_keys(["en", "fr"], 20_000, seed=0)
 
 
-def test_reinit_top_layers_replaces_exactly_the_top_layers():
-    torch.manual_seed(0)
-    before = models.smoke_model(100, num_labels=2, seed=1, layers=3)
+def test_reinit_top_layers_replaces_exactly_the_top_layers_of_a_loaded_checkpoint(tmp_path):
+    models.smoke_model(100, num_labels=2, seed=1, layers=3).save_pretrained(tmp_path / "ckpt")
+    before = models.load_classifier(tmp_path / "ckpt")  # loaded weights: transformers' own initialiser skips them
     state = {k: v.clone() for k, v in before.state_dict().items()}
     torch.manual_seed(5)
     finetune.reinit_top(before, 2)
@@ -71,6 +71,9 @@ def test_reinit_top_layers_replaces_exactly_the_top_layers():
                if k.startswith("bert.encoder.layer.") and not torch.equal(v, state[k])}
     assert changed == {"1", "2"}
     assert all(torch.equal(v, state[k]) for k, v in before.state_dict().items() if not k.startswith("bert.encoder"))
+    top = before.bert.encoder.layer[2]
+    assert abs(float(top.attention.self.query.weight.std()) - before.config.initializer_range) < 0.01
+    assert torch.equal(top.output.LayerNorm.weight, torch.ones_like(top.output.LayerNorm.weight))
     with pytest.raises(ValueError, match="reinit_top_layers.*0..3"):
         finetune.reinit_top(before, 4)
 

@@ -59,9 +59,11 @@ def initial_model(model_name: str, num_labels: int, seed: int, vocab_size: int |
 
 
 def reinit_top(model: torch.nn.Module, n: int) -> torch.nn.Module:
-    """Re-initialise the top ``n`` encoder layers with the model's own initialiser (normal(0, initializer_range)
-    weights, zero biases, unit LayerNorms), drawing from the global torch generator: what pre-training left in them
-    is erased, so the encoder keeps its aligned lower layers but must learn the upper ones from the task."""
+    """Re-initialise the top ``n`` encoder layers as BERT initialises them (linear weights normal(0,
+    initializer_range), zero biases, unit LayerNorms), drawing from the global torch generator: what pre-training
+    left in them is erased, so the encoder keeps its aligned lower layers but must learn the upper ones from the task.
+    Written out rather than ``model._init_weights``: transformers 5 skips weights that were loaded from a checkpoint,
+    which made that a silent no-op on a pretrained model."""
     if n:
         from .tracin import encoder_layers
 
@@ -69,8 +71,16 @@ def reinit_top(model: torch.nn.Module, n: int) -> torch.nn.Module:
         if n > len(layers):
             raise ValueError(f"parameter 'reinit_top_layers' is {n} but the model has {len(layers)} encoder layers; "
                              f"allowed: 0..{len(layers)}")
-        for layer in layers[len(layers) - n:]:
-            layer.apply(model._init_weights)
+        std = model.config.initializer_range
+        with torch.no_grad():
+            for module in (m for layer in layers[len(layers) - n:] for m in layer.modules()):
+                if isinstance(module, torch.nn.Linear):
+                    module.weight.normal_(0.0, std)
+                    if module.bias is not None:
+                        module.bias.zero_()
+                elif isinstance(module, torch.nn.LayerNorm):
+                    module.weight.fill_(1.0)
+                    module.bias.zero_()
     return model
 
 
