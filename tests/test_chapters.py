@@ -270,5 +270,8 @@ def test_alignment_sees_the_unaligned_encoder_drawing_on_its_own_language_and_ov
     assert axis.loc["in-house", "own"] == 1.0 and axis.loc["e5", "own"] < 0.6
     assert result.tables["pair_points"]["overlap"].max() < 0.6  # the last checkpoint's overlap, not the first's
     assert len(result.tables["pair_points"]) == 2 * 6  # ordered pairs of 3 languages, per run
+    accuracy["mlm-s0"] = [0.2, 0.2, 0.2]  # below twice chance (6 genres): the unaligned model learned nothing
+    unlearned = alignment.compute(probing, [aligned, unaligned], CFG).claims_table.set_index("claim_id")
+    assert unlearned.loc["AL1", "verdict"] == "inconclusive" and "did not learn" in unlearned.loc["AL1", "note"]
     (probing / "pairs.csv").write_text("")  # the probing chapter measured nothing (not the Bible corpus)
     assert set(verdicts(alignment.compute(probing, [aligned, unaligned], CFG)).values()) == {"not tested"}

@@ -14,12 +14,13 @@ overlap, :mod:`helpers.chapters.probing`) and TracIn's rankings of the same fine
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .. import analysis, claims, finetune
+from .. import analysis, claims, data, finetune
 from ..neurons import overlap
 from ..stages import STUDY_ROLE, Stage
 from . import Result
@@ -147,10 +148,17 @@ def axis_claim(runs: list, axis: pd.DataFrame, cfg: dict[str, Any]) -> claims.Cl
     diff = claims.difference(_own([r for r in runs if r.run.variant == least["variant"]], cfg),
                              _own([r for r in runs if r.run.variant == most["variant"]], cfg), "own",
                              n_boot=cfg["n_bootstrap"], confidence=cfg["confidence"])
-    return claims.claim("AL1", STAGE.name, statement, claims.METHOD,
-                        f"own-language share of the top-{cfg['top_k']} {cfg['influence_kind']}: {least['encoder']} "
-                        f"(retrieval {least['retrieval']:.0%}) minus {most['encoder']} ({most['retrieval']:.0%})",
-                        diff, 0.0, "no difference", "above")
+    claim = claims.claim("AL1", STAGE.name, statement, claims.METHOD,
+                         f"own-language share of the top-{cfg['top_k']} {cfg['influence_kind']}: {least['encoder']} "
+                         f"(retrieval {least['retrieval']:.0%}) minus {most['encoder']} ({most['retrieval']:.0%})",
+                         diff, 0.0, "no difference", "above")
+    n_labels = len(data.LABELS[runs[0].params["label"]].names)
+    if least["accuracy"] < 2 / n_labels:  # the book's learning criterion (helpers.finetune.learning_verdict)
+        return replace(claim, verdict="inconclusive", note=(
+            f"The least aligned encoder's fine-tuned model did not learn the task (accuracy {least['accuracy']:.0%} "
+            f"against a chance level of {1 / n_labels:.0%}): its TracIn rankings come from a model near chance, so "
+            "the difference says nothing about alignment."))
+    return claim
 
 
 def correlation_claim(claim_id: str, statement: str, stat: pd.Series, statistic: str, source: str) -> claims.Claim:
