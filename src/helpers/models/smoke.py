@@ -52,11 +52,19 @@ def train_smoke_tokenizer(texts: Iterable[str], vocab_size: int = 2000, model_ma
     )
 
 
+def _seeded(model_class, config, seed: int):
+    """``model_class(config)`` initialised from ``seed`` without touching the global torch RNG, in eval mode."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return model_class(config).eval()
+
+
 def smoke_model(vocab_size: int, num_labels: int, seed: int, hidden: int = 64, layers: int = 2, heads: int = 2,
                 ff: int = 128, max_positions: int = 512):
     """A tiny randomly initialised ``BertForSequenceClassification`` (``pad_token_id=1``), deterministic in
     ``seed`` and leaving the global torch RNG untouched. Returned in eval mode."""
-    import torch
     from transformers import BertConfig, BertForSequenceClassification
 
     config = BertConfig(
@@ -64,10 +72,7 @@ def smoke_model(vocab_size: int, num_labels: int, seed: int, hidden: int = 64, l
         intermediate_size=ff, max_position_embeddings=max_positions, type_vocab_size=2,
         num_labels=int(num_labels), pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        model = BertForSequenceClassification(config)
-    return model.eval()
+    return _seeded(BertForSequenceClassification, config, seed)
 
 
 def tiny_xlmr_model(vocab_size: int, num_labels: int, seed: int, hidden: int = 64, layers: int = 2, heads: int = 2,
@@ -75,7 +80,6 @@ def tiny_xlmr_model(vocab_size: int, num_labels: int, seed: int, hidden: int = 6
     """A tiny randomly initialised ``XLMRobertaForSequenceClassification`` with XLM-R base's layout (pad id 1,
     positions numbered from pad + 1, 514 positions, one token type, the two-layer head), deterministic in ``seed``
     and leaving the global torch RNG untouched. Returned in eval mode."""
-    import torch
     from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
 
     config = XLMRobertaConfig(
@@ -83,10 +87,7 @@ def tiny_xlmr_model(vocab_size: int, num_labels: int, seed: int, hidden: int = 6
         intermediate_size=ff, max_position_embeddings=max_positions, type_vocab_size=1,
         num_labels=int(num_labels), pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        model = XLMRobertaForSequenceClassification(config)
-    return model.eval()
+    return _seeded(XLMRobertaForSequenceClassification, config, seed)
 
 
 def xlmr_tokenizer(model_max_length: int = 512):
