@@ -94,6 +94,20 @@ def test_translation_retrieval_is_far_above_chance_on_e5_and_at_chance_on_a_rand
         assert low <= accuracy <= high, (type(model).__name__, accuracy)
 
 
+def test_pooled_states_in_length_batches_keep_the_rows_order():
+    lengths = [9, 3, 12, 3, 7, 5, 12]
+    batches = models.length_batches(lengths, 3)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert [[lengths[i] for i in b] for b in batches] == [[3, 3, 5], [7, 9, 12], [12]]
+    rng = np.random.default_rng(0)
+    ids = [[0, *rng.integers(4, 200, n - 2).tolist(), 2] for n in lengths]
+    model = models.smoke_model(200, num_labels=2, seed=0, hidden=32, layers=2)
+    batched = activations.pooled_states(model, ids, batch_size=3)
+    alone = np.concatenate([activations.pooled_states(model, [x]) for x in ids], axis=1)
+    assert batched.shape == (3, len(ids), 32)
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+
+
 def test_retrieval_hits_and_layer_depths():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(30, 16))

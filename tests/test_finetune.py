@@ -38,6 +38,16 @@ def test_collate_pads_right_and_masks_from_lengths():
     assert batch["labels"].tolist() == [1, 0]
 
 
+def test_predict_gives_each_sample_its_own_logits_in_the_datasets_order(prepared):
+    _, model, _, test_ds, _, _ = prepared
+    model.eval()
+    batched = finetune.predict(model, test_ds, batch_size=4)  # batches of similar length, not in the split's order
+    with torch.no_grad():
+        alone = np.concatenate([model(input_ids=torch.tensor([x])).logits.numpy() for x in test_ds["input_ids"]])
+    assert len(set(len(x) for x in test_ds["input_ids"])) > 1
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+
+
 def test_checkpoint_per_epoch_with_the_mean_scheduled_learning_rate(prepared, tmp_path):
     cfg, model, train_ds, test_ds, _, _ = prepared
     epochs, bs, lr = 2, 8, 1e-3

@@ -1,7 +1,7 @@
 """Damaged, concurrent and hostile inputs never pass as results (one test per finding of the robustness review).
 
-Most tests are cheap (the runner's checks before work, the stage records); one module-scoped smoke study (a single
-run of the tiny model, about a minute on 2 cores) serves the tests that need committed stages.
+Most tests are cheap (the runner's checks before work, the stage records); the session's one-run study of the tiny
+model (``conftest.built``) serves the tests that need committed stages.
 """
 
 import errno
@@ -21,11 +21,8 @@ import yaml
 from helpers import config, data, paths, pipeline, stages, study
 from helpers.config import ConfigError
 
-ONE_RUN = {"parameters": {"model": "tiny-random", "train_per_language": 12, "test_per_language": 6, "max_length": 48,
-                          "epochs": 2, "batch_size": 8, "learning_rate": 0.001, "top_k": 10, "n_bootstrap": 100,
-                          "attribution_test_per_language": 2, "examples_per_language": 1,
-                          "attribution_groups": ["last_layers:1", "classifier"]},
-           "runs": {"main": {}}}
+from studies import ONE_RUN
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
@@ -37,28 +34,6 @@ def profile(tmp_path, monkeypatch):
     path = tmp_path / "one.yaml"
     path.write_text(yaml.safe_dump(ONE_RUN, sort_keys=False))
     return path
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """A committed one-run study (its folder is copied by the tests that damage it)."""
-    root = tmp_path_factory.mktemp("built")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HELPERS_ARTIFACTS", str(root / "artifacts"))
-        mp.setenv("HELPERS_CACHE", str(paths.cache_dir()))
-        mp.setattr(paths, "EXECUTED", root / "executed")
-        (root / "one.yaml").write_text(yaml.safe_dump(ONE_RUN, sort_keys=False))
-        pipeline.run(str(root / "one.yaml"), build=False)
-    return root
-
-
-@pytest.fixture
-def copy_of_built(built, tmp_path, monkeypatch):
-    shutil.copytree(built / "artifacts", tmp_path / "artifacts", symlinks=True)
-    monkeypatch.setenv("HELPERS_ARTIFACTS", str(tmp_path / "artifacts"))
-    monkeypatch.setenv("HELPERS_CACHE", str(paths.cache_dir()))
-    monkeypatch.setattr(paths, "EXECUTED", tmp_path / "executed")
-    return built / "one.yaml"
 
 
 def states_of(profile_path):
@@ -191,8 +166,8 @@ def test_status_reports_damage_and_what_it_makes_stale(copy_of_built, target, ho
 
 
 def test_run_recomputes_what_status_reports_and_the_terminal_stays_quiet(copy_of_built, capfd):
-    target = "finetune"
-    inst, name = damage_largest_file(target, "truncate")  # a checkpoint cut in half
+    target = "tracin_groups"  # few readers, so little to rerun; it prints TracIn's progress bar
+    inst, name = damage_largest_file(target, "truncate")  # its scores cut in half
     rows, s = states_of(copy_of_built)
     assert rows[f"{target}[main-s0]"]["state"] == "damaged"
     predicted = {k for k, r in rows.items() if r["state"] != "up to date"}
@@ -212,7 +187,7 @@ def test_run_recomputes_what_status_reports_and_the_terminal_stays_quiet(copy_of
     lines = [ln for ln in out.splitlines() if ln.strip()]
     assert lines[0].startswith("Study 'one'") and all(ln.startswith(("Study", "[")) for ln in lines), lines
     bars = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip()]
-    assert bars and all("%|" in ln for ln in bars), bars  # TracIn's progress bars (and fine-tuning's)
+    assert bars and all("%|" in ln for ln in bars), bars  # TracIn's progress bar
     assert list((paths.study_dir("one") / "executed").glob("*.kernel.log"))  # the kernel's messages are kept
 
 

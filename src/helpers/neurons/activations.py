@@ -26,20 +26,24 @@ def token_ids(tokenizer, texts: Sequence[str], max_length: int, vocab: models.Vo
 @torch.no_grad()
 def pooled_states(model: torch.nn.Module, ids: Sequence[Sequence[int]], batch_size: int = 64) -> np.ndarray:
     """(layers + 1, samples, hidden) float32: the embeddings' output and each layer's output, mean-pooled over each
-    sample's tokens. ``model``: an encoder or a classifier (its ``base_model`` is used); eval mode."""
+    sample's tokens, in the order of ``ids`` (batches of similar length). ``model``: an encoder or a classifier (its
+    ``base_model`` is used); eval mode."""
     encoder = getattr(model, "base_model", model)
     was = encoder.training
     encoder.eval()
-    out = []
+    out = None
     try:
-        for start in range(0, len(ids), batch_size):
-            batch, mask = models.pad_batch(ids[start: start + batch_size], pad_id=encoder.config.pad_token_id)
+        for rows in models.length_batches([len(x) for x in ids], batch_size):
+            batch, mask = models.pad_batch([ids[i] for i in rows], pad_id=encoder.config.pad_token_id)
             hidden = encoder(input_ids=batch, attention_mask=mask, output_hidden_states=True).hidden_states
             m = mask.unsqueeze(-1).float()
-            out.append(torch.stack([(h.float() * m).sum(1) / m.sum(1).clamp(min=1) for h in hidden]).numpy())
+            pooled = torch.stack([(h.float() * m).sum(1) / m.sum(1).clamp(min=1) for h in hidden]).numpy()
+            if out is None:
+                out = np.zeros((len(hidden), len(ids), pooled.shape[-1]), dtype=np.float32)
+            out[:, rows] = pooled
     finally:
         encoder.train(was)
-    return np.concatenate(out, axis=1)
+    return out
 
 
 def layer_at(depth: float, n_layers: int) -> int:
