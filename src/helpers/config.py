@@ -136,7 +136,7 @@ PARAMETERS: dict[str, Param] = {
         Param("pretrain_layers", int, 4, "layers of the in-house encoder", minimum=1, maximum=24),
         Param("pretrain_hidden", int, 256, "width of the in-house encoder (a multiple of 64; heads of 64)",
               minimum=64, maximum=1024),
-        Param("pretrain_steps", int, 400, "masked-language-modelling steps (one language per batch, in turn)",
+        Param("pretrain_steps", int, 300, "masked-language-modelling steps (one language per batch, in turn)",
               minimum=1),
         Param("pretrain_batch_size", int, 32, "pre-training batch size (sequences)", minimum=1),
         Param("pretrain_learning_rate", float, 5e-4, "pre-training peak learning rate", minimum=0),
@@ -188,7 +188,7 @@ PARAMETERS: dict[str, Param] = {
         Param("counterfactual_zero_shot", bool, False, "also retrain once without each fine-tuning language, to ask "
               "which one a zero-shot language needs most", scope="study"),
         # --- the alignment chapter ---
-        Param("alignment_verses", int, 200, "held-out verses (the same in every test language, about as many per "
+        Param("alignment_verses", int, 160, "held-out verses (the same in every test language, about as many per "
               "label) for translation retrieval and neuron probing", scope="study", minimum=12, maximum=1500),
         Param("probe_depth", float, 0.5, "relative depth of the probed layer (0: the embeddings' output, 1: the last "
               "layer), rounded to each encoder's nearest layer; the summary figure shows every layer",

@@ -53,7 +53,7 @@ class Point:
 
     encoder: str  # which encoder of the axis
     phase: str  # "pre-trained" (a pre-training checkpoint, or the encoder a fine-tuning starts from) or "fine-tuned"
-    checkpoint: str  # "step-400", "start", "epoch3"
+    checkpoint: str  # "step-300", "start", "epoch3"
     order: int  # position along its training (steps or epochs)
     run: str | None  # the fine-tuning run it belongs to (None: a pre-training checkpoint)
 
