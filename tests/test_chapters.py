@@ -273,5 +273,16 @@ def test_alignment_sees_the_unaligned_encoder_drawing_on_its_own_language_and_ov
     accuracy["mlm-s0"] = [0.2, 0.2, 0.2]  # below twice chance (6 genres): the unaligned model learned nothing
     unlearned = alignment.compute(probing, [aligned, unaligned], CFG).claims_table.set_index("claim_id")
     assert unlearned.loc["AL1", "verdict"] == "inconclusive" and "did not learn" in unlearned.loc["AL1", "note"]
+    # An encoder measuring as aligned as e5 (layers above the probed one re-initialised) listed after it: the most
+    # aligned end stays the main run's encoder.
+    accuracy["mlm-s0"] = [0.3, 0.35, 0.4]
+    tied = fake_run(tmp_path, "reinit-s0", [own_language_scores(train, test, 10)], train, test)
+    tied.folders["finetune"] = tmp_path / "reinit-s0" / "finetune"
+    accuracy["reinit-s0"] = [0.7, 0.75, 0.8]
+    starts = pd.read_csv(probing / "starts.csv")
+    tie = starts.iloc[[0]].assign(variant="reinit", run="reinit-s0", encoder="e5, top 1 re-initialised")
+    pd.concat([starts, tie]).to_csv(probing / "starts.csv", index=False)
+    claim = alignment.compute(probing, [aligned, unaligned, tied], CFG).claims_table.set_index("claim_id").loc["AL1"]
+    assert claim["statistic"].endswith("minus e5 (90%)") and claim["value"] > 0.3, claim["statistic"]
     (probing / "pairs.csv").write_text("")  # the probing chapter measured nothing (not the Bible corpus)
     assert set(verdicts(alignment.compute(probing, [aligned, unaligned], CFG)).values()) == {"not tested"}

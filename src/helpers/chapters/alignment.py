@@ -140,11 +140,14 @@ def compute(probing_folder, runs: list, cfg: dict[str, Any]) -> Result:
 
 def axis_claim(runs: list, axis: pd.DataFrame, cfg: dict[str, Any]) -> claims.Claim:
     statement = AXIS
-    ranked = axis.dropna(subset=["retrieval"]).sort_values("retrieval")
+    ranked = axis.dropna(subset=["retrieval"]).sort_values("retrieval", kind="stable")
     if len(ranked) < 2 or ranked["retrieval"].iloc[0] >= ranked["retrieval"].iloc[-1]:
         return claims.not_tested("AL1", STAGE.name, statement, claims.METHOD, "own-language share difference",
                                  "the study has fewer than two encoders of different alignment on the axis")
-    least, most = ranked.iloc[0], ranked.iloc[-1]
+    # Ties (e5 with only layers above the probed one re-initialised measures as e5 itself): the first encoder in
+    # the study's order, i.e. the main run's.
+    least = ranked.iloc[0]
+    most = ranked[ranked["retrieval"] == ranked["retrieval"].iloc[-1]].iloc[0]
     diff = claims.difference(_own([r for r in runs if r.run.variant == least["variant"]], cfg),
                              _own([r for r in runs if r.run.variant == most["variant"]], cfg), "own",
                              n_boot=cfg["n_bootstrap"], confidence=cfg["confidence"])
