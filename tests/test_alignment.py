@@ -34,6 +34,8 @@ def test_pretraining_runs_in_seconds_and_its_held_out_loss_falls(pretrained):
     assert pretrained.info["seconds"] < 120
     # one language per batch, the languages in turn
     assert list(pretrained.history["language"][:6]) == ["en", "fr", "ru"] * 2
+    summary = pretrain.loss_summary(pretrained, TINY["pretrain_vocab_size"])
+    assert f"{losses[0]:.2f} at step 0, {losses[-1]:.2f} at step 45" in summary and "fell in 3 of 3 languages" in summary
 
 
 def test_a_pretraining_checkpoint_loads_as_a_classifier_with_its_tokenizer(pretrained):

@@ -347,9 +347,16 @@ def retrain(folder: Path, params: dict[str, Any], remove: Collection[int] = (), 
     return model, history, checkpoints
 
 
+def learning_threshold(n_labels: int) -> float:
+    """The book's criterion for a model that learned the task: mean test accuracy over the fine-tuning languages at
+    least twice chance (the fine-tuning page, the scoreboard's FT1 and the alignment chapter's AL1 all use it)."""
+    return 2 / n_labels
+
+
 def learning_verdict(mean_accuracy: float, n_labels: int, epochs: int) -> str:
-    """Did the model learn? Criterion: mean accuracy over the fine-tuning languages at least twice chance."""
+    """Did the model learn? :func:`learning_threshold`."""
     chance = 1 / n_labels
-    learned = "learns the task" if mean_accuracy >= 2 * chance else "does **not** clearly learn the task"
+    learned = ("learns the task" if mean_accuracy >= learning_threshold(n_labels)
+               else "does **not** clearly learn the task")
     return (f"After {epochs} epochs, mean test accuracy over the fine-tuning languages is {mean_accuracy:.0%} "
             f"against a chance level of {chance:.0%}: the model {learned} (criterion: at least twice chance).")

@@ -156,7 +156,7 @@ def axis_claim(runs: list, axis: pd.DataFrame, cfg: dict[str, Any]) -> claims.Cl
                          f"(retrieval {least['retrieval']:.0%}) minus {most['encoder']} ({most['retrieval']:.0%})",
                          diff, 0.0, "no difference", "above")
     n_labels = len(data.LABELS[runs[0].params["label"]].names)
-    if least["accuracy"] < 2 / n_labels:  # the book's learning criterion (helpers.finetune.learning_verdict)
+    if least["accuracy"] < finetune.learning_threshold(n_labels):
         return replace(claim, verdict="inconclusive", note=(
             f"The least aligned encoder's fine-tuned model did not learn the task (accuracy {least['accuracy']:.0%} "
             f"against a chance level of {1 / n_labels:.0%}): its TracIn rankings come from a model near chance, so "

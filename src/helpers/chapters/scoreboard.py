@@ -53,9 +53,10 @@ def learning_claim(runs: list, n_boot: int = 1000, confidence: float = 0.95) -> 
         for lang, acc, n in zip(last["language"], last["accuracy"], last["n"]):
             correct = int(round(acc * n))
             rows += [{"run": run.name, "test_language": lang, "correct": float(i < correct)} for i in range(int(n))]
-    chance = 1 / len(data.LABELS[runs[0].params["label"]].names)
+    n_labels = len(data.LABELS[runs[0].params["label"]].names)
+    chance = 1 / n_labels
     frame = pd.DataFrame(rows)
     return claims.claim("FT1", STAGE.name, "The fine-tuned model learns the task (the analyses need a model that "
                         "learned something).", claims.METHOD, "test accuracy over the fine-tuning languages, last "
                         "epoch, main run", claims.interval(frame, "correct", n_boot, confidence),
-                        2 * chance, f"twice chance ({chance:.0%} x 2)", "above")
+                        finetune.learning_threshold(n_labels), f"twice chance ({chance:.0%} x 2)", "above")
