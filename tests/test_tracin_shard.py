@@ -26,7 +26,7 @@ def finetuned(tmp_path_factory):
     data.save_splits(train, test, root / "data")
     (root / "ft").mkdir()
     before, threads = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"  # finetune.set_threads reads it: tiny models run fastest on one thread
+    os.environ["OMP_NUM_THREADS"] = "1"  # runtime.set_threads reads it: tiny models run fastest on one thread
     try:
         finetune.run(cfg, cfg, root / "data", root / "ft")
     finally:

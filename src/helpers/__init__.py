@@ -4,7 +4,6 @@ Every computation of the book lives in this package; the notebooks only call it 
 """
 
 import os
-import sys
 import warnings
 
 __version__ = "0.1.0"
@@ -17,12 +16,6 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-
-
-def progress_interval() -> float:
-    """Seconds between progress-bar refreshes, shared by fine-tuning and TracIn: fast on a terminal, coarse in logs
-    and notebooks (where the runner streams them to the terminal)."""
-    return 0.5 if sys.stderr.isatty() else 15.0
 
 
 _quiet_libraries()

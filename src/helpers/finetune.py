@@ -32,20 +32,13 @@ from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from . import artifacts, data, models, progress_interval
+from . import artifacts, data, models
+from .runtime import progress_interval, set_threads
 
 CHECKPOINTS_FILE = "checkpoints.json"
 
 
 # pragma: no mutate start (make mutation leaves out what tokenises or fine-tunes: a model build per mutant)
-def set_threads() -> int:
-    """Use every core unless ``OMP_NUM_THREADS`` says otherwise (more threads than free cores slows torch down
-    several-fold, e.g. beside another job)."""
-    n = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
-    torch.set_num_threads(n)
-    return n
-
-
 def initial_model(model_name: str, num_labels: int, seed: int, vocab_size: int | None = None,
                   model_dir: str | None = None, reinit_top_layers: int = 0) -> torch.nn.Module:
     """The model before fine-tuning, with its full vocabulary: the pretrained encoder with a classification head

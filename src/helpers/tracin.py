@@ -99,7 +99,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from . import progress_interval
+from .runtime import progress_interval
 from .artifacts import replace_dir
 from .models import pad_batch
 

@@ -29,7 +29,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from .. import claims, data, finetune, models, progress_interval
+from .. import claims, data, finetune, models
+from ..runtime import progress_interval, set_threads
 from ..corpora import bible
 from ..models import pretrain
 from ..neurons import activations, overlap, probing
@@ -185,7 +186,7 @@ def compute(runs: list, cfg: dict[str, Any]) -> Result:
         return Result(tables={name: pd.DataFrame() for name in TABLES}, claims=[claims.not_tested(
             "W2", STAGE.name, DEGRADATION, claims.RELATED, "translation retrieval over pre-training",
             f"the alignment axis needs the Bible corpus's parallel verses; dataset is {runs[0].params['dataset']!r}")])
-    finetune.set_threads()
+    set_threads()
     verses, languages = held_out_verses(runs, cfg["alignment_verses"])
     texts = {lang: data.read_verses(lang, verses) for lang in languages}
     labels = verses["label"].to_numpy()

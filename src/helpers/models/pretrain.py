@@ -35,7 +35,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .. import artifacts, data, progress_interval
+from .. import artifacts, data
+from ..runtime import progress_interval, set_threads
 from .smoke import train_smoke_tokenizer
 from .tokens import BOS_ID, EOS_ID, PAD_ID, tokenize
 
@@ -146,7 +147,6 @@ def run(cfg: dict[str, Any], out: Path) -> PretrainOutputs:
     from transformers import BertForMaskedLM, DataCollatorForLanguageModeling, get_linear_schedule_with_warmup
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from ..finetune import set_threads
 
     start_time = time.perf_counter()
     languages, seed = list(cfg["pretrain_languages"]), int(cfg["seed"])
