@@ -40,15 +40,22 @@ paper: $(STAMP)
 	HF_HUB_OFFLINE=0 TRANSFORMERS_OFFLINE=0 HF_DATASETS_OFFLINE=0 \
 		$(PY) -m helpers.pipeline run --profile paper-$(TASK) $(ARGS)
 
-## make test: unit tests, then every notebook through nbval with its stored (smoke) parameters, in order, writing
-## to a temporary artifacts folder (a smoke study of yours in artifacts/smoke is left alone; notebooks/conftest.py
-## builds the smoke study there first, since the chapters read several of its runs). --nbval-lax: the notebooks are
-## stored without outputs, so nbval checks that every cell runs; in the same session notebooks/test_book_values.py
-## checks what the executed pages show (accuracy table, language shares, verdicts) against values it recomputes
-## from the stored checkpoints and scores, and tests/test_chapters.py checks each chapter on planted scores.
+## make test: lint (ruff, pinned in pyproject.toml), the unit tests, then every notebook through nbval with its stored
+## (smoke) parameters, in order. Everything they write goes to one temporary folder, removed at the end (artifacts,
+## the converted-model cache, the pages they publish): the checkout's artifacts/, book/executed/ and _build/ are
+## compared before and after, and a change fails the target. notebooks/conftest.py builds the smoke study first, since
+## the chapters read several of its runs. --nbval-lax: the notebooks are stored without outputs, so nbval checks that
+## every cell runs; in the same session notebooks/test_book_values.py checks what the executed pages show (accuracy
+## table, language shares, verdicts) against values it recomputes from the stored checkpoints and scores.
+CHECKOUT_STATE = find artifacts book/executed _build -printf '%p %s %T@\n' 2>/dev/null | sort | sha256sum
 test: $(STAMP)
-	$(PY) -m pytest tests
-	HELPERS_ARTIFACTS=$$(mktemp -d) $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+	$(PY) -m ruff check src tests benchmarks notebooks
+	@before=$$($(CHECKOUT_STATE)); tmp=$$(mktemp -d -t helpers-test.XXXXXX); trap 'rm -rf "$$tmp"' EXIT; \
+	export HELPERS_CACHE="$$tmp/cache" HELPERS_EXECUTED="$$tmp/executed"; \
+	HELPERS_ARTIFACTS="$$tmp/units" $(PY) -m pytest -p no:cacheprovider tests \
+	&& HELPERS_ARTIFACTS="$$tmp/notebooks" $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks \
+	&& if [ "$$($(CHECKOUT_STATE))" != "$$before" ]; then \
+		echo "make test changed the checkout's artifacts/, book/executed/ or _build/" >&2; exit 1; fi
 
 ## make mutation: mutation testing with mutmut over the modules and the fast test selection declared under
 ## [tool.mutmut] in pyproject.toml (the TracIn engine, model conversion, the runner and training are left out).

@@ -4,7 +4,8 @@ the temporary artifacts folder the Makefile gives nbval; then each notebook runs
 
 import os
 
-from helpers import paths, pipeline, study
+from helpers import paths, study
+from helpers.flow import runner
 
 
 def pytest_sessionstart(session):
@@ -12,4 +13,4 @@ def pytest_sessionstart(session):
         raise RuntimeError("run nbval through `make test` (it points HELPERS_ARTIFACTS at a temporary folder), so "
                            "that your own artifacts/ are left alone")
     if not (paths.study_dir("smoke") / study.MANIFEST).exists():
-        pipeline.run("smoke", build=False)
+        runner.run("smoke", build=False)

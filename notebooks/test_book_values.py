@@ -26,28 +26,29 @@ from datasets import load_from_disk
 from torch.nn.utils.rnn import pad_sequence
 from transformers import AutoModelForSequenceClassification
 
-from helpers import data, paths, stages, study
+from helpers import data, paths, study
+from helpers.flow import cells, graph, store
 
 STUDY = "smoke"
 
 
 @lru_cache(maxsize=None)
-def built() -> tuple[study.Study, tuple[stages.Instance, ...]]:
+def built() -> tuple[study.Study, tuple[graph.Instance, ...]]:
     s = study.load(STUDY)
-    return s, tuple(stages.plan(s))
+    return s, tuple(graph.plan(s))
 
 
-def instances(stage: str, role: str | None = None) -> list[stages.Instance]:
+def instances(stage: str, role: str | None = None) -> list[graph.Instance]:
     s, plan = built()
     runs = None if role is None else {r.name for r in s.role(role)}
     return [i for i in plan if i.stage.name == stage and (runs is None or i.run.name in runs)]
 
 
-def folder(inst: stages.Instance) -> Path:
-    return stages.folder(STUDY, inst)
+def folder(inst: graph.Instance) -> Path:
+    return store.folder(STUDY, inst)
 
 
-def outputs(inst: stages.Instance, mime: str) -> list[str]:
+def outputs(inst: graph.Instance, mime: str) -> list[str]:
     """The executed notebook's outputs of one type (``text/html``, ``text/markdown``, ...), in cell order."""
     nb = json.loads(paths.executed_notebook(STUDY, inst.stage.name, inst.identity).read_text())
     found = []
@@ -59,7 +60,7 @@ def outputs(inst: stages.Instance, mime: str) -> list[str]:
     return found
 
 
-def glued(inst: stages.Instance, name: str) -> str:
+def glued(inst: graph.Instance, name: str) -> str:
     """A value the notebook glued for its prose (myst-nb ``glue``)."""
     nb = json.loads(paths.executed_notebook(STUDY, inst.stage.name, inst.identity).read_text())
     for cell in nb["cells"]:
@@ -81,7 +82,7 @@ def html_table(html: str) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index", columns=header)
 
 
-def tables_with(inst: stages.Instance, column: str) -> list[pd.DataFrame]:
+def tables_with(inst: graph.Instance, column: str) -> list[pd.DataFrame]:
     return [t for t in map(html_table, outputs(inst, "text/html")) if column in t.columns]
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import paths, pipeline
+from helpers import paths
+from helpers.flow import runner
 from helpers.models import embedded_checkpoint
 from studies import ONE_RUN
 
@@ -35,7 +36,7 @@ def built(tmp_path_factory):
         mp.setenv("HELPERS_CACHE", str(paths.cache_dir()))
         mp.setattr(paths, "EXECUTED", root / "executed")
         (root / "one.yaml").write_text(yaml.safe_dump(ONE_RUN, sort_keys=False))
-        pipeline.run(str(root / "one.yaml"), build=False)
+        runner.run(str(root / "one.yaml"), build=False)
     return root
 
 

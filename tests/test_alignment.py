@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import config, data, finetune, models, stages, study
+from helpers import config, data, finetune, models, study
+from helpers.flow import feasible, graph
 from helpers.models import pretrain
 from helpers.config import ConfigError
 from helpers.neurons import activations
@@ -148,7 +149,7 @@ def _study(tmp_path, monkeypatch, extra: str = ""):
 
 def test_only_runs_of_the_inhouse_encoder_have_a_pretraining_stage(tmp_path, monkeypatch):
     s = study.resolve(_study(tmp_path, monkeypatch))
-    plan = stages.plan(s)
+    plan = graph.plan(s)
     labels = {i.label for i in plan}
     assert "pretrain[mlm-s0]" in labels and "pretrain[main-s0]" not in labels and "pretrain[reinit-s0]" not in labels
     by_label = {i.label: i for i in plan}
@@ -163,10 +164,10 @@ def test_only_runs_of_the_inhouse_encoder_have_a_pretraining_stage(tmp_path, mon
 def test_top_k_reruns_the_alignment_chapter_but_not_probing_and_pretraining_leaves_e5_runs_alone(tmp_path,
                                                                                                   monkeypatch):
     profile = _study(tmp_path, monkeypatch)
-    before = {i.label: i.identity for i in stages.plan(study.resolve(profile))}
-    after = {i.label: i.identity for i in stages.plan(study.resolve(profile, ["top_k=7"]))}
+    before = {i.label: i.identity for i in graph.plan(study.resolve(profile))}
+    after = {i.label: i.identity for i in graph.plan(study.resolve(profile, ["top_k=7"]))}
     assert before["probing"] == after["probing"] and before["alignment"] != after["alignment"]
-    steps = {i.label: i.identity for i in stages.plan(study.resolve(profile, ["pretrain_steps=9"]))}
+    steps = {i.label: i.identity for i in graph.plan(study.resolve(profile, ["pretrain_steps=9"]))}
     changed = {k for k in before if before[k] != steps[k]}
     assert {"pretrain[mlm-s0]", "finetune[mlm-s0]", "probing", "alignment"} <= changed
     assert not {"finetune[main-s0]", "finetune[reinit-s0]", "tracin[main-s0]"} & changed
@@ -175,9 +176,9 @@ def test_top_k_reruns_the_alignment_chapter_but_not_probing_and_pretraining_leav
 def test_check_feasible_refuses_more_reinitialised_layers_than_the_model_has(tmp_path, monkeypatch):
     profile = _study(tmp_path, monkeypatch)
     with pytest.raises(ConfigError, match="reinit_top_layers.*2 encoder layers"):
-        study.check_feasible(study.resolve(profile, ["reinit.reinit_top_layers=3"]).runs)
+        feasible.check_runs(study.resolve(profile, ["reinit.reinit_top_layers=3"]).runs)
     with pytest.raises(ConfigError, match="pre-training text"):
-        study.check_feasible(study.resolve(profile, ["mlm.pretrain_verses_per_language=9000"]).runs)
+        feasible.check_runs(study.resolve(profile, ["mlm.pretrain_verses_per_language=9000"]).runs)
 
 
 def test_the_held_out_pool_is_fixed_and_labelled_verses_are_balanced():

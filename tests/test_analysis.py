@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from helpers import analysis
-from helpers.stages import RunInputs
+from helpers.flow.context import RunInputs
 from helpers.study import Run
 from helpers.tracin import InfluenceScores
 

@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 
 from helpers import claims as claims_mod
+from helpers.flow import cells
 from helpers import config, data, study
 from helpers.chapters import (attribution, control, dynamics, imbalance, language_shares, qualitative,
                               reproducibility, scoreboard, translations, zero_shot)
-from helpers.stages import RunInputs
+from helpers.flow.context import RunInputs
 from helpers.study import Run
 from helpers.tracin import InfluenceScores
 
@@ -184,10 +185,10 @@ def test_scoreboard_gathers_claims_in_the_order_given_and_judges_learning_agains
     table = scoreboard.runs_table(runs)
     assert table["accuracy (fine-tuned languages)"].tolist() == pytest.approx([4 / 6, 2 / 6])
     assert table["accuracy (zero-shot languages)"].tolist() == pytest.approx([1 / 6, 1 / 6])
-    claim = scoreboard.learning_claim(runs, n_boot=200)
+    claim = scoreboard.learning_claim(runs, n_boot=200, confidence=0.95)
     assert claim.value == pytest.approx(0.5) and claim.baseline == pytest.approx(2 / 6)
     assert claim.low <= 0.5 <= claim.high and claim.verdict == "inconclusive"  # one seed above, one below
-    assert scoreboard.learning_claim(runs[:1], n_boot=200).verdict == "supports"  # 4/6 of 18 samples
+    assert scoreboard.learning_claim(runs[:1], n_boot=200, confidence=0.95).verdict == "supports"  # 4/6 of 18 samples
 
 
 def test_qualitative_shows_the_strongest_proponents_and_opponents_at_the_first_and_last_checkpoint(tmp_path):
@@ -286,3 +287,17 @@ def test_alignment_sees_the_unaligned_encoder_drawing_on_its_own_language_and_ov
     assert claim["statistic"].endswith("minus e5 (90%)") and claim["value"] > 0.3, claim["statistic"]
     (probing / "pairs.csv").write_text("")  # the probing chapter measured nothing (not the Bible corpus)
     assert set(verdicts(alignment.compute(probing, [aligned, unaligned], CFG)).values()) == {"not tested"}
+
+
+def test_the_learning_claim_follows_the_study_s_confidence_and_resamples(tmp_path, monkeypatch):
+    """FT1 is computed by the scoreboard with the study's ``confidence`` and ``n_bootstrap`` (it used the defaults)."""
+    from helpers.chapters import scoreboard
+
+    history = pd.DataFrame({"epoch": 3, "language": ["en", "fr"], "accuracy": [0.5, 0.7], "n": 20})
+    params = {**config.defaults("run"), "fine_tune_languages": ["en", "fr"], "zero_shot_languages": ["ko"]}
+    runs = [RunInputs(Run("main-s0", "main", 0, params), {"finetune": tmp_path})]
+    monkeypatch.setattr(scoreboard.finetune, "load", lambda folder: type("F", (), {"history": history})())
+    narrow = scoreboard.learning_claim(runs, n_boot=400, confidence=0.5)
+    wide = scoreboard.learning_claim(runs, n_boot=400, confidence=0.99)
+    assert wide.high - wide.low > 1.5 * (narrow.high - narrow.low)
+    assert {"n_bootstrap", "confidence"} <= set(scoreboard.STAGE.params)  # so -p confidence=... reruns it

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import config, paths, stages, study
+from helpers import config, paths, study
+from helpers.flow.stage import all_stages
 from helpers.config import ConfigError
 
 
@@ -191,7 +192,7 @@ def _parameter_cell(notebook: Path) -> dict:
 
 def test_notebook_parameter_cells_declare_their_stage_parameters_with_smoke_defaults():
     smoke = study.resolve("smoke")
-    for stage in stages.all_stages().values():
+    for stage in all_stages().values():
         declared = _parameter_cell(stage.path)
         expected = ["study", *(["run"] if stage.scope == "run" else []), *stage.params]
         assert list(declared) == expected, stage.notebook

@@ -17,9 +17,13 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import config, data, finetune, study, tracin
+from helpers.flow import graph
+from helpers.flow.stage import get as get_stage
+from helpers.compute import finetune as finetune_stage
+from helpers.compute import retrain as retrain_stage
 from helpers.chapters import counterfactual as cf
 from helpers.config import ConfigError
-from helpers.stages import RunInputs
+from helpers.flow.context import RunInputs
 from helpers.study import Run
 
 SMOKE = study.resolve("smoke").first.params
@@ -29,7 +33,7 @@ def _finetune(params, train, test, folder):
     for sub in ("data", "finetune", "tracin"):
         (folder / sub).mkdir(parents=True)
     data.save_splits(train, test, folder / "data")
-    return finetune.run(params, params, folder / "data", folder / "finetune")
+    return finetune_stage.run(params, params, folder / "data", folder / "finetune")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +49,7 @@ def _weights(path):
 
 def test_retraining_with_nothing_removed_reproduces_the_checkpoints_exactly(smoke_run, tmp_path):
     folder, original = smoke_run
-    model, _, checkpoints = finetune.retrain(folder / "finetune", SMOKE, remove=(), out_dir=tmp_path)
+    model, _, checkpoints = retrain_stage.retrain(folder / "finetune", SMOKE, remove=(), out_dir=tmp_path)
     assert [c["name"] for c in checkpoints] == [c["name"] for c in original.checkpoints]
     for mine, theirs in zip(checkpoints, original.checkpoints):
         a, b = _weights(tmp_path / mine["path"]), _weights(folder / "finetune" / f"checkpoint-{theirs['name']}")
@@ -56,7 +60,7 @@ def test_retraining_with_nothing_removed_reproduces_the_checkpoints_exactly(smok
     final = _weights(folder / "finetune" / f"checkpoint-{original.checkpoints[-1]['name']}")
     assert all(torch.equal(t, final[name]) for name, t in model.state_dict().items())
     # the comparison can fail: one sample fewer gives other weights
-    fewer, _, _ = finetune.retrain(folder / "finetune", SMOKE, remove=[0])
+    fewer, _, _ = retrain_stage.retrain(folder / "finetune", SMOKE, remove=[0])
     assert any(not torch.equal(t, final[name]) for name, t in fewer.state_dict().items())
 
 
@@ -98,10 +102,10 @@ def planted_run(tmp_path_factory):
 def test_removing_planted_label_decisive_duplicates_hurts_more_than_random_removal(planted_run):
     run, scores, planted = planted_run
     n_train = len(scores.train_ids)
-    removals = [cf.Removal("planted", "en", "", 0, planted)]
-    removals += [cf.Removal("random", "en", "", d, tuple(sorted(np.random.default_rng(d).choice(
+    removals = [retrain_stage.Removal("planted", "en", "", 0, planted)]
+    removals += [retrain_stage.Removal("random", "en", "", d, tuple(sorted(np.random.default_rng(d).choice(
         n_train, len(planted), replace=False).tolist()))) for d in range(2)]
-    outcomes, log = cf.retrain_run(run, removals)
+    outcomes, log = retrain_stage.retrain_run(run, removals)
     assert log["seconds"].gt(0).all() and log["n_removed"].eq(len(planted)).all()
     english = outcomes[outcomes["test_language"] == "en"]
     change = english.groupby(["arm", "draw"])["d_loss"].mean()
@@ -118,7 +122,7 @@ def test_tracin_top_arm_on_the_planted_run_hurts_more_than_random(planted_run):
     result = cf.compute([run], cfg)
     arms = result.tables["arms"].set_index("arm")
     assert arms.loc["top", "removed"] == round(0.4 * len(scores.train_ids))
-    top = set(cf.plan_removals(scores, cfg, 0, first=False)[0].rows)
+    top = set(retrain_stage.plan_removals(scores, cfg, 0, first=False)[0].rows)
     assert len(top & set(planted)) / len(top) > len(planted) / len(scores.train_ids)  # enriched in duplicates
     assert arms.loc["top", "d_loss"] > arms.loc["random", "d_loss"]
     assert result.claims_table.set_index("claim_id").loc["CF1-40%", "verdict"] == "supports"
@@ -231,11 +235,11 @@ def test_a_failing_attribution_is_said_plainly(tmp_path, monkeypatch):
 def test_removal_sets():
     scores = fake_scores()
     language = scores.train_ids["language"].to_numpy()
-    removals = cf.plan_removals(scores, CFG, seed=0, first=True)
+    removals = retrain_stage.plan_removals(scores, CFG, seed=0, first=True)
     by = {(r.arm, r.target, r.draw): r for r in removals}
-    n = cf.fraction_size("20%", len(language))
+    n = retrain_stage.fraction_size("20%", len(language))
     assert n == 5
-    summed = cf.summed_scores(scores, "en")
+    summed = retrain_stage.summed_scores(scores, "en")
     top = by["top", "en", 0].rows
     assert len(top) == n and min(summed[list(top)]) >= max(np.delete(summed, list(top)))
     for draw in range(2):
@@ -247,8 +251,8 @@ def test_removal_sets():
     assert set(by["without", "de", 0].rows) == set(np.flatnonzero(language == "de"))
     halves = [r for r in removals if r.arm == "half"]
     assert len(halves) == 5 and all(len(r.rows) == 12 for r in halves)
-    assert not [r for r in cf.plan_removals(scores, CFG, seed=0, first=False) if r.arm == "half"]
-    assert cf.plan_removals(scores, CFG, seed=0, first=True) == removals  # deterministic
+    assert not [r for r in retrain_stage.plan_removals(scores, CFG, seed=0, first=False) if r.arm == "half"]
+    assert retrain_stage.plan_removals(scores, CFG, seed=0, first=True) == removals  # deterministic
 
 
 def test_parameters_of_the_design_are_checked():
@@ -265,10 +269,9 @@ def test_parameters_of_the_design_are_checked():
 
 
 def test_top_k_does_not_change_the_counterfactual_stage():
-    from helpers import stages
 
     def identity(s):
-        return stages.chapter_instance(stages.get("counterfactual"), s).identity
+        return graph.study_instance(get_stage("counterfactual"), s).identity
 
     base = study.resolve("smoke")
     assert identity(study.resolve("smoke", ["top_k=4"])) == identity(base)

@@ -11,6 +11,7 @@ from datasets import Dataset
 from transformers import get_linear_schedule_with_warmup
 
 from helpers import data, finetune, study
+from helpers.compute import finetune as finetune_stage
 
 
 @pytest.fixture(scope="module")
@@ -82,11 +83,11 @@ def test_checkpoint_per_epoch_with_the_mean_scheduled_learning_rate(prepared, tm
 
     # What the TracIn stage gets: each checkpoint with its own epoch's rate (they differ: warm-up, then decay).
     history.to_csv(tmp_path / "accuracy.csv", index=False)
-    (tmp_path / finetune.CHECKPOINTS_FILE).write_text(json.dumps(ckpts))
+    (tmp_path / finetune_stage.CHECKPOINTS_FILE).write_text(json.dumps(ckpts))
     (tmp_path / "info.json").write_text("{}")
     train_ds.save_to_disk(str(tmp_path / "train_tokens"))
     test_ds.save_to_disk(str(tmp_path / "test_tokens"))
-    loaded = finetune.load(tmp_path).tracin_checkpoints()
+    loaded = finetune_stage.load(tmp_path).tracin_checkpoints()
     assert [(c.name, Path(c.path), c.learning_rate) for c in loaded] == [
         (c["name"], tmp_path / c["path"], c["learning_rate"]) for c in ckpts]
     assert ckpts[0]["learning_rate"] != ckpts[1]["learning_rate"]
@@ -95,7 +96,7 @@ def test_checkpoint_per_epoch_with_the_mean_scheduled_learning_rate(prepared, tm
 def test_accuracy_table_has_a_row_per_language_and_the_mean_over_fine_tuning_languages():
     history = pd.DataFrame({"epoch": [0, 0, 0, 1, 1, 1], "language": ["en", "fr", "ko"] * 2,
                             "accuracy": [0.1, 0.2, 0.3, 0.5, 0.8, 0.9], "n": 6})
-    table = finetune.accuracy_table(history, ["en", "fr"])
+    table = finetune_stage.accuracy_table(history, ["en", "fr"])
     assert list(table.index) == ["en", "fr", "ko", "mean (fine-tuning languages)"]
     assert list(table.columns) == ["seen in fine-tuning", "epoch 0", "epoch 1"]
     assert table["epoch 1"].tolist() == pytest.approx([0.5, 0.8, 0.9, 0.65])
@@ -104,8 +105,8 @@ def test_accuracy_table_has_a_row_per_language_and_the_mean_over_fine_tuning_lan
 
 
 def test_learning_verdict_threshold():
-    assert "learns the task" in finetune.learning_verdict(0.34, 6, 3)
-    assert "does **not**" in finetune.learning_verdict(0.32, 6, 3)
+    assert "learns the task" in finetune_stage.learning_verdict(0.34, 6, 3)
+    assert "does **not**" in finetune_stage.learning_verdict(0.32, 6, 3)
 
 
 def test_load_gives_tracin_each_checkpoint_with_its_own_rate_and_an_absolute_path(tmp_path):
@@ -113,16 +114,16 @@ def test_load_gives_tracin_each_checkpoint_with_its_own_rate_and_an_absolute_pat
     rates = [3e-4, 2e-4, 5e-5]
     checkpoints = [{"name": f"epoch{e}", "path": f"checkpoint-epoch{e}", "learning_rate": lr,
                     "learning_rate_at_end": lr / 2, "train_loss": 1.0} for e, lr in enumerate(rates, 1)]
-    (tmp_path / finetune.CHECKPOINTS_FILE).write_text(json.dumps(checkpoints))
+    (tmp_path / finetune_stage.CHECKPOINTS_FILE).write_text(json.dumps(checkpoints))
     (tmp_path / "info.json").write_text(json.dumps({"vocab_size": 7}))
     pd.DataFrame({"epoch": [0], "language": ["en"], "accuracy": [0.5], "n": [2]}).to_csv(tmp_path / "accuracy.csv")
     ids = {"uid": ["a", "b"], "language": ["en", "fr"], "pair_id": ["p", "p"], "label": [0, 1],
            "label_name": ["x", "y"], "input_ids": [[0, 2], [0, 5, 2]]}
     for split in ("train", "test"):
         Dataset.from_dict(ids).save_to_disk(str(tmp_path / f"{split}_tokens"))
-    out = finetune.load(tmp_path)
+    out = finetune_stage.load(tmp_path)
     assert [(c.name, c.path, c.learning_rate) for c in out.tracin_checkpoints()] == [
         (f"epoch{e}", str(tmp_path / f"checkpoint-epoch{e}"), lr) for e, lr in enumerate(rates, 1)]
     assert out.info == {"vocab_size": 7} and out.history["accuracy"].tolist() == [0.5]
-    assert out.ids("test").columns.tolist() == list(finetune.FinetuneOutputs.ID_COLUMNS)
+    assert out.ids("test").columns.tolist() == list(finetune_stage.FinetuneOutputs.ID_COLUMNS)
     assert out.ids("train")["language"].tolist() == ["en", "fr"]

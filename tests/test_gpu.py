@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from helpers import finetune, models, tracin
+from helpers.compute import finetune as finetune_stage
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -114,7 +115,7 @@ def test_two_gpus_over_nccl_equal_one_gpu(tmp_path):
     (tmp_path / "data").mkdir()
     data.save_splits(train, test, tmp_path / "data")
     (tmp_path / "ft").mkdir()
-    finetune.run({**cfg, "device": "cpu"}, cfg, tmp_path / "data", tmp_path / "ft")
+    finetune_stage.run({**cfg, "device": "cpu"}, cfg, tmp_path / "data", tmp_path / "ft")
     args = ["-m", "helpers.tracin_shard", "score", "--finetune", str(tmp_path / "ft"), "--params", "all",
             "--train-block", "8", "--quiet", "--device", "cuda"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -12,7 +12,9 @@ import pytest
 import yaml
 
 import corpus_fixtures
-from helpers import config, data, finetune, paths, pipeline, stages, study, tracin
+from helpers import config, data, finetune, paths, study, tracin
+from helpers.flow import graph, runner, store
+from helpers.compute import finetune as finetune_stage
 
 
 @pytest.fixture
@@ -88,18 +90,18 @@ STAGES = None if os.environ.get("PAPER_SMOKE_ALL") == "1" else {"data", "finetun
 def test_smoke_pipeline_on_an_xnli_fixture_with_a_tiny_xlmr(sandbox):
     profile = paper_smoke_profile(sandbox)
     if STAGES is None:
-        pipeline.run(str(profile), build=False)
+        runner.run(str(profile), build=False)
     s = study.resolve(str(profile))
     if STAGES is not None:
         s.save()
-        for inst in stages.plan(s):
+        for inst in graph.plan(s):
             if inst.stage.name in STAGES:
-                pipeline.execute(s.name, inst)
-    folders = {inst.stage.name: stages.folder(s.name, inst) for inst in stages.plan(s) if inst.run}
+                runner.execute(s.name, inst)
+    folders = {inst.stage.name: store.folder(s.name, inst) for inst in graph.plan(s) if inst.run}
     train, test = data.load_splits(folders["data"])
     assert list(train["text_pair"]) and (test.groupby("language").size() == 3).all()
     assert test.groupby("language")["pair_id"].apply(frozenset).nunique() == 1  # XNLI's parallel test set
-    ft = finetune.load(folders["finetune"])
+    ft = finetune_stage.load(folders["finetune"])
     assert ft.info["full_vocab_size"] == 250002 and ft.info["vocab_size"] < 2000  # XLM-R's tokenizer, trimmed
     first = ft.train[0]["input_ids"]
     assert first[0] == 0 and first.count(2) == 3  # <s> premise </s></s> hypothesis </s>

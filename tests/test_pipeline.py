@@ -10,7 +10,9 @@ import nbformat
 import pytest
 import yaml
 
-from helpers import paths, pipeline, stages, study
+from helpers import paths, pipeline, study
+from helpers.flow import fingerprint, graph, runner, store
+from helpers.flow.stage import all_stages
 
 MINI = {"parameters": {"model": "tiny-random", "train_per_language": 12, "test_per_language": 6, "max_length": 48,
                        "epochs": 2, "batch_size": 8, "learning_rate": 0.001, "top_k": 10, "n_bootstrap": 100,
@@ -31,7 +33,7 @@ def sandbox(tmp_path, monkeypatch):
 
 
 def keyed(s):
-    return {inst.label: inst.identity for inst in stages.plan(s)}
+    return {inst.label: inst.identity for inst in graph.plan(s)}
 
 
 def test_top_k_changes_only_the_chapters_and_epochs_everything_after_data(sandbox):
@@ -47,32 +49,32 @@ def test_top_k_changes_only_the_chapters_and_epochs_everything_after_data(sandbo
 
 def test_a_variant_sharing_stages_with_the_main_run_plans_them_once(sandbox):
     s = study.resolve(sandbox)
-    plan = stages.plan(s)
+    plan = graph.plan(s)
     finetunes = [i for i in plan if i.stage.name == "finetune"]
     assert len(finetunes) == 1  # cosine-s0 differs only in TracIn: its data and fine-tuning are main-s0's
-    rows = {r["stage"]: r for r in pipeline.status(s) if r["stage"] == "finetune"}
+    rows = {r["stage"]: r for r in runner.status(s) if r["stage"] == "finetune"}
     assert rows["finetune"]["runs"] == "main-s0, cosine-s0"
 
 
 def test_fingerprints_follow_notebook_code_and_upstream(sandbox, tmp_path, monkeypatch):
     s = study.resolve(sandbox)
-    plan = stages.plan(s)
-    before = stages.expected_fingerprints(plan)
+    plan = graph.plan(s)
+    before = fingerprint.expected(plan)
     notebooks = tmp_path / "notebooks"
     shutil.copytree(paths.NOTEBOOKS, notebooks)
     monkeypatch.setattr(paths, "NOTEBOOKS", notebooks)
     nb = nbformat.read(notebooks / "02_finetune.ipynb", as_version=4)
     nb.cells.append(nbformat.v4.new_markdown_cell("an edit"))
     nbformat.write(nb, notebooks / "02_finetune.ipynb")
-    after = stages.expected_fingerprints(stages.plan(s))
+    after = fingerprint.expected(graph.plan(s))
     changed = {i.label for i in plan if before[i.key] != after[i.key]}
     assert "data[main-s0]" not in changed
     assert {"finetune[main-s0]", "tracin[main-s0]", "language_shares", "scoreboard"} <= changed
     # code: a stage's module is part of its fingerprint
     monkeypatch.setattr(paths, "NOTEBOOKS", paths.REPO_ROOT / "notebooks")
-    real = stages.source_hash
-    monkeypatch.setattr(stages, "source_hash", lambda st: real(st) + ("x" if st.name == "tracin" else ""))
-    code = stages.expected_fingerprints(plan)
+    real = fingerprint.source_hash
+    monkeypatch.setattr(fingerprint, "source_hash", lambda st: real(st) + ("x" if st.name == "tracin" else ""))
+    code = fingerprint.expected(plan)
     assert {i.label for i in plan if before[i.key] != code[i.key]} >= {"tracin[main-s0]", "dynamics"}
     assert before[plan[0].key] == code[plan[0].key]
 
@@ -81,7 +83,7 @@ def test_toc_and_stages_agree():
     toc = yaml.safe_load((paths.REPO_ROOT / "_toc.yml").read_text())
     files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
     executed = {f.removeprefix("book/executed/") for f in files if f.startswith("book/executed/")}
-    notebooks = {st.path.stem for st in stages.all_stages().values()}
+    notebooks = {st.path.stem for st in all_stages().values()}
     assert executed == notebooks, f"in _toc.yml only: {executed - notebooks}; stages only: {notebooks - executed}"
     assert {p.stem for p in paths.NOTEBOOKS.glob("*.ipynb")} == notebooks
 
@@ -100,13 +102,13 @@ def test_run_skip_resume_and_partial_outputs(copy_of_built):
     profile = str(copy_of_built)  # the session's one-run study (conftest.built), built by a first run
 
     def statuses():
-        log = pipeline.read_runlog("one")["stages"]
+        log = runner.read_runlog("one")["stages"]
         return {f"{e['stage']}[{e['run']}]" if e["run"] else e["stage"]: e["status"] for e in log.values()}
 
     assert statuses() and all(v == "ran" for v in statuses().values())  # the first run computed everything
-    pipeline.run(profile, build=False)  # same parameters: only the reproducibility page runs
+    runner.run(profile, build=False)  # same parameters: only the reproducibility page runs
     assert {k for k, v in statuses().items() if v == "ran"} == {"reproducibility"}
-    assert {p.name for p in paths.EXECUTED.iterdir()} == {st.notebook for st in stages.all_stages().values()}
+    assert {p.name for p in paths.EXECUTED.iterdir()} == {st.notebook for st in all_stages().values()}
     executed = nbformat.read(paths.EXECUTED / "10_language_shares.ipynb", as_version=4)
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert "top_k = 10" in injected[0].source and "hide-input" in injected[0].metadata.tags  # the study's value
@@ -115,13 +117,13 @@ def test_run_skip_resume_and_partial_outputs(copy_of_built):
     # that read it, ignores the partial folder, and reuses everything else. (That an analysis parameter reruns only
     # chapters is the stage identities' business: test_top_k_changes_only_the_chapters_and_epochs_everything_...)
     s = study.resolve(profile)
-    groups = next(i for i in stages.plan(s) if i.stage.name == "tracin_groups")
-    final = stages.folder("one", groups)
+    groups = next(i for i in graph.plan(s) if i.stage.name == "tracin_groups")
+    final = store.folder("one", groups)
     shutil.rmtree(final)
     partial = final.parent / f".{final.name}.partial"
     partial.mkdir()
     (partial / "junk").write_text("half-written")
-    pipeline.run(profile, build=False)
+    runner.run(profile, build=False)
     ran = {k for k, v in statuses().items() if v == "ran"}
     assert {"tracin_groups[main-s0]", "attribution", "reproducibility"} <= ran
     assert not ran & {"data[main-s0]", "finetune[main-s0]", "tracin[main-s0]", "language_shares"}
@@ -139,4 +141,4 @@ def test_failing_cell_exits_nonzero_naming_the_notebook(sandbox, tmp_path, monke
     err = capsys.readouterr().err
     assert "01_data.ipynb" in err and "planted failure" in err
     s = study.resolve(sandbox)
-    assert stages.read_record(stages.folder("mini", stages.plan(s)[0])) is None  # the stage never committed
+    assert store.read_record(store.folder("mini", graph.plan(s)[0])) is None  # the stage never committed

@@ -18,7 +18,9 @@ import nbformat
 import pytest
 import yaml
 
-from helpers import config, data, paths, pipeline, stages, study
+from helpers import config, data, paths, pipeline, study
+from helpers.flow import cells, context, fingerprint, graph, runner, store
+from helpers.flow.stage import all_stages, get as get_stage
 from helpers.config import ConfigError
 
 from studies import ONE_RUN
@@ -38,7 +40,7 @@ def profile(tmp_path, monkeypatch):
 
 def states_of(profile_path):
     s = study.resolve(str(profile_path))
-    rows = pipeline.status(s)
+    rows = runner.status(s)
     return {f"{r['stage']}[{r['runs']}]": r for r in rows}, s
 
 
@@ -80,8 +82,8 @@ def test_status_into_a_closed_pipe_is_quiet():
 
 def test_a_second_runner_of_the_same_study_stops_naming_the_first(profile, capsys):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from helpers import stages\n"
-         "with stages.study_lock('one'):\n    print('locked', flush=True); time.sleep(60)"],
+        [sys.executable, "-c", "import sys, time; from helpers.flow import store\n"
+         "with store.study_lock('one'):\n    print('locked', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True, env={**ENV, "HELPERS_ARTIFACTS": str(paths.artifacts_root())})
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -92,20 +94,20 @@ def test_a_second_runner_of_the_same_study_stops_naming_the_first(profile, capsy
     finally:
         holder.kill()
         holder.wait()
-    with stages.study_lock("one"):  # released when its holder died
+    with store.study_lock("one"):  # released when its holder died
         pass
 
 
 def test_a_stage_being_written_by_another_process_cannot_be_begun(copy_of_built, tmp_path):
     s = study.load("one")
-    inst = next(i for i in stages.plan(s) if i.stage.name == "language_shares")
-    final = stages.folder("one", inst)
-    with stages.lock(final.parent / f".{final.name}.lock", "test holder"):
+    inst = next(i for i in graph.plan(s) if i.stage.name == "language_shares")
+    final = store.folder("one", inst)
+    with store.lock(final.parent / f".{final.name}.lock", "test holder"):
         namespace = {"study": "one", **{k: s.params[k] for k in inst.stage.params}}
-        with pytest.raises(stages.BusyError, match="in use by process"):
-            stages.begin("language_shares", namespace, show=False)
-    ctx = stages.begin("language_shares", namespace, show=False)  # free again; begun twice in one process is fine
-    ctx = stages.begin("language_shares", namespace, show=False)
+        with pytest.raises(store.BusyError, match="in use by process"):
+            context.begin("language_shares", namespace, show=False)
+    ctx = context.begin("language_shares", namespace, show=False)  # free again; begun twice in one process is fine
+    ctx = context.begin("language_shares", namespace, show=False)
     assert ctx.path.exists()
 
 
@@ -114,22 +116,22 @@ def test_a_stage_being_written_by_another_process_cannot_be_begun(copy_of_built,
 
 def test_a_committed_stage_records_every_file_it_wrote(copy_of_built):
     s = study.load("one")
-    for inst in stages.plan(s):
+    for inst in graph.plan(s):
         if inst.stage.always_run:
             continue
-        folder = stages.folder("one", inst)
-        record = stages.read_record(folder)
-        on_disk = {f.relative_to(folder).as_posix() for f in folder.rglob("*") if f.is_file()} - {stages.RECORD}
+        folder = store.folder("one", inst)
+        record = store.read_record(folder)
+        on_disk = {f.relative_to(folder).as_posix() for f in folder.rglob("*") if f.is_file()} - {store.RECORD}
         assert set(record["files"]) == on_disk and record["commit"]
-        assert stages.damage(folder, record) is None
+        assert store.damage(folder, record) is None
 
 
 def damage_largest_file(target, how):
     """Damage the largest file (weights, scores) of the one-run study's ``target`` stage; returns its name."""
     s = study.load("one")
-    inst = next(i for i in stages.plan(s) if i.stage.name == target)
-    folder = stages.folder("one", inst)
-    record = stages.read_record(folder)
+    inst = next(i for i in graph.plan(s) if i.stage.name == target)
+    folder = store.folder("one", inst)
+    record = store.read_record(folder)
     name = max(record["files"], key=lambda n: record["files"][n]["size"])
     victim = folder / name
     if how == "truncate":
@@ -148,7 +150,7 @@ def damage_largest_file(target, how):
 def readers_of(s, inst):
     """Every stage instance that reads ``inst``, directly or not (labels as in the status table)."""
     affected, readers = {inst.key}, set()
-    for i in stages.plan(s):  # inputs first
+    for i in graph.plan(s):  # inputs first
         if any((up.stage, up.identity) in affected for up in i.inputs):
             affected.add(i.key)
             readers.add(f"{i.stage.name}[{i.run.name if i.run else '(study)'}]")
@@ -176,7 +178,7 @@ def test_run_recomputes_what_status_reports_and_the_terminal_stays_quiet(copy_of
     assert pipeline.main(["run", "--profile", str(copy_of_built), "--no-book", "--study", "one"]) == 0
     out, err = capfd.readouterr()
     assert f"damaged: {name}" in out
-    ran = {f"{e['stage']}[{e['run'] or '(study)'}]" for e in pipeline.read_runlog("one")["stages"].values()
+    ran = {f"{e['stage']}[{e['run'] or '(study)'}]" for e in runner.read_runlog("one")["stages"].values()
            if e["status"] == "ran"}
     assert ran == predicted  # status said what run would do
     rows, _ = states_of(copy_of_built)
@@ -193,22 +195,22 @@ def test_run_recomputes_what_status_reports_and_the_terminal_stays_quiet(copy_of
 
 def test_a_notebook_refuses_a_damaged_input(copy_of_built):
     s = study.load("one")
-    inst = next(i for i in stages.plan(s) if i.stage.name == "tracin")
-    folder = stages.folder("one", inst)
-    files = stages.read_record(folder)["files"]
+    inst = next(i for i in graph.plan(s) if i.stage.name == "tracin")
+    folder = store.folder("one", inst)
+    files = store.read_record(folder)["files"]
     (folder / max(files, key=lambda n: files[n]["size"])).write_bytes(b"")  # the scores
-    namespace = {"study": "one", **{k: s.params[k] for k in stages.get("language_shares").params}}
-    with pytest.raises(stages.MissingStageError, match="is damaged"):
-        stages.begin("language_shares", namespace, show=False)
+    namespace = {"study": "one", **{k: s.params[k] for k in get_stage("language_shares").params}}
+    with pytest.raises(store.MissingStageError, match="is damaged"):
+        context.begin("language_shares", namespace, show=False)
 
 
 def test_a_stage_whose_input_was_recomputed_is_stale(copy_of_built):
     s = study.load("one")
-    tracin = next(i for i in stages.plan(s) if i.stage.name == "tracin")
-    folder = stages.folder("one", tracin)
-    record = stages.read_record(folder)
+    tracin = next(i for i in graph.plan(s) if i.stage.name == "tracin")
+    folder = store.folder("one", tracin)
+    record = store.read_record(folder)
     record["commit"] = "recomputed"  # what a new commit of the same stage looks like to its readers
-    (folder / stages.RECORD).write_text(json.dumps(record))
+    (folder / store.RECORD).write_text(json.dumps(record))
     rows, _ = states_of(copy_of_built)
     assert rows["tracin[main-s0]"]["state"] == "up to date"
     assert "was recomputed since" in rows["language_shares[(study)]"]["why"]
@@ -222,22 +224,22 @@ def test_the_reproducibility_page_is_shown_as_always_running_not_stale(copy_of_b
 
 
 def test_the_code_a_stage_imports_is_part_of_its_fingerprint(tmp_path, monkeypatch):
-    # the closure follows imports: the control chapter's module imports analysis, which imports tracin
-    assert {"chapters/control", "analysis", "claims", "tracin", "chapters/__init__"} <= set(
-        stages.code_modules(stages.get("control").modules))
-    assert "pipeline" not in stages.code_modules(stages.get("control").modules)  # the runner is infrastructure
+    # the closure follows imports: the control chapter's module imports analysis, which imports the score store
+    assert {"chapters/control", "analysis", "claims", "influence/scores", "chapters/__init__"} <= set(
+        fingerprint.stage_modules(get_stage("control")))
+    assert "pipeline" not in fingerprint.stage_modules(get_stage("control"))  # the runner is infrastructure
     source = tmp_path / "helpers"
-    shutil.copytree(stages.SOURCE, source)
-    monkeypatch.setattr(stages, "SOURCE", source)
-    stages.code_modules.cache_clear()
-    before = {name: stages.source_hash(st) for name, st in stages.all_stages().items()}
+    shutil.copytree(fingerprint.SOURCE, source)
+    monkeypatch.setattr(fingerprint, "SOURCE", source)
+    fingerprint.clear_caches()
+    before = {name: fingerprint.source_hash(st) for name, st in all_stages().items()}
     with open(source / "analysis.py", "a") as fh:  # declared by no run stage, imported by the chapters
         fh.write("\n# an edit\n")
-    after = {name: stages.source_hash(st) for name, st in stages.all_stages().items()}
+    after = {name: fingerprint.source_hash(st) for name, st in all_stages().items()}
     changed = {n for n in before if before[n] != after[n]}
     assert {"language_shares", "control", "qualitative"} <= changed
     assert not changed & {"data", "finetune", "tracin"}
-    stages.code_modules.cache_clear()
+    fingerprint.clear_caches()
 
 
 # --- 4: damaged run log, manifest ----------------------------------------------------------------------------
@@ -247,20 +249,20 @@ def test_a_corrupt_run_log_is_started_afresh(copy_of_built, capsys):
     # (the runner reads the run log the same way with and without --force, which used to crash on it too)
     (paths.study_dir("one") / "runlog.json").write_text("{not json")
     assert pipeline.main(["run", "--profile", str(copy_of_built), "--no-book", "--study", "one"]) == 0
-    assert pipeline.read_runlog("one")["stages"]
+    assert runner.read_runlog("one")["stages"]
     (paths.study_dir("one") / "runlog.json").write_text("[1, 2]")
     s = study.load("one")
-    assert pipeline.read_runlog("one") == {}
+    assert runner.read_runlog("one") == {}
     assert isinstance(s, study.Study)
 
 
 def test_a_corrupt_study_manifest_gives_one_clear_error(copy_of_built):
-    params = {k: study.load("one").params[k] for k in stages.get("language_shares").params}
+    params = {k: study.load("one").params[k] for k in get_stage("language_shares").params}
     (paths.study_dir("one") / "study.json").write_bytes(b"\x00\xff garbage")
     with pytest.raises(study.MissingStudyError, match="is damaged"):
         study.load("one")
     with pytest.raises(study.MissingStudyError, match="is damaged"):
-        stages.begin("language_shares", {"study": "one", **params}, show=False)
+        context.begin("language_shares", {"study": "one", **params}, show=False)
 
 
 # --- 5: malformed profiles ------------------------------------------------------------------------------------
@@ -316,8 +318,8 @@ def test_a_full_disk_says_so_before_any_work(profile, monkeypatch, capsys):
 
 
 def test_a_file_system_error_inside_a_stage_gets_the_same_advice():
-    assert "HELPERS_ARTIFACTS" in pipeline._os_hint("OSError", "[Errno 28] No space left on device")
-    assert pipeline._os_hint("ValueError", "bad value") == ""
+    assert "HELPERS_ARTIFACTS" in runner._os_hint("OSError", "[Errno 28] No space left on device")
+    assert runner._os_hint("ValueError", "bad value") == ""
 
 
 # --- 7: Ctrl-C (the quiet terminal is checked with the reruns above) ----------------------------------------------------------------------------------
@@ -383,7 +385,7 @@ def test_papermill_with_a_misspelled_parameter_writes_nothing(copy_of_built, tmp
     s = study.load("one")
     before = sorted(p.name for p in (paths.study_dir("one") / "stages").iterdir())
     with pytest.raises(papermill.PapermillExecutionError, match=r"unknown parameter\(s\) \['top_kk'\]"):
-        papermill.execute_notebook(str(stages.get("language_shares").path), str(tmp_path / "out.ipynb"),
+        papermill.execute_notebook(str(get_stage("language_shares").path), str(tmp_path / "out.ipynb"),
                                    parameters={"study": "one", "top_kk": 3}, cwd=str(paths.NOTEBOOKS),
                                    progress_bar=False, kernel_name="python3")
     assert sorted(p.name for p in (paths.study_dir("one") / "stages").iterdir()) == before
@@ -391,13 +393,13 @@ def test_papermill_with_a_misspelled_parameter_writes_nothing(copy_of_built, tmp
 
 
 def test_every_notebook_lists_its_parameters_with_type_and_help():
-    assert stages.sync_parameter_cells(check_only=True) == [], \
-        "run: python -c 'from helpers import stages; stages.sync_parameter_cells()'"
-    nb = nbformat.read(stages.get("finetune").path, as_version=4)
+    assert cells.sync_parameter_cells(check_only=True) == [], \
+        "run: python -c 'from helpers.flow import cells; cells.sync_parameter_cells()'"
+    nb = nbformat.read(get_stage("finetune").path, as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     assert "learning_rate: float = " in cell.source and "peak learning rate" in cell.source
     proc = subprocess.run([str(Path(sys.executable).with_name("papermill")), "--help-notebook",
-                           str(stages.get("finetune").path)], capture_output=True, text=True, env=ENV)
+                           str(get_stage("finetune").path)], capture_output=True, text=True, env=ENV)
     listed = [ln.split(":")[0].strip() for ln in proc.stdout.splitlines() if "(default" in ln]
-    assert listed == ["study", "run", *stages.get("finetune").params]
+    assert listed == ["study", "run", *get_stage("finetune").params]
     assert "max_length: int (default 48)" in proc.stdout and "min 8, max 512" in proc.stdout

@@ -1,10 +1,11 @@
-"""A stage as a notebook drives it (``stages.begin`` ... ``ctx.commit()``), without papermill: the fingerprint it
+"""A stage as a notebook drives it (``context.begin`` ... ``ctx.commit()``), without papermill: the fingerprint it
 records is the one the runner expects, its inputs are the committed folders, a missing input is named."""
 
 import pytest
 import yaml
 
-from helpers import config, paths, stages, study
+from helpers import config, paths, study
+from helpers.flow import context, fingerprint, graph, store
 
 PROFILE = {"parameters": {"model": "tiny-random", "train_per_language": 12, "test_per_language": 6, "top_k": 10,
                           "attribution_test_per_language": 2, "attribution_groups": ["last_layers:1", "all"]},
@@ -21,28 +22,28 @@ def mini(tmp_path, monkeypatch):
     return s
 
 
-def namespace(inst: stages.Instance) -> dict:
+def namespace(inst: graph.Instance) -> dict:
     return {"study": "mini", **({"run": inst.run.name} if inst.run else {}), **inst.params}
 
 
 def test_a_committed_stage_records_the_fingerprint_the_runner_expects_and_feeds_the_next(mini, capsys):
-    plan = stages.plan(mini)
-    expected = stages.expected_fingerprints(plan)
+    plan = graph.plan(mini)
+    expected = fingerprint.expected(plan)
     data_inst, finetune_inst = plan[0], plan[1]
     assert (data_inst.stage.name, finetune_inst.stage.name) == ("data", "finetune")
-    with pytest.raises(stages.MissingStageError, match=r"stage 'data' of run 'main-s0' has no complete outputs"):
-        stages.begin("finetune", namespace(finetune_inst), show=False)
+    with pytest.raises(store.MissingStageError, match=r"stage 'data' of run 'main-s0' has no complete outputs"):
+        context.begin("finetune", namespace(finetune_inst), show=False)
 
-    ctx = stages.begin("data", namespace(data_inst))
+    ctx = context.begin("data", namespace(data_inst))
     assert "Stage 'data', run 'main-s0' of study 'mini'" in capsys.readouterr().out
     (ctx.path / "train.parquet").write_text("stand-in")
     final = ctx.commit()
-    assert final == stages.folder("mini", data_inst) and (final / "train.parquet").exists()
-    record = stages.read_record(final)
+    assert final == store.folder("mini", data_inst) and (final / "train.parquet").exists()
+    record = store.read_record(final)
     assert record["fingerprint"] == expected[data_inst.key] and record["identity"] == data_inst.identity
     assert record["params"] == data_inst.params and record["run"] == "main-s0"
 
-    ctx = stages.begin("finetune", namespace(finetune_inst), show=False)
+    ctx = context.begin("finetune", namespace(finetune_inst), show=False)
     assert ctx.input("data") == final
     with pytest.raises(KeyError, match="does not read 'tracin'"):
         ctx.input("tracin")
@@ -50,11 +51,11 @@ def test_a_committed_stage_records_the_fingerprint_the_runner_expects_and_feeds_
 
 
 def test_begin_refuses_bad_parameters_and_unknown_runs(mini):
-    inst = stages.plan(mini)[0]
+    inst = graph.plan(mini)[0]
     with pytest.raises(config.ConfigError, match="'seed' must be an integer"):
-        stages.begin("data", {**namespace(inst), "seed": "zero"}, show=False)
+        context.begin("data", {**namespace(inst), "seed": "zero"}, show=False)
     with pytest.raises(config.ConfigError, match="parameter 'run' is 'nope'"):
-        stages.begin("data", {**namespace(inst), "run": "nope"}, show=False)
+        context.begin("data", {**namespace(inst), "run": "nope"}, show=False)
     with pytest.raises(config.ConfigError, match="needs a 'study' parameter"):
-        stages.begin("data", {k: v for k, v in namespace(inst).items() if k != "study"}, show=False)
+        context.begin("data", {k: v for k, v in namespace(inst).items() if k != "study"}, show=False)
     assert not paths.stage_dir("mini", "data", inst.identity).exists()

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from helpers import config, data, finetune, tracin, tracin_shard
+from helpers.compute import finetune as finetune_stage
 
 GROUPS = "head=classifier,last=last_layers:1,words=embeddings,every=all"  # every: a sum over the others
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -28,7 +29,7 @@ def finetuned(tmp_path_factory):
     before, threads = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"  # runtime.set_threads reads it: tiny models run fastest on one thread
     try:
-        finetune.run(cfg, cfg, root / "data", root / "ft")
+        finetune_stage.run(cfg, cfg, root / "data", root / "ft")
     finally:
         torch.set_num_threads(before)
         if threads is None:
@@ -52,7 +53,7 @@ def test_two_gloo_processes_equal_one_process_bit_for_bit(finetuned, tmp_path):
     assert not (tmp_path / "two" / tracin_shard.SHARDS).exists()  # merged, then removed
 
     # One process: the engine called here with the same plan, on one thread (as torchrun's processes)
-    ft = finetune.load(finetuned)
+    ft = finetune_stage.load(finetuned)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -89,7 +90,7 @@ def test_shards_scored_apart_merge_to_the_same_matrix(finetuned, tmp_path):
         assert tracin_shard.main([*common, "--rank", "1", "--world-size", "3"]) == 0
         assert tracin_shard.main(["merge", "--out", str(tmp_path), "--keep-shards"]) == 0
         merged = tracin.InfluenceScores.load(tmp_path / "scores")
-        ft = finetune.load(finetuned)
+        ft = finetune_stage.load(finetuned)
         whole = tracin.TracIn(ft.tracin_checkpoints(), params="last_layers:1").scores(
             ft.train, ft.test, progress=False, plan=tracin.Plan(test_chunk=9, train_block=16, dense_bank=True))
         assert np.array_equal(merged.per_checkpoint, whole.per_checkpoint)

@@ -73,7 +73,7 @@ def share_columns(table: pd.DataFrame) -> list[str]:
 
 def runs_table(runs: list, k: int, kind: str, checkpoint: str | None = None, cumulative: bool = False,
                stage: str = "tracin") -> pd.DataFrame:
-    """:func:`sample_table` of several runs (``helpers.stages.RunInputs``), stacked with their run name."""
+    """:func:`sample_table` of several runs (``helpers.flow.context.RunInputs``), stacked with their run name."""
     parts = []
     for run in runs:
         scores = load_scores(run[stage])

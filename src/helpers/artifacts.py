@@ -1,6 +1,6 @@
 """Files with provenance, written so that an interrupted run never leaves one that looks complete.
 
-The low-level layer under :mod:`helpers.stages`: atomic JSON and folder replacement, and the environment record
+The low-level layer under :mod:`helpers.flow`: atomic JSON and folder replacement, and the environment record
 (versions, device, git sha) stored with every stage's outputs. It imports nothing else of the package.
 """
 

@@ -6,7 +6,7 @@ Two scopes:
   runs that differ in a few of them (a parallel-data variant, an imbalanced one, several seeds).
 * ``study`` parameters shape the analysis chapters (``top_k``, the bootstrap), the same for every run.
 
-Which stage reads which parameter is declared with the stages (``helpers.stages``), not here. Profiles
+Which stage reads which parameter is declared with the stages (``helpers.compute`` and ``helpers.chapters``, each module its ``STAGE``), not here. Profiles
 (``params/*.yaml``) hold only what differs from the defaults below. :func:`check` validates values;
 an unknown name, a wrong type or a value outside the allowed set raises :class:`ConfigError` naming the parameter
 and what is allowed. This module imports no other module of the package at import time.

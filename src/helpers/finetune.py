@@ -10,9 +10,10 @@ on a CPU it changes nothing (the embedded default's checkpoints are bit-identica
 Learning rate recorded for TracIn: the mean over the epoch's optimiser steps of the scheduled rate (with a linear
 decay to zero, the rate *at* the last checkpoint would be zero and would erase that checkpoint from the sum).
 
-Retraining (:func:`retrain`, for the counterfactual chapter) runs the same loop again from the same initialisation
-(:func:`initial_model`), seed and data order (:func:`epoch_orders`) without some training samples: with nothing
-removed it reproduces the original checkpoints exactly.
+Retraining (:func:`helpers.compute.retrain.retrain`, for the counterfactual chapter) runs the same loop again from
+the same initialisation (:func:`initial_model`), seed and data order (:func:`epoch_orders`) without some training
+samples: with nothing removed it reproduces the original checkpoints exactly. The fine-tuning stage itself (what it
+writes, and the reader of its outputs) is :mod:`helpers.compute.finetune`.
 """
 
 from __future__ import annotations
@@ -32,10 +33,8 @@ from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from . import artifacts, data, models
+from . import models
 from .runtime import progress_interval, set_threads
-
-CHECKPOINTS_FILE = "checkpoints.json"
 
 
 # pragma: no mutate start (make mutation leaves out what tokenises or fine-tunes: a model build per mutant)
@@ -243,113 +242,3 @@ def train(model: torch.nn.Module, train_ds: Dataset, test_ds: Dataset | None, ep
     model.eval()
     return (pd.concat(history, ignore_index=True) if history else pd.DataFrame()), checkpoints
 # pragma: no mutate end
-
-
-def accuracy_table(history: pd.DataFrame, fine_tune_languages: list[str]) -> pd.DataFrame:
-    """Accuracy per test language (rows) and epoch (columns), with the mean over fine-tuning languages."""
-    table = history.pivot(index="language", columns="epoch", values="accuracy")
-    table = table.reindex(history["language"].unique())
-    table.columns = [f"epoch {c}" for c in table.columns]
-    table.loc["mean (fine-tuning languages)"] = table.loc[fine_tune_languages].mean()
-    table.insert(0, "seen in fine-tuning", [lang in fine_tune_languages for lang in table.index[:-1]] + [True])
-    return table
-
-
-@dataclass
-class FinetuneOutputs:
-    """What the fine-tuning stage leaves for the later ones."""
-
-    folder: Path
-    history: pd.DataFrame  # accuracy per (epoch, test language)
-    checkpoints: list[dict]  # name, path (absolute), learning_rate, learning_rate_at_end, train_loss
-    train: Dataset  # tokenised, with uid / language / pair_id / label / label_name
-    test: Dataset
-    info: dict
-
-    ID_COLUMNS = ("uid", "language", "pair_id", "label", "label_name")
-
-    def ids(self, split: str) -> pd.DataFrame:
-        """One row per sample of ``split`` (train or test): what links a TracIn row or column back to it."""
-        ds = {"train": self.train, "test": self.test}[split]
-        return ds.select_columns(list(self.ID_COLUMNS)).to_pandas()
-
-    def tracin_checkpoints(self) -> list:
-        """The checkpoints with the learning rate TracIn weights each by."""
-        from .tracin import Checkpoint
-
-        return [Checkpoint(path=c["path"], learning_rate=c["learning_rate"], name=c["name"]) for c in self.checkpoints]
-
-
-# pragma: no mutate start (make mutation leaves out what tokenises or fine-tunes: a model build per mutant)
-def run(cfg: dict[str, Any], data_params: dict[str, Any], data_folder: Path, out: Path,
-        pretrain_folder: Path | None = None) -> FinetuneOutputs:
-    """The whole stage: tokenise the data stage's splits, fine-tune, write everything into ``out``.
-    ``pretrain_folder``: the pretrain stage's outputs, for model ``inhouse-mlm``."""
-    train_frame, test_frame = data.load_splits(data_folder)
-    num_labels = len(data.LABELS[data_params["label"]].names)
-    model_dir = cfg.get("model_dir")
-    if pretrain_folder is not None:  # inhouse-mlm: the chosen pre-training checkpoint is its local copy
-        from .models.pretrain import load as load_pretraining
-
-        model_dir = str(load_pretraining(pretrain_folder).path(cfg["pretrain_checkpoint"]))
-    model, train_ds, test_ds, info = tokenise_splits(cfg["model"], train_frame, test_frame, cfg["max_length"],
-                                                     cfg["trim_vocabulary"], cfg["seed"], num_labels, out,
-                                                     model_dir=model_dir, reinit_top_layers=cfg["reinit_top_layers"])
-    info["threads"] = set_threads()
-    history, checkpoints = train(model, train_ds, test_ds, cfg["epochs"], cfg["batch_size"], cfg["learning_rate"],
-                                 cfg["warmup_ratio"], cfg["seed"], out, device=cfg.get("device", "auto"),
-                                 precision=cfg.get("precision", "auto"))
-    info["device"] = str(next(model.parameters()).device)
-    train_ds.save_to_disk(out / "train_tokens")
-    test_ds.save_to_disk(out / "test_tokens")
-    history.to_csv(out / "accuracy.csv", index=False)
-    artifacts.write_json(out / CHECKPOINTS_FILE, checkpoints)
-    artifacts.write_json(out / "info.json", info)
-    return load(out)
-# pragma: no mutate end
-
-
-def load(folder: Path) -> FinetuneOutputs:
-    """Read a committed (or just written) fine-tuning stage folder."""
-    checkpoints = [dict(c, path=str(folder / c["path"])) for c in artifacts.read_json(folder / CHECKPOINTS_FILE)]
-    return FinetuneOutputs(folder, pd.read_csv(folder / "accuracy.csv"), checkpoints,
-                           load_from_disk(str(folder / "train_tokens")), load_from_disk(str(folder / "test_tokens")),
-                           artifacts.read_json(folder / "info.json"))
-
-
-def retrain(folder: Path, params: dict[str, Any], remove: Collection[int] = (), out_dir: Path | None = None,
-            evaluate: bool = False) -> tuple[torch.nn.Module, pd.DataFrame, list[dict]]:
-    """Fine-tune again what the fine-tuning stage in ``folder`` fine-tuned, without the training rows ``remove``.
-
-    Same initialisation (:func:`initial_model`, trimmed to the same vocabulary; the global torch generator, which
-    draws the dropout masks, is left in the same state as in :func:`tokenise_splits`), same seed, same tokenised
-    samples and the same order of the remaining samples (:func:`epoch_orders`), same hyper-parameters (``params``:
-    the run's parameters). Returns (model, history, checkpoints) as :func:`train`; ``out_dir`` saves the checkpoints,
-    ``evaluate`` scores the test set after every epoch (neither is needed to measure the final model)."""
-    out = load(folder)
-    num_labels = len(data.LABELS[params["label"]].names)
-    model = initial_model(params["model"], num_labels, params["seed"], vocab_size=out.info["full_vocab_size"],
-                          model_dir=out.info.get("model_dir") or params.get("model_dir"),
-                          reinit_top_layers=out.info.get("reinit_top_layers", 0))
-    if params["trim_vocabulary"]:
-        models.trim_vocabulary(model, np.load(folder / "vocab_keep_ids.npy"))
-    history, checkpoints = train(model, out.train, out.test if evaluate else None, params["epochs"],
-                                 params["batch_size"], params["learning_rate"], params["warmup_ratio"], params["seed"],
-                                 out_dir, exclude=remove, device=params.get("device", "auto"),
-                                 precision=params.get("precision", "auto"))
-    return model, history, checkpoints
-
-
-def learning_threshold(n_labels: int) -> float:
-    """The book's criterion for a model that learned the task: mean test accuracy over the fine-tuning languages at
-    least twice chance (the fine-tuning page, the scoreboard's FT1 and the alignment chapter's AL1 all use it)."""
-    return 2 / n_labels
-
-
-def learning_verdict(mean_accuracy: float, n_labels: int, epochs: int) -> str:
-    """Did the model learn? :func:`learning_threshold`."""
-    chance = 1 / n_labels
-    learned = ("learns the task" if mean_accuracy >= learning_threshold(n_labels)
-               else "does **not** clearly learn the task")
-    return (f"After {epochs} epochs, mean test accuracy over the fine-tuning languages is {mean_accuracy:.0%} "
-            f"against a chance level of {chance:.0%}: the model {learned} (criterion: at least twice chance).")

@@ -2,7 +2,7 @@
 
 Every path is absolute and derived from the repository root, so notebooks work the same whether papermill runs
 them from the repository root or nbval runs them from ``notebooks/``. Stage outputs are addressed by an identity
-derived from their parameters and inputs (see :mod:`helpers.stages`), so identical stages shared by several runs of
+derived from their parameters and inputs (see :mod:`helpers.flow.graph`), so identical stages shared by several runs of
 a study are stored, and computed, once. ``HELPERS_ARTIFACTS`` moves the artifacts
 (and the model cache inside it) elsewhere, e.g. to a scratch disk.
 """
@@ -16,7 +16,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO_ROOT / "notebooks"
 PARAMS = REPO_ROOT / "params"
-EXECUTED = REPO_ROOT / "book" / "executed"
+#: Where the runner publishes the pages the book shows (``HELPERS_EXECUTED`` moves it: the tests publish elsewhere).
+EXECUTED = Path(os.environ.get("HELPERS_EXECUTED") or REPO_ROOT / "book" / "executed").resolve()
 
 
 def artifacts_root() -> Path:

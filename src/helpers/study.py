@@ -147,7 +147,9 @@ def _seeds(value: Any, where: str) -> list[int]:
 
 def resolve(profile: str | Path, overrides: list[str] | dict[str, Any] | None = None, seeds: list[int] | None = None,
             name: str | None = None) -> Study:
-    """Profile + overrides -> the validated study: every run's complete parameters, and the analyses'."""
+    """Profile + overrides -> the validated study: every run's complete parameters, and the analyses'. What the
+    values allow with the chosen model, corpus and machine is checked by the runner before any work
+    (:func:`helpers.flow.feasible.check`)."""
     spec = load_profile(profile)
     base = dict(spec["parameters"])
     per_variant: dict[str, dict[str, Any]] = {}
@@ -213,73 +215,7 @@ def resolve(profile: str | Path, overrides: list[str] | dict[str, Any] | None = 
         paths.study_dir(study_name)  # refuses names outside the artifacts root
     except ValueError as err:
         raise ConfigError(f"option --study: {err}") from None
-    result = Study(study_name, str(profile), study_params, runs)
-    from .stages import plan  # stages imports this module
-
-    check_feasible(runs, {i.run.name for i in plan(result) if i.stage.name == "tracin_groups"})
-    return result
-
-
-def check_feasible(runs: dict[str, Run], grouped: set[str] | None = None) -> None:
-    """What each value allows only with the chosen model, machine and corpus, checked before any work (each would
-    otherwise fail minutes into a run): a TracIn parameter subset that selects nothing of the model, ``device:
-    cuda`` without CUDA, sample sizes beyond what the corpus has. ``grouped``: the runs that score
-    ``attribution_groups`` (None: every run), so that a run that does not is not held to them."""
-    import torch
-
-    from . import data, models, tracin
-    from .models import pretrain
-    from .stages import get as get_stage  # stages imports this module
-
-    data_stage = get_stage("data")
-    skeletons: dict[str, Any] = {}
-    sampled: set[str] = set()
-    for run in runs.values():
-        p = run.params
-        where = f"run {run.variant!r}: parameter"
-        if p["device"] == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"{where} 'device' is 'cuda' but torch sees no CUDA device here; allowed here: "
-                              "'auto' or 'cpu'")
-        n_labels = len(data.LABELS[p["label"]].names)
-        inhouse = p["model"] == "inhouse-mlm"
-        key = json.dumps([p["model"], n_labels, p["model_dir"], p["pretrain_layers"] if inhouse else 0,
-                          p["pretrain_hidden"] if inhouse else 0])
-        if key not in skeletons:
-            if models.get(p["model"]).source == "hub":
-                try:  # fails fast, naming model_dir, when the hub is out of reach and nothing is cached
-                    models.require_available(p["model"], p["model_dir"])
-                except models.ModelUnavailableError as err:
-                    raise ConfigError(f"run {run.variant!r}: {err}") from None
-            skeletons[key] = models.skeleton(p["model"], n_labels, p["model_dir"], params=p)
-        model = skeletons[key]  # None: a hub model whose architecture is not known here
-        if model is not None and p["reinit_top_layers"]:
-            n_layers = len(tracin.encoder_layers(model)[1])
-            if p["reinit_top_layers"] > n_layers:
-                raise ConfigError(f"{where} 'reinit_top_layers' is {p['reinit_top_layers']} but model {p['model']!r} "
-                                  f"has {n_layers} encoder layers; allowed: 0..{n_layers}")
-        if inhouse:
-            try:
-                pretrain.check_size(p["pretrain_languages"], p["pretrain_verses_per_language"])
-            except data.SizeError as err:
-                raise ConfigError(f"{where}s ask for more pre-training text than the corpus has ({err})") from None
-        specs = [("tracin_params", p["tracin_params"])]
-        if grouped is None or run.name in grouped:
-            specs += [("attribution_groups", g) for g in p["attribution_groups"]]
-        for name, spec in specs if model is not None else []:
-            try:
-                tracin.select_parameters(model, spec)
-            except ValueError as err:
-                raise ConfigError(f"{where} {name!r} has {spec!r}, which does not fit model {p['model']!r}: "
-                                  f"{err}") from None
-        sizes = json.dumps({k: p[k] for k in data_stage.params}, sort_keys=True)  # runs sharing data: once
-        if sizes not in sampled:
-            try:
-                data.sample_keys(p)
-            except data.SizeError as err:
-                raise ConfigError(f"{where}s ask for more samples than the corpus has ({err})") from None
-            except data.CorpusUnavailableError as err:
-                raise ConfigError(f"run {run.variant!r}: {err}") from None
-            sampled.add(sizes)
+    return Study(study_name, str(profile), study_params, runs)
 
 
 class MissingStudyError(RuntimeError):

@@ -1,7 +1,7 @@
 """Alignment and sharing: does a model draw more on other languages' data the more aligned its pre-training left it?
 
-Reads the probing chapter's measurements of every encoder of the alignment axis (translation retrieval and neuron
-overlap, :mod:`helpers.chapters.probing`) and TracIn's rankings of the same fine-tuned models:
+Reads the probing stage's measurements of every encoder of the alignment axis (translation retrieval and neuron
+overlap, :mod:`helpers.compute.probe`) and TracIn's rankings of the same fine-tuned models:
 
 * the **axis**: per encoder, the retrieval of the encoder fine-tuning started from against the fine-tuned model's
   own-language share of the top-k (the paper's measure of sharing, over the variant's seeds);
@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import analysis, claims, data, finetune
+from .. import analysis, claims, data
+from ..compute import finetune
 from ..neurons import overlap
-from ..stages import STUDY_ROLE, Stage
+from ..flow.stage import STUDY_ROLE, Stage
 from . import Result
 
 STAGE = Stage("alignment", "20_alignment.ipynb", "Alignment and sharing",
-              reads=(("probing", STUDY_ROLE), ("finetune", "axis"), ("tracin", "axis")),
+              reads=(("probe", STUDY_ROLE), ("finetune", "axis"), ("tracin", "axis")),
               params=("top_k", "influence_kind", "n_bootstrap", "confidence"),
               modules=("chapters/alignment", "neurons/overlap", "analysis", "claims"))
 
@@ -107,11 +108,11 @@ def transfer_table(runs: list, pairs: pd.DataFrame) -> pd.DataFrame:
 
 
 def compute(probing_folder, runs: list, cfg: dict[str, Any]) -> Result:
-    """``probing_folder``: the probing chapter's outputs; ``runs``: the axis runs (``finetune`` and ``tracin``)."""
+    """``probing_folder``: the probing stage's outputs; ``runs``: the axis runs (``finetune`` and ``tracin``)."""
     try:
         pairs = pd.read_csv(probing_folder / "pairs.csv")
     except pd.errors.EmptyDataError:  # the probing chapter had no axis to measure
-        why = "the probing chapter measured no encoder (it needs the Bible corpus)"
+        why = "the probing stage measured no encoder (it needs the Bible corpus)"
         return Result(tables={name: pd.DataFrame() for name in ("axis", "pair_points", "transfer", "correlations")},
                       claims=[claims.not_tested(c, STAGE.name, s, src, "", why) for c, s, src in CLAIMS])
     starts = pd.read_csv(probing_folder / "starts.csv")

@@ -16,7 +16,7 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from .. import analysis, claims
-from ..stages import Stage
+from ..flow.stage import Stage
 from . import Result
 
 STAGE = Stage("attribution", "16_attribution.ipynb", "Which gradients?", reads=(("tracin_groups", "first"),),

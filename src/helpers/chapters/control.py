@@ -12,8 +12,9 @@ from typing import Any
 
 import pandas as pd
 
-from .. import analysis, claims, data, finetune
-from ..stages import Stage
+from .. import analysis, claims, data
+from ..compute import finetune
+from ..flow.stage import Stage
 from . import Result
 
 STAGE = Stage("control", "15_control.ipynb", "Positive control",

@@ -1,9 +1,10 @@
-"""Do the influential samples matter? A counterfactual check of TracIn's attributions.
+"""Do the influential samples matter? A counterfactual check of TracIn's attributions (the statistics and prose; the
+removals and retrainings are the retraining stage's, :mod:`helpers.compute.retrain`).
 
 Every other chapter assumes that TracIn's most influential training samples are the ones the model relies on.
 Training-data attribution methods are known to predict poorly what happens when data is removed, so this chapter
 tests it on the study's own runs: it removes training samples, fine-tunes again from the same initialisation, seed
-and data order (:func:`helpers.finetune.retrain`; with nothing removed that reproduces the original checkpoints
+and data order (:func:`helpers.compute.retrain.retrain`; with nothing removed that reproduces the original checkpoints
 exactly on the same machine and number of threads, which the tests check) and measures, test sample by test
 sample, how the loss and the accuracy change against the original run (retrained minus original: paired, so the
 test samples' own difficulty cancels).
@@ -28,160 +29,30 @@ between TracIn's predicted and the actual change of its loss, averaged).
 
 from __future__ import annotations
 
-import sys
-import time
-import zlib
-from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy.stats import rankdata
 
-from .. import analysis, claims, data, finetune, models
+from .. import analysis, claims, data
+from ..compute.retrain import fraction_size, plan_removals
 from ..config import ConfigError
-from ..stages import Stage
+from ..flow.stage import Stage
 from ..study import load_profile
-from ..tracin import top_rows
 from . import Result
 
 STAGE = Stage("counterfactual", "18_counterfactual.ipynb", "Do the influential samples matter?",
-              reads=(("tracin", "main"), ("finetune", "main")),
+              reads=(("retrain", "study"), ("tracin", "main")),
               params=("counterfactual_languages", "counterfactual_fractions", "counterfactual_arms",
                       "counterfactual_random_draws", "counterfactual_seeds", "counterfactual_zero_shot",
                       "datamodel_subsets", "n_bootstrap", "confidence"),
-              modules=("chapters/counterfactual", "finetune", "claims"))
+              files=("params/counterfactual.yaml",))
 
 RANKED_ARMS = ("top", "random", "own", "other")
 #: The profile with the full design (several fractions and seeds, every arm, the zero-shot question, datamodeling).
 FULL_PROFILE = "counterfactual"
 _KEYS = ["run", "target", "fraction", "arm", "test_row", "test_language"]
-
-
-@dataclass(frozen=True)
-class Removal:
-    """One retraining: the training rows it leaves out and why."""
-
-    arm: str  # top | random | own | other | without | half
-    target: str  # the test language whose TracIn ranking chose the rows; for 'without', the removed language
-    fraction: str  # '20%'; '' for 'without' and 'half'
-    draw: int  # random draws and halves are numbered from 0
-    rows: tuple[int, ...]
-
-    @property
-    def label(self) -> str:
-        if self.arm == "without":
-            return f"without {self.target}"
-        if self.arm == "half":
-            return f"half {self.draw}"
-        draw = f" #{self.draw}" if self.arm == "random" else ""
-        return f"{self.arm}{draw} {self.fraction} for {self.target}"
-
-
-def fraction_size(fraction: str, n_train: int) -> int:
-    """Training samples a fraction such as '20%' removes (at least one)."""
-    return max(1, round(float(fraction.rstrip("%")) / 100 * n_train))
-
-
-def summed_scores(scores, language: str) -> np.ndarray:
-    """(n_train,) each training sample's TracIn score summed over ``language``'s test samples: the first-order
-    prediction of how much removing it would raise the total test loss of that language."""
-    columns = (scores.test_ids["language"] == language).to_numpy()
-    if not columns.any():
-        raise ValueError(f"no test samples in language {language!r}")
-    return scores.total[:, columns].sum(1, dtype=np.float64)
-
-
-def _top(values: np.ndarray, n: int, allowed: np.ndarray | None = None) -> tuple[int, ...]:
-    """The ``n`` rows with the highest ``values`` (among ``allowed``), via the book's one top-k (ties: lower row)."""
-    if allowed is not None:
-        if allowed.sum() < n:
-            raise ValueError(f"only {int(allowed.sum())} training samples to choose {n} from")
-        values = np.where(allowed, values, -np.inf)
-    return tuple(sorted(top_rows(values[:, None], n)[:, 0].tolist()))
-
-
-def _rng(*parts: Any) -> np.random.Generator:
-    return np.random.default_rng(zlib.crc32("/".join(map(str, parts)).encode()))
-
-
-def matched_random(train_language: np.ndarray, rows: tuple[int, ...], rng: np.random.Generator) -> tuple[int, ...]:
-    """As many random training rows as ``rows`` has, with the same number from each language (matched mix)."""
-    mix = Counter(train_language[list(rows)])
-    drawn = [rng.choice(np.flatnonzero(train_language == lang), size=count, replace=False)
-             for lang, count in mix.items()]
-    return tuple(sorted(np.concatenate(drawn).tolist()))
-
-
-def plan_removals(scores, cfg: dict[str, Any], seed: int, first: bool) -> list[Removal]:
-    """Every removal of one run: for each target language and fraction, the arms; then one removal per fine-tuning
-    language (zero-shot question); then, on the ``first`` run, the random halves (datamodeling)."""
-    train_language = scores.train_ids["language"].to_numpy()
-    n_train = len(train_language)
-    languages = list(dict.fromkeys(train_language))
-    out: list[Removal] = []
-    for target in cfg["counterfactual_languages"]:
-        summed = summed_scores(scores, target)
-        for fraction in cfg["counterfactual_fractions"]:
-            n = fraction_size(fraction, n_train)
-            top = _top(summed, n)
-            for arm in cfg["counterfactual_arms"]:
-                if arm == "top":
-                    out.append(Removal("top", target, fraction, 0, top))
-                elif arm == "random":
-                    out += [Removal("random", target, fraction, draw,
-                                    matched_random(train_language, top, _rng(seed, target, fraction, draw)))
-                            for draw in range(cfg["counterfactual_random_draws"])]
-                elif arm == "own" and target in languages:  # a zero-shot language has no training data of its own
-                    out.append(Removal("own", target, fraction, 0, _top(summed, n, train_language == target)))
-                elif arm == "other":
-                    out.append(Removal("other", target, fraction, 0, _top(summed, n, train_language != target)))
-    if cfg["counterfactual_zero_shot"]:
-        out += [Removal("without", lang, "", 0, tuple(np.flatnonzero(train_language == lang).tolist()))
-                for lang in languages]
-    if first:
-        for m in range(cfg["datamodel_subsets"]):
-            rows = _rng(seed, "half", m).choice(n_train, n_train // 2, replace=False)
-            out.append(Removal("half", "", "", m, tuple(sorted(rows.tolist()))))
-    return out
-
-
-def retrain_run(run, removals: list[Removal]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Retrain ``run`` once per distinct set of removed rows. Returns the outcomes (one row per removal and test
-    sample: loss, correct, their change against the original run, TracIn's predicted loss change) and one row per
-    removal (its size and the seconds its retraining took; 0 when an identical set was already retrained)."""
-    ft = finetune.load(run["finetune"])
-    scores = analysis.load_scores(run["tracin"])
-    if list(scores.test_ids["uid"]) != list(ft.ids("test")["uid"]):
-        raise ValueError(f"run {run.name}: the TracIn scores' test samples are not the fine-tuning stage's")
-    original = finetune.sample_outcomes(models.load_classifier(ft.checkpoints[-1]["path"]), ft.test)
-    total = scores.total.astype(np.float64)
-    done: dict[tuple[int, ...], pd.DataFrame] = {}
-    parts, log = [], []
-    for i, removal in enumerate(removals, 1):
-        seconds = 0.0
-        if removal.rows not in done:
-            start = time.perf_counter()
-            model, _, _ = finetune.retrain(run["finetune"], run.params, removal.rows)
-            done[removal.rows] = finetune.sample_outcomes(model, ft.test)
-            seconds = time.perf_counter() - start
-            print(f"[{i}/{len(removals)}] {run.name}: retrained {removal.label} ({len(removal.rows)} of "
-                  f"{len(ft.train)} samples removed) in {seconds:.0f} s", file=sys.stderr, flush=True)
-        outcome = done[removal.rows]
-        parts.append(pd.DataFrame({
-            "run": run.name, "arm": removal.arm, "target": removal.target, "fraction": removal.fraction,
-            "draw": removal.draw, "n_removed": len(removal.rows), "test_row": outcome["row"],
-            "test_language": outcome["language"], "loss": outcome["loss"], "correct": outcome["correct"],
-            "d_loss": outcome["loss"] - original["loss"], "d_correct": outcome["correct"] - original["correct"],
-            "predicted": total[list(removal.rows)].sum(0)}))
-        removed_language = scores.train_ids["language"].to_numpy()[list(removal.rows)]
-        log.append({"run": run.name, "removal": removal.label, "arm": removal.arm, "target": removal.target,
-                    "fraction": removal.fraction, "n_removed": len(removal.rows), "n_kept": len(ft.train) -
-                    len(removal.rows), "share_own_language": float(np.mean(removed_language == removal.target)),
-                    "seconds": round(seconds, 1), "threads": torch.get_num_threads()})
-    return pd.concat(parts, ignore_index=True), pd.DataFrame(log)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -270,21 +141,11 @@ def _how_to(what: str) -> str:
             f"(params/{FULL_PROFILE}.yaml).")
 
 
-def compute(runs: list, cfg: dict[str, Any]) -> Result:
-    """``runs``: the main run's seeds (``RunInputs`` with ``tracin`` and ``finetune`` folders); the first
-    ``counterfactual_seeds`` of them are retrained."""
+def compute(runs: list, cfg: dict[str, Any], outcomes: pd.DataFrame, log: pd.DataFrame) -> Result:
+    """``runs``: the main run's seeds (``RunInputs`` with ``tracin`` folders); ``outcomes`` and ``log``: what the
+    retraining stage (:mod:`helpers.compute.retrain`) measured on the first ``counterfactual_seeds`` of them."""
     opts = dict(n_boot=cfg["n_bootstrap"], confidence=cfg["confidence"])
     chosen = runs[: cfg["counterfactual_seeds"]]
-    outcomes, log = [], []
-    for i, run in enumerate(chosen):
-        removals = plan_removals(analysis.load_scores(run["tracin"]), cfg, run.run.seed, first=i == 0)
-        if removals:
-            o, g = retrain_run(run, removals)
-            outcomes.append(o)
-            log.append(g)
-    outcomes = pd.concat(outcomes, ignore_index=True) if outcomes else pd.DataFrame(
-        columns=[*_KEYS, "draw", "n_removed", "loss", "correct", "d_loss", "d_correct", "predicted"])
-    log = pd.concat(log, ignore_index=True) if log else pd.DataFrame()
     ranked = ranked_outcomes(outcomes)
     result = Result(tables={"outcomes": outcomes, "retrainings": log, "arms": arm_summary(ranked, opts)})
     seeds = f"{len(chosen)} of the main run's {len(runs)} seeds"
@@ -423,7 +284,7 @@ def plain_verdict(result: Result) -> str:
     return text
 
 
-def _retrainings(removals: list[Removal]) -> int:
+def _retrainings(removals: list) -> int:
     return len({r.rows for r in removals})
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from .. import analysis, claims
-from ..stages import Stage
+from ..flow.stage import Stage
 from . import Result
 
 STAGE = Stage("dynamics", "11_dynamics.ipynb", "Dynamics", reads=(("tracin", "main"),),

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from .. import analysis, claims, data
-from ..stages import Stage
+from ..flow.stage import Stage
 from . import Result
 
 STAGE = Stage("imbalance", "14_imbalance.ipynb", "Data imbalance", reads=(("tracin", "main"), ("tracin", "imbalance")),

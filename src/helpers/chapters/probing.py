@@ -1,221 +1,34 @@
 """Neurons shared between languages (Wang, Minervini & Ponti 2024), and translation retrieval, along the alignment
-axis.
-
-The encoders of the axis are the runs of role ``axis`` (the main run's data and fine-tuning from another encoder):
-e5-small (trained to map translations together: the aligned end), e5-small with its top ``reinit_top_layers``
-layers re-initialised (cheap points in between) and the encoder pre-trained here on monolingual text only
-(:mod:`helpers.pretrain`: the unaligned end). Each is measured before fine-tuning, after every epoch and, for the
-in-house encoder, at every pre-training checkpoint, on held-out verses (the same in every test language, never
-pre-trained on, :func:`helpers.pretrain.held_out`, and in no axis run's training set):
-
-* **translation retrieval** between every pair of test languages, from mean-pooled states of a layer
-  (:func:`helpers.neurons.activations.retrieval_hits`): the intrinsic alignment measure;
-* **neuron overlap**: per language, the ``probe_neurons`` neurons of the layer that a probe of the task label picks
-  greedily (:func:`helpers.neurons.probing.select_neurons`); per pair, the share they have in common, next to what
-  two random selections would share (:mod:`helpers.neurons.overlap`);
-
-at the layer of ``probe_depth`` (the tables) and, before fine-tuning and at its last checkpoint, at every layer (the
-summary figure). This stage reads checkpoints
-only: changing ``top_k`` does not rerun it (the alignment chapter, which reads it and TracIn, reruns alone).
-"""
+axis: the chapter's claim and tables, from the probing stage's measurements (:mod:`helpers.compute.probe`, which
+says what is measured and how)."""
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
-from .. import claims, data, finetune, models
-from ..runtime import progress_interval, set_threads
-from ..corpora import bible
-from ..models import pretrain
-from ..neurons import activations, overlap, probing
-from ..stages import Stage
+from .. import claims
+from ..compute import probe
+from ..compute.probe import PRETRAINING
+from ..flow.stage import STUDY_ROLE, Stage
 from . import Result
 
-STAGE = Stage("probing", "19_probing.ipynb", "Neurons shared between languages",
-              reads=(("pretrain", "axis"), ("finetune", "axis")),
-              params=("alignment_verses", "probe_depth", "probe_neurons", "n_bootstrap", "confidence"),
-              modules=("chapters/probing", "neurons/activations", "neurons/probing", "neurons/overlap", "claims"))
-
-PRETRAINING = "in-house MLM"  # the encoder name of the pre-training checkpoints
-TABLES = ("points", "layers", "pairs", "starts", "verses")
+STAGE = Stage("probing", "19_probing.ipynb", "Neurons shared between languages", reads=(("probe", STUDY_ROLE),),
+              params=("probe_neurons",))
 DEGRADATION = ("Alignment does not grow steadily during pre-training: it degrades in some phases (a drop between "
                "successive checkpoints).")
 
 
-@dataclass(frozen=True)
-class Point:
-    """One encoder state whose alignment is measured."""
-
-    encoder: str  # which encoder of the axis
-    phase: str  # "pre-trained" (a pre-training checkpoint, or the encoder a fine-tuning starts from) or "fine-tuned"
-    checkpoint: str  # "step-300", "start", "epoch3"
-    order: int  # position along its training (steps or epochs)
-    run: str | None  # the fine-tuning run it belongs to (None: a pre-training checkpoint)
-
-
-def encoder_name(params: dict[str, Any], pretrain_step: str | None = None) -> str:
-    """The axis's name for the encoder a run fine-tunes."""
-    if params["model"] == "inhouse-mlm":
-        return f"{PRETRAINING} ({pretrain_step})" if pretrain_step else PRETRAINING
-    name = params["model"]
-    return f"{name}, top {params['reinit_top_layers']} re-initialised" if params["reinit_top_layers"] else name
-
-
-def pretraining_step(run) -> str | None:
-    """The pre-training checkpoint a run fine-tuned (its folder's name), or None."""
-    if run.params["model"] != "inhouse-mlm":
-        return None
-    return Path(finetune.load(run["finetune"]).info["model_dir"]).name
-
-
-def held_out_verses(runs: list, n: int) -> tuple[pd.DataFrame, list[str]]:
-    """``n`` held-out verses (about as many per label), the same in every language, and the test languages: from
-    the pool never pre-trained on, leaving out any verse an axis run trains on. Deterministic."""
-    first = runs[0]
-    task = data.LABELS[first.params["label"]]
-    keys = data.verse_keys()
-    keys = keys[pretrain.held_out(keys)].copy()
-    keys["label"] = keys["book"].map(task.books)
-    keys = keys.dropna(subset=["label"]).astype({"label": int})
-    keys["pair_id"] = bible.pair_ids(keys)
-    trained = set().union(*(set(finetune.load(r["finetune"]).ids("train")["pair_id"]) for r in runs))
-    keys = keys[~keys["pair_id"].isin(trained)].sample(frac=1, random_state=0)
-    per_label = -(-n // len(task.names))
-    chosen = keys.groupby("label", sort=True).head(per_label).head(n).reset_index(drop=True)
-    if len(chosen) < n:
-        raise ValueError(f"parameter 'alignment_verses' is {n} but the held-out pool has {len(chosen)} labelled "
-                         f"verses outside the axis runs' training sets; allowed: at most {len(chosen)}")
-    languages = [*first.params["fine_tune_languages"], *first.params["zero_shot_languages"]]
-    return chosen, languages
-
-
-def measure(point: Point, states: dict[str, np.ndarray], labels: np.ndarray, cfg: dict[str, Any],
-            every_layer: bool = True) -> tuple[dict[str, Any], list[dict], list[dict]]:
-    """Retrieval and neuron overlap of one encoder state at every layer (or at the probed layer only): (summary row
-    at the probed layer, with a bootstrap interval over verses for retrieval; per-layer rows; per-pair rows at the
-    probed layer)."""
-    languages = list(states)
-    n_layers, _, d = next(iter(states.values())).shape
-    n_layers -= 1
-    probed = activations.layer_at(cfg["probe_depth"], n_layers)
-    k = min(cfg["probe_neurons"], d)
-    layer_rows, pair_rows, summary = [], [], {}
-    for layer in range(n_layers + 1) if every_layer else [probed]:
-        selections = {lang: probing.select_neurons(states[lang][layer], labels, n_neurons=k, seed=0)
-                      for lang in languages}
-        pairs = overlap.pairwise({lang: s.neurons for lang, s in selections.items()}, d=d,
-                                 confidence=cfg["confidence"])
-        hits = np.mean([activations.retrieval_hits(states[a][layer], states[b][layer])
-                        for a, b in itertools.combinations(languages, 2)], axis=0)  # per verse
-        row = {**point.__dict__, "layer": layer, "depth": layer / n_layers, "retrieval": float(hits.mean()),
-               "overlap": float(pairs["overlap"].mean()), "chance": float(pairs["chance"].iloc[0]),
-               "probe_nmi": float(np.mean([s.dev_nmi[-1] for s in selections.values()]))}
-        layer_rows.append(row)
-        if layer == probed:
-            retrieval = claims.interval(pd.DataFrame({"hit": hits}), "hit", cfg["n_bootstrap"], cfg["confidence"],
-                                        strata=None, unit=None)
-            summary = {**row, "n_layers": n_layers, "retrieval_low": retrieval[1], "retrieval_high": retrieval[2],
-                       "chance_low": float(pairs["chance_low"].iloc[0]),
-                       "chance_high": float(pairs["chance_high"].iloc[0])}
-            pair_rows = [{**point.__dict__, **r} for r in pairs.to_dict("records")]
-    return summary, layer_rows, pair_rows
-
-
-def plan(runs: list) -> list[tuple[Point, Callable[[], tuple]]]:
-    """Every encoder state to measure, with how to load it (model, tokenizer, vocabulary map or None): each
-    pre-training checkpoint once; for the first seed of each variant, the encoder fine-tuning starts from (for the
-    in-house encoder, that is a pre-training checkpoint, measured once) and every fine-tuning checkpoint."""
-    jobs, seen_pretraining, variants = [], set(), set()
-    for run in runs:
-        if "pretrain" in run.folders and str(run["pretrain"]) not in seen_pretraining:
-            seen_pretraining.add(str(run["pretrain"]))
-            for c in pretrain.load(run["pretrain"]).checkpoints:
-                jobs.append((Point(PRETRAINING, "pre-trained", c["name"], c["step"], None),
-                             lambda c=c: (models.load_classifier(c["path"]), models.load_tokenizer(c["path"]), None)))
-        if run.run.variant in variants:
-            continue
-        variants.add(run.run.variant)
-        out = finetune.load(run["finetune"])
-        tokenizer = models.load_tokenizer(run["finetune"] / "tokenizer")
-        name = encoder_name(run.params, pretraining_step(run))
-        if "pretrain" not in run.folders:
-            n_labels = len(data.LABELS[run.params["label"]].names)
-            jobs.append((Point(name, "pre-trained", "start", 0, run.name),
-                         lambda run=run, out=out, tokenizer=tokenizer, n_labels=n_labels: (
-                             finetune.initial_model(run.params["model"], n_labels, run.params["seed"],
-                                                    vocab_size=out.info["full_vocab_size"],
-                                                    reinit_top_layers=run.params["reinit_top_layers"]),
-                             tokenizer, None)))
-        keep = run["finetune"] / "vocab_keep_ids.npy"
-        vocab = models.VocabMap(np.load(keep), out.info["full_vocab_size"]) if keep.exists() else None
-        for i, c in enumerate(out.checkpoints, 1):
-            jobs.append((Point(name, "fine-tuned", c["name"], i, run.name),
-                         lambda c=c, tokenizer=tokenizer, vocab=vocab: (models.load_classifier(c["path"]), tokenizer,
-                                                                         vocab)))
-    return jobs
-
-
-def starts(runs: list, points: pd.DataFrame) -> pd.DataFrame:
-    """Per variant: the measurement of the encoder its fine-tuning started from (retrieval, overlap)."""
-    rows, seen = [], set()
-    for run in runs:
-        if run.run.variant in seen:
-            continue
-        seen.add(run.run.variant)
-        step = pretraining_step(run)
-        if step:
-            match = points[(points["encoder"] == PRETRAINING) & (points["checkpoint"] == step)]
-        else:
-            match = points[(points["run"] == run.name) & (points["checkpoint"] == "start")]
-        rows.append({"variant": run.run.variant, "run": run.name, "encoder": encoder_name(run.params, step),
-                     **match[["retrieval", "retrieval_low", "retrieval_high", "overlap"]].iloc[0].to_dict()})
-    return pd.DataFrame(rows)
-
-
-def compute(runs: list, cfg: dict[str, Any]) -> Result:
-    """``runs``: the axis runs (``RunInputs`` with ``finetune``, and ``pretrain`` for the in-house encoder)."""
-    from tqdm import tqdm
-
-    if runs[0].params["dataset"] != "bible":  # the held-out pool and the in-house encoder are Bible verses
-        return Result(tables={name: pd.DataFrame() for name in TABLES}, claims=[claims.not_tested(
+def compute(folder: Path) -> Result:
+    """The probing stage's tables (``folder``) and the chapter's claim (W2)."""
+    tables = probe.load(folder)
+    if tables["points"].empty:
+        return Result(tables=tables, claims=[claims.not_tested(
             "W2", STAGE.name, DEGRADATION, claims.RELATED, "translation retrieval over pre-training",
-            f"the alignment axis needs the Bible corpus's parallel verses; dataset is {runs[0].params['dataset']!r}")])
-    set_threads()
-    verses, languages = held_out_verses(runs, cfg["alignment_verses"])
-    texts = {lang: data.read_verses(lang, verses) for lang in languages}
-    labels = verses["label"].to_numpy()
-    max_length = runs[0].params["max_length"]
-    summaries, layer_rows, pair_rows = [], [], []
-    jobs = plan(runs)
-    last = {p.run: p.order for p, _ in jobs if p.phase == "fine-tuned"}
-    for point, load in tqdm(jobs, desc="probing encoder states", unit="checkpoint", mininterval=progress_interval()):
-        model, tokenizer, vocab = load()
-        states = {lang: activations.pooled_states(model, activations.token_ids(tokenizer, t, max_length, vocab))
-                  for lang, t in texts.items()}
-        del model
-        # every layer before fine-tuning and at its end; the probed layer alone in between (the cost is per layer)
-        every_layer = point.phase == "pre-trained" or point.order == last.get(point.run)
-        summary, layers, pairs = measure(point, states, labels, cfg, every_layer)
-        summaries.append(summary)
-        layer_rows += layers
-        pair_rows += pairs
-    points = pd.DataFrame(summaries)
-    losses = [{"encoder": PRETRAINING, "checkpoint": c["name"], "mlm_loss": c["mlm_loss"]}
-              for folder in dict.fromkeys(str(r["pretrain"]) for r in runs if "pretrain" in r.folders)
-              for c in pretrain.load(Path(folder)).checkpoints]
-    if losses:
-        points = points.merge(pd.DataFrame(losses), on=["encoder", "checkpoint"], how="left")
-    result = Result(tables={"points": points, "layers": pd.DataFrame(layer_rows), "pairs": pd.DataFrame(pair_rows),
-                            "starts": starts(runs, points),
-                            "verses": verses[["book", "chapter", "verse", "label"]]})
-    result.claims = [degradation_claim(points)]
-    return result
+            "the alignment axis needs the Bible corpus's parallel verses (the probing stage measured nothing)")])
+    return Result(tables=tables, claims=[degradation_claim(tables["points"])])
 
 
 def degradation_claim(points: pd.DataFrame) -> claims.Claim:

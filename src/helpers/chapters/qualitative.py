@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .. import analysis, data
-from ..stages import Stage
+from ..flow.stage import Stage
 from . import Result
 
 STAGE = Stage("qualitative", "17_qualitative.ipynb", "Examples", reads=(("tracin", "first"), ("data", "first")),

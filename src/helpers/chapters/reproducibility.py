@@ -6,8 +6,11 @@ import shlex
 
 import pandas as pd
 
-from .. import artifacts, config, paths, stages
-from ..stages import Stage
+from .. import artifacts, config
+from ..flow.graph import plan, run_instance
+from ..flow.runner import read_runlog
+from ..flow.stage import Stage
+from ..flow.store import folder
 from ..study import Study, load_profile
 
 STAGE = Stage("reproducibility", "91_reproducibility.ipynb", "Reproducibility", always_run=True,
@@ -33,16 +36,14 @@ def parameter_table(study: Study) -> pd.DataFrame:
 
 def timing_table(study: Study) -> pd.DataFrame:
     """Seconds per stage instance as last computed ('reused': skipped because up to date)."""
-    from ..pipeline import read_runlog
-
     log = read_runlog(study.name).get("stages", {})
     rows = []
-    for inst in stages.plan(study):
+    for inst in plan(study):
         if inst.stage.always_run:  # this page itself: still running while the table is made
             continue
         entry = log.get(f"{inst.stage.name}-{inst.identity}", {})
         users = [r.name for r in study.runs.values()
-                 if inst.run is not None and stages.run_instance(inst.stage, r, study).identity == inst.identity]
+                 if inst.run is not None and run_instance(inst.stage, r, study).identity == inst.identity]
         rows.append({"stage": inst.stage.name, "runs": ", ".join(users) or "(study)",
                      "status in the last run": entry.get("status", "not run by the runner (e.g. nbval)"),
                      "seconds when computed": entry.get("seconds"), "finished (UTC)": entry.get("finished")})
@@ -52,10 +53,10 @@ def timing_table(study: Study) -> pd.DataFrame:
 def environment_table(study: Study) -> pd.DataFrame:
     """Versions and machine of the first run's stages (the others were computed by the same runner)."""
     rows = {}
-    for inst in stages.plan(study):
+    for inst in plan(study):
         if inst.run is not None and inst.run.name != study.first.name:
             continue
-        folder = stages.folder(study.name, inst)
+        folder = folder(study.name, inst)
         if (folder / "env.json").exists():
             env = artifacts.read_json(folder / "env.json")
             flat = {"python": env.get("python"), "platform": env.get("platform"), "cpus": env.get("cpu_count"),

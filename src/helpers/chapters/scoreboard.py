@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import claims, data, finetune
-from ..stages import Stage, get
+from .. import claims, data
+from ..compute import finetune
+from ..flow.stage import Stage, get
 
 STAGE = Stage("scoreboard", "90_scoreboard.ipynb", "Claims scoreboard", reads=(("finetune", "all"),),
-              reads_chapters=True, modules=("chapters/scoreboard", "claims"))
+              params=("n_bootstrap", "confidence"), reads_chapters=True)
 
 
 def gather(chapter_folders: dict[str, Path]) -> pd.DataFrame:
@@ -41,7 +42,7 @@ def runs_table(runs: list) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("run")
 
 
-def learning_claim(runs: list, n_boot: int = 1000, confidence: float = 0.95) -> claims.Claim:
+def learning_claim(runs: list, n_boot: int, confidence: float) -> claims.Claim:
     """FT1: the main run learns the task: test accuracy over the fine-tuning languages at the last epoch, against
     twice chance. Per-sample outcomes are rebuilt from each language's accuracy and size (a mean of 0/1 outcomes
     depends only on their counts), so the interval resamples seeds and test samples like every other claim."""

@@ -17,7 +17,7 @@ import pandas as pd
 from scipy.stats import hypergeom
 
 from .. import analysis, claims
-from ..stages import Stage
+from ..flow.stage import Stage
 from . import Result
 
 STAGE = Stage("translations", "12_translations.ipynb", "Reinforcing or complementary", reads=(("tracin", "parallel"),),

@@ -11,8 +11,9 @@ from typing import Any
 
 import pandas as pd
 
-from .. import analysis, claims, data, finetune
-from ..stages import Stage
+from .. import analysis, claims, data
+from ..compute import finetune
+from ..flow.stage import Stage
 from . import Result
 
 STAGE = Stage("zero_shot", "13_zero_shot.ipynb", "Zero-shot languages", reads=(("tracin", "main"), ("finetune", "main")),

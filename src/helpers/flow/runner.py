@@ -1,0 +1,297 @@
+"""The runner: executes a study's stage graph with papermill, then builds the book.
+
+Every parameter of every run is validated, and what the values allow with the chosen model, corpus and machine is
+checked (:mod:`.feasible`), before any work starts. The study's manifest (``artifacts/<study>/study.json``) is
+written, then each planned stage instance (:func:`helpers.flow.graph.plan`) runs unless it is up to date: its
+committed folder records the fingerprint expected now (:mod:`.fingerprint`). Stages shared by several runs run
+once. ``force`` recomputes everything. Executed notebooks are written under a temporary name and renamed when
+complete; the book's folder (``book/executed/``) receives the study stages and the first main run's run stages. A
+failing cell stops the run with a non-zero exit naming the notebook; Ctrl-C keeps every completed stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from nbclient.exceptions import DeadKernelError
+
+from .. import artifacts, paths
+from ..study import Study, resolve
+from . import feasible
+from .fingerprint import expected as expected_fingerprints
+from .fingerprint import lineage, uncovered
+from .graph import Instance, plan, run_instance
+from .stage import all_stages, run_stages
+from .store import State, folder, read_record, state, study_lock
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+class ArtifactsError(RuntimeError):
+    """The artifacts folder cannot be written (permissions, a full disk, a path through a file)."""
+
+
+def runlog_path(study: str) -> Path:
+    return paths.study_dir(study) / "runlog.json"
+
+
+def read_runlog(study: str) -> dict[str, Any]:
+    """Timings and status of every stage instance the runner executed for this study (damaged: empty)."""
+    try:
+        log = artifacts.read_json(runlog_path(study))
+    except (OSError, ValueError):
+        return {}
+    return log if isinstance(log, dict) else {}
+
+
+def states(study: Study, instances: list[Instance]) -> dict[tuple[str, str], State]:
+    """Every planned instance's :func:`helpers.flow.store.state`, inputs first: what ``run`` would reuse and why not.
+    Reusing a stage also needs the executed notebook the book shows (outputs written otherwise, e.g. by nbval in
+    another folder, are never mistaken for these)."""
+    expected = expected_fingerprints(instances)
+    out: dict[tuple[str, str], State] = {}
+    for inst in instances:
+        out[inst.key] = state(study.name, inst, expected[inst.key], out,
+                                     extra=paths.executed_notebook(study.name, inst.stage.name, inst.identity))
+    return out
+
+
+def status(study: Study) -> list[dict[str, Any]]:
+    """One row per planned stage instance: stage, runs using it, state (up to date / stale / damaged / missing /
+    always runs), why, folder. It decides exactly as :func:`run` does."""
+    instances = plan(study)
+    found = states(study, instances)
+    users: dict[tuple[str, str], list[str]] = {}
+    for run in study.runs.values():
+        for stage in run_stages():
+            inst = run_instance(stage, run, study)
+            users.setdefault(inst.key, []).append(run.name)
+    return [{"stage": inst.stage.name, "runs": ", ".join(users.get(inst.key, [])) or "(study)",
+             "state": found[inst.key].label, "why": found[inst.key].reason,
+             "folder": str(folder(study.name, inst).relative_to(paths.artifacts_root()))}
+            for inst in instances]
+
+
+def _tag_parameter_cells(path: Path) -> None:
+    """In the book, fold the injected parameters (papermill tags that cell 'injected-parameters') and drop the
+    notebook's own defaults, which the injected values override: the next cell prints the effective ones."""
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        for marker, tag in (("injected-parameters", "hide-input"), ("parameters", "remove-cell")):
+            if marker in tags and tag not in tags:
+                tags.append(tag)
+    nbformat.write(nb, path)
+
+
+class _ProgressBars:
+    """Where a notebook's stderr stream goes while the runner executes it: its progress bars (tqdm lines) reach the
+    terminal, one line per bar, redrawn in place; anything else (library warnings) only the executed notebook, which
+    keeps every output."""
+
+    def __init__(self) -> None:
+        self.bar: str | None = None  # the description of the bar on the current line
+
+    def write(self, text: str) -> None:
+        for piece in re.split(r"[\r\n]", text):
+            if "%|" not in piece:
+                continue
+            name = piece.split(":")[0]
+            if self.bar is not None and name != self.bar:
+                sys.stderr.write("\n")
+            sys.stderr.write("\r" + piece)
+            self.bar = name
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self.bar = None
+
+
+def _kernel_manager(log: Path) -> type:
+    """A kernel manager whose kernel writes its own messages (its start-up warnings, the tracebacks of a kernel
+    stopped by Ctrl-C) to ``log`` instead of the terminal."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class QuietKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw: Any) -> None:
+            with open(log, "ab") as handle:  # the kernel keeps its own copy of the descriptor
+                kw.setdefault("stdout", handle)
+                kw.setdefault("stderr", handle)
+                await super().start_kernel(**kw)
+
+    return QuietKernelManager
+
+
+def execute(study: str, inst: Instance) -> Path:
+    """Run one stage instance's notebook with papermill; returns the executed notebook. The terminal shows the
+    notebook's progress bars; the kernel's own messages go to ``artifacts/<study>/executed/<stage>-<id>.kernel.log``."""
+    import papermill
+
+    source = inst.stage.path
+    target = paths.executed_notebook(study, inst.stage.name, inst.identity)
+    partial = target.with_name(f".{target.stem}.partial.ipynb")
+    kernel_log = target.with_suffix(".kernel.log")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    kernel_log.unlink(missing_ok=True)
+    parameters = {"study": study, **({"run": inst.run.name} if inst.run else {}), **inst.params}
+    bars = _ProgressBars()
+    quiet = logging.getLogger("papermill")  # its messages repeat what the runner reports itself
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        papermill.execute_notebook(str(source), str(partial), parameters=parameters, cwd=str(paths.NOTEBOOKS),
+                                   log_output=False, stderr_file=bars, progress_bar=False,
+                                   kernel_name="python3", kernel_manager_class=_kernel_manager(kernel_log))
+    except papermill.PapermillExecutionError as err:
+        hint = _os_hint(err.ename, err.evalue)
+        raise StageFailed(f"stage {inst.label} failed in notebook notebooks/{source.name} "
+                          f"(cell {err.exec_count}): {err.ename}: {err.evalue}{hint}\n"
+                          f"The executed notebook with the traceback is {partial}") from None
+    except DeadKernelError as err:
+        raise StageFailed(f"stage {inst.label}: the kernel running notebooks/{source.name} died ({err}); out of "
+                          f"memory? The partly executed notebook is {partial}, the kernel's messages are in "
+                          f"{kernel_log}") from None
+    finally:
+        bars.close()
+        quiet.setLevel(level)
+    _tag_parameter_cells(partial)
+    os.replace(partial, target)
+    return target
+
+
+def _os_hint(ename: str, evalue: str) -> str:
+    """What to do about a file-system error raised inside a stage."""
+    # a file-system error carries an errno ("[Errno 28] No space left on device"); OSErrors of libraries (a hub
+    # model that cannot be downloaded) do not, and the hint would mislead
+    if ename == "PermissionError" or "[Errno" in evalue or "No space left" in evalue or "Read-only" in evalue:
+        return (f"\n(the artifacts folder {paths.artifacts_root()} must be writable and have free space; free "
+                "some, fix its permissions, or set HELPERS_ARTIFACTS to another folder)")
+    return ""
+
+
+def run(profile: str, overrides: list[str] | None = None, force: bool = False, build: bool = True,
+        seeds: list[int] | None = None, name: str | None = None) -> dict:
+    """Run every stage of the study (skipping up-to-date ones), publish the book's notebooks, build the book.
+    One runner per study at a time (a second one stops with :class:`helpers.flow.store.BusyError`)."""
+    study = resolve(profile, overrides, seeds=seeds, name=name)
+    feasible.check(study)
+    instances = plan(study)
+    expected = expected_fingerprints(instances)
+    _check_writable(paths.study_dir(study.name))
+    with study_lock(study.name):
+        study.save()
+        print(f"Study {study.name!r} (profile {profile}): {len(study.runs)} run(s) "
+              f"[{', '.join(study.runs)}], {len(instances)} stage(s); outputs in {paths.study_dir(study.name)}",
+              flush=True)
+        runlog = read_runlog(study.name)
+        runlog["profile"] = str(profile)
+        log = runlog["stages"] = {k: v for k, v in (runlog.get("stages") or {}).items() if isinstance(v, dict)}
+        found: dict[tuple[str, str], State] = {}
+        planned = {inst.key: inst for inst in instances}
+        for i, inst in enumerate(instances, 1):
+            header = f"[{i}/{len(instances)}] {inst.label} ({inst.stage.notebook})"
+            entry_key = f"{inst.stage.name}-{inst.identity}"
+            notebook = paths.executed_notebook(study.name, inst.stage.name, inst.identity)
+            current = state(study.name, inst, expected[inst.key], found, extra=notebook)
+            if not force and current.fresh:
+                print(f"{header}: up to date, skipped", flush=True)
+                log.setdefault(entry_key, {})["status"] = "reused"
+            else:
+                why = "" if force or current.reason in ("missing", "always runs") else f" ({current.reason})"
+                print(f"{header}: running{why}", flush=True)
+                start = time.perf_counter()
+                execute(study.name, inst)
+                seconds = time.perf_counter() - start
+                log[entry_key] = {"status": "ran", "seconds": round(seconds, 1),
+                                  "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                current = state(study.name, inst, expected[inst.key], found, extra=notebook)
+                loaded = (read_record(folder(study.name, inst)) or {}).get("loaded", [])
+                missed = [] if inst.stage.always_run else uncovered(lineage(inst, planned), loaded)
+                if missed:
+                    raise StageFailed(f"stage {inst.label} loaded {missed}, which its fingerprint does not cover "
+                                      "(helpers.flow.fingerprint.code_modules): declare them in its Stage.modules")
+                if current.reason.startswith("stale: its parameters, code"):
+                    raise StageFailed(f"stage {inst.label}: its notebook or the code it imports changed while it ran; "
+                                      "run the same command again")
+                if not current.fresh and not inst.stage.always_run:
+                    raise StageFailed(f"stage {inst.label} ran but its outputs are not complete: {current.reason}")
+                print(f"{header}: done in {seconds:.0f} s", flush=True)
+            found[inst.key] = current
+            log[entry_key].update(stage=inst.stage.name, run=inst.run.name if inst.run else None)
+            artifacts.write_json(runlog_path(study.name), runlog)
+        publish(study, instances)
+    if build:
+        build_book()
+    return runlog
+
+
+def _check_writable(folder: Path) -> None:
+    """Fail before any work, with what to do, when the study's folder cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as err:
+        raise ArtifactsError(f"cannot write to {folder}: {err.strerror or err}. The artifacts folder must be "
+                             "writable and have free space: fix its permissions, free some space, or set "
+                             "HELPERS_ARTIFACTS to another folder") from None
+
+
+def publish(study: Study, instances: list[Instance]) -> None:
+    """Make ``book/executed`` hold the chapters' executed notebooks and the run stages of the study's first run (of
+    the first run that has it, for a stage that run lacks: pre-training)."""
+    first = study.first.name
+    chosen: dict[str, Instance] = {}
+    for inst in instances:
+        if inst.run is None or inst.run.name == first:
+            chosen[inst.stage.notebook] = inst
+        else:
+            chosen.setdefault(inst.stage.notebook, inst)
+    if paths.EXECUTED.exists():
+        shutil.rmtree(paths.EXECUTED)
+    paths.EXECUTED.mkdir(parents=True)
+    for notebook, inst in chosen.items():
+        shutil.copy2(paths.executed_notebook(study.name, inst.stage.name, inst.identity), paths.EXECUTED / notebook)
+    for stage in all_stages().values():  # a stage no run of this study has: a page that says so (the TOC
+        if stage.notebook not in chosen:        # lists every stage)
+            page = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
+                f"# {stage.title}\n\nNo run of study `{study.name}` has this stage (for instance, pre-training runs "
+                "only for runs with `model: inhouse-mlm`; see [Re-running](../reproduce)).")])
+            nbformat.write(page, paths.EXECUTED / stage.notebook)
+
+
+def build_book() -> Path:
+    """``jupyter-book build`` (the book never executes anything: papermill did), with Vega shipped inside the book
+    for the interactive charts."""
+    from .. import charts
+
+    charts.write_bundle(paths.REPO_ROOT / "book" / "_static")
+    exe = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", "-q", str(paths.REPO_ROOT)]  # warnings only
+    print("Building the book:", " ".join(cmd), flush=True)
+    done = subprocess.run(cmd, cwd=paths.REPO_ROOT, capture_output=True, text=True)
+    sys.stderr.write(done.stderr)  # sphinx's warnings; its banner (stdout) is shown only when the build fails
+    if done.returncode:
+        sys.stdout.write(done.stdout)
+        raise subprocess.CalledProcessError(done.returncode, cmd)
+    index = paths.REPO_ROOT / "_build" / "html" / "index.html"
+    print(f"Book: {index}")
+    return index
