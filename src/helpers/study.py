@@ -227,7 +227,8 @@ def check_feasible(runs: dict[str, Run], grouped: set[str] | None = None) -> Non
     ``attribution_groups`` (None: every run), so that a run that does not is not held to them."""
     import torch
 
-    from . import data, models, tracin
+    from . import data, models
+    from .influence.spec import select_parameters
     from .models import pretrain
     from .stages import get as get_stage  # stages imports this module
 
@@ -253,7 +254,7 @@ def check_feasible(runs: dict[str, Run], grouped: set[str] | None = None) -> Non
             skeletons[key] = models.skeleton(p["model"], n_labels, p["model_dir"], params=p)
         model = skeletons[key]  # None: a hub model whose architecture is not known here
         if model is not None and p["reinit_top_layers"]:
-            n_layers = len(tracin.encoder_layers(model)[1])
+            n_layers = len(models.encoder_layers(model)[1])
             if p["reinit_top_layers"] > n_layers:
                 raise ConfigError(f"{where} 'reinit_top_layers' is {p['reinit_top_layers']} but model {p['model']!r} "
                                   f"has {n_layers} encoder layers; allowed: 0..{n_layers}")
@@ -267,7 +268,7 @@ def check_feasible(runs: dict[str, Run], grouped: set[str] | None = None) -> Non
             specs += [("attribution_groups", g) for g in p["attribution_groups"]]
         for name, spec in specs if model is not None else []:
             try:
-                tracin.select_parameters(model, spec)
+                select_parameters(model, spec)
             except ValueError as err:
                 raise ConfigError(f"{where} {name!r} has {spec!r}, which does not fit model {p['model']!r}: "
                                   f"{err}") from None

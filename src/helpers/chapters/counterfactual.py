@@ -42,9 +42,9 @@ from scipy.stats import rankdata
 
 from .. import analysis, claims, data, finetune, models
 from ..config import ConfigError
+from ..influence.scores import top_rows
 from ..stages import Stage
 from ..study import load_profile
-from ..tracin import top_rows
 from . import Result
 
 STAGE = Stage("counterfactual", "18_counterfactual.ipynb", "Do the influential samples matter?",
