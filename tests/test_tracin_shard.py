@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from helpers import config, data, finetune
+from helpers.compute.tracin import score_finetune
 from helpers.influence import shard
 from helpers.influence.engine import Plan, TracIn, shard_blocks
 from helpers.influence.scores import InfluenceScores
@@ -73,6 +74,30 @@ def test_two_gloo_processes_equal_one_process_bit_for_bit(finetuned, tmp_path):
         for key in ("dot", "train_sq", "test_sq"):
             assert np.array_equal(one.groups[g][key], two.groups[g][key]), (g, key)
     assert one.train_ids.equals(two.train_ids) and one.test_ids.equals(two.test_ids)
+
+
+def test_the_stages_one_path_saves_what_the_engine_computes(finetuned, tmp_path):
+    """score_finetune (both TracIn notebooks): on a CPU the dtype is fp32 with no gate note, the test rows are the
+    first N of each language, and the saved scores are the engine's, called directly."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        scores, note = score_finetune(finetuned, tmp_path, params="all", groups={"head": "classifier"},
+                                      batch_size=8, device="cpu", test_per_language=1)
+        ft = finetune.load(finetuned)
+        test_ids = ft.ids("test")
+        rows = test_ids.groupby("language", sort=False).head(1).index.tolist()
+        direct = TracIn(ft.tracin_checkpoints(), params="all", groups={"head": "classifier"}, batch_size=8,
+                        device="cpu").scores(ft.train, ft.test.select(rows), train_ids=ft.ids("train"),
+                                             test_ids=test_ids.iloc[rows].reset_index(drop=True), progress=False)
+    finally:
+        torch.set_num_threads(before)
+    saved = InfluenceScores.load(tmp_path / "scores")
+    assert note == "" and scores.test_ids["language"].is_unique and len(scores.test_ids) == len(rows)
+    for got in (scores, saved):
+        assert np.array_equal(got.per_checkpoint, direct.per_checkpoint)
+        assert np.array_equal(got.groups["head"]["dot"], direct.groups["head"]["dot"])
+        assert got.test_ids.equals(direct.test_ids) and got.train_ids.equals(direct.train_ids)
 
 
 def test_shards_scored_apart_merge_to_the_same_matrix(finetuned, tmp_path):
