@@ -1,4 +1,5 @@
-"""helpers.tracin side by side with captum's TracInCP (``--mode captum``) or with fine-tuning (``--mode full``).
+"""Our TracIn engine (helpers.influence) side by side with captum's TracInCP (``--mode captum``) or with fine-tuning
+(``--mode full``).
 
 ``--mode captum`` (the default): both tools score the same training samples against the same test samples, over the
 same saved checkpoints and the same parameter subset. Reported per tool: training samples scored per second (across
@@ -74,11 +75,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers.tracin import DEFAULT_PARAMS, Checkpoint, TracIn, select_parameters
+from helpers import config
+from helpers.influence.engine import TracIn
+from helpers.influence.spec import Checkpoint, select_parameters
+from helpers.runtime import PRECISIONS
 
 N_LABELS = 3
 MODEL_DIR: str | None = None  # --model-dir: a local copy of xlm-roberta-base
 MODELS = ("tiny", "embedded", "embedded-shape", "xlmr-tiny", "xlmr-base-shape", "xlmr-base")
+#: The book's settings (the parameter table's defaults) where the benchmark mirrors the default run.
+DEFAULTS = config.defaults()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -377,23 +383,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memory-sweep", default="0.25", help="fractions of the training set our run is repeated on "
                         "to show its peak memory does not grow with it, e.g. 0.25,0.5")
     parser.add_argument("--params", default=None,
-                        help=f"parameter subset spec (see helpers.tracin); default {DEFAULT_PARAMS!r}, 'all' in full "
-                        "mode")
+                        help=f"parameter subset spec (see helpers.influence); default {DEFAULTS['tracin_params']!r}, "
+                        "'all' in full mode")
     parser.add_argument("--n-train", type=int, default=None, help="training samples (default: 512; full mode: 1000, "
                         "the default run's; with --data: the first ones, default all)")
     parser.add_argument("--n-test", type=int, default=None, help="test samples (default: 32; full mode: 175, the "
                         "default run's; with --data: the first ones, default all)")
     parser.add_argument("--checkpoints", type=int, default=3, help="captum mode: checkpoints")
-    parser.add_argument("--epochs", type=int, default=3, help="full mode: fine-tuning epochs = checkpoints")
-    parser.add_argument("--finetune-batch-size", type=int, default=16, help="full mode: fine-tuning batch size")
-    parser.add_argument("--learning-rate", type=float, default=1e-4, help="full mode: peak fine-tuning rate")
+    parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="full mode: fine-tuning epochs = checkpoints")
+    parser.add_argument("--finetune-batch-size", type=int, default=DEFAULTS["batch_size"], help="full mode: fine-tuning batch size")
+    parser.add_argument("--learning-rate", type=float, default=DEFAULTS["learning_rate"], help="full mode: peak fine-tuning rate")
     parser.add_argument("--data", type=Path, default=None, help="full mode: a fine-tuning stage folder whose "
                         "tokenised samples and trimmed vocabulary to use (default: random samples)")
     parser.add_argument("--bruteforce-test", type=int, default=8, help="full mode: test samples checked by brute "
                         "force")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="ours (captum is always fp32)")
-    parser.add_argument("--batch-size", type=int, default=32, help="captum mode: training batch size, for both "
+    parser.add_argument("--dtype", choices=[p for p in PRECISIONS if p != "auto"], default="fp32", help="ours (captum is always fp32)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS["tracin_batch_size"], help="captum mode: training batch size, for both "
                         "tools; full mode: TracIn's batch size")
     parser.add_argument("--min-len", type=int, default=16, help="shortest sample, in tokens")
     parser.add_argument("--max-len", type=int, default=64, help="longest sample, in tokens")
@@ -409,7 +415,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, help="write the figures to this file")
     args = parser.parse_args(argv)
     if args.params is None:
-        args.params = "all" if args.mode == "full" else DEFAULT_PARAMS
+        args.params = "all" if args.mode == "full" else DEFAULTS["tracin_params"]
     if args.bruteforce_train is None:
         args.bruteforce_train = 16 if args.mode == "full" else 64
     if args.mode == "captum":
@@ -454,7 +460,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         warm = argparse.Namespace(**{**vars(args), "progress": False})
         run_ours(ckpts[:1], args.params, train[:4], test[:2], warm)
         ours, ours_mem = fastest(args.repeat, lambda: run_ours(ckpts, args.params, train, test, args))
-        rows: list[dict[str, Any]] = [{"tool": "helpers.tracin", "seconds": ours_mem.seconds,
+        rows: list[dict[str, Any]] = [{"tool": "helpers.influence", "seconds": ours_mem.seconds,
                                        "peak_mib": ours_mem.peak_mib}]
         # Memory must not grow with the training set: the same run on fractions of it.
         sweep = {}

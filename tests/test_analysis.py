@@ -7,7 +7,7 @@ import pytest
 from helpers import analysis
 from helpers.flow.context import RunInputs
 from helpers.study import Run
-from helpers.tracin import InfluenceScores
+from helpers.influence.scores import InfluenceScores
 
 
 def make_scores(per_checkpoint, train_languages, test_languages, train_labels=None, test_labels=None):

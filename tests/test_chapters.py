@@ -14,7 +14,7 @@ from helpers.chapters import (attribution, control, dynamics, imbalance, languag
                               reproducibility, scoreboard, translations, zero_shot)
 from helpers.flow.context import RunInputs
 from helpers.study import Run
-from helpers.tracin import InfluenceScores
+from helpers.influence.scores import InfluenceScores
 
 LANGS = ["en", "fr", "de"]
 CFG = {"top_k": 4, "influence_kind": "proponents", "n_bootstrap": 200, "confidence": 0.95}

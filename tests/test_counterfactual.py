@@ -16,11 +16,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import config, data, finetune, study, tracin
+from helpers import config, data, finetune, study
 from helpers.flow import graph
 from helpers.flow.stage import get as get_stage
 from helpers.compute import finetune as finetune_stage
 from helpers.compute import retrain as retrain_stage
+from helpers.influence.engine import TracIn
+from helpers.influence.scores import InfluenceScores
 from helpers.chapters import counterfactual as cf
 from helpers.config import ConfigError
 from helpers.flow.context import RunInputs
@@ -91,7 +93,7 @@ def planted_run(tmp_path_factory):
     copies = pd.concat([test[test["language"] == "en"].assign(split="train", uid=lambda f: f["uid"] + f"-copy{c}")
                         for c in range(3)], ignore_index=True)
     ft = _finetune(PLANTED, pd.concat([train, copies], ignore_index=True), test, folder)
-    scores = tracin.TracIn(ft.tracin_checkpoints(), params=PLANTED["tracin_params"]).scores(
+    scores = TracIn(ft.tracin_checkpoints(), params=PLANTED["tracin_params"]).scores(
         ft.train, ft.test, train_ids=ft.ids("train"), test_ids=ft.ids("test"))
     scores.save(folder / "tracin" / "scores")
     run = RunInputs(Run("main-s0", "main", 0, PLANTED), {"finetune": folder / "finetune", "tracin": folder / "tracin"})
@@ -146,7 +148,7 @@ def fake_scores():
     values = rng.normal(0, 1, (len(train), len(test)))
     values += 3 * (train["language"].to_numpy()[:, None] == test["language"].to_numpy()[None, :])
     values += 5 * ((train["language"].to_numpy()[:, None] == "fr") & (test["language"].to_numpy()[None, :] == "pt"))
-    return tracin.InfluenceScores(values[None].astype(np.float32), ["epoch1"], [1.0], train, test)
+    return InfluenceScores(values[None].astype(np.float32), ["epoch1"], [1.0], train, test)
 
 
 def fake_runs(tmp_path, n=2):

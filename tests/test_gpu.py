@@ -12,8 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import finetune, models, tracin
+from helpers import finetune, models
 from helpers.compute import finetune as finetune_stage
+from helpers.influence.engine import TracIn
+from helpers.influence.precision import choose_dtype, precision_gate
+from helpers.influence.scores import InfluenceScores
+from helpers.influence.spec import Checkpoint
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -22,25 +26,25 @@ def test_precision_gate_passes_small_noise_and_fails_a_reordering():
     rng = np.random.default_rng(0)
     fp32 = rng.normal(size=(200, 5)).astype(np.float32)
     near = fp32 + rng.normal(scale=1e-4, size=fp32.shape).astype(np.float32)
-    gate = tracin.precision_gate(fp32, near)
+    gate = precision_gate(fp32, near)
     assert gate["passed"] and gate["spearman_min"] > 0.999 and gate["top_overlap_min"] >= 9
     shuffled = fp32.copy()
     shuffled[:, 3] = rng.permutation(shuffled[:, 3])  # one test column ranked at random
-    gate = tracin.precision_gate(fp32, shuffled)
+    gate = precision_gate(fp32, shuffled)
     assert not gate["passed"] and gate["spearman_min"] < 0.5
     swapped = fp32.copy()
     order = np.argsort(-fp32[:, 0])
     swapped[order[:3], 0] = fp32[order[-3:], 0]  # three of column 0's top 10 pushed to the bottom
-    gate = tracin.precision_gate(fp32, swapped)
+    gate = precision_gate(fp32, swapped)
     assert gate["top_overlap_min"] == 7 and not gate["passed"]
 
 
 def test_cpu_always_runs_fp32_without_scoring_anything():
-    untouchable = [tracin.Checkpoint(path="/nonexistent", learning_rate=1.0, name="c")]
-    assert tracin.choose_dtype("auto", untouchable, [], [], device="cpu") == ("fp32", {})
-    assert tracin.choose_dtype("bf16", untouchable, [], [], device="cpu") == ("fp32", {})
+    untouchable = [Checkpoint(path="/nonexistent", learning_rate=1.0, name="c")]
+    assert choose_dtype("auto", untouchable, [], [], device="cpu") == ("fp32", {})
+    assert choose_dtype("bf16", untouchable, [], [], device="cpu") == ("fp32", {})
     with pytest.raises(ValueError, match="allowed: \\['auto', 'fp32', 'bf16'\\]"):
-        tracin.choose_dtype("fp16", untouchable, [], [], device="cpu")
+        choose_dtype("fp16", untouchable, [], [], device="cpu")
     acc = finetune.accelerator("auto", "auto")
     assert acc.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert acc.mixed_precision == ("bf16" if torch.cuda.is_available() else "no")
@@ -60,7 +64,7 @@ def xlmr_checkpoints(tmp_path_factory):
             for p in model.parameters():
                 p.add_(0.05 * torch.randn_like(p))
         model.save_pretrained(root / f"c{k}")
-        ckpts.append(tracin.Checkpoint(path=root / f"c{k}", learning_rate=1e-3, name=f"epoch{k + 1}"))
+        ckpts.append(Checkpoint(path=root / f"c{k}", learning_rate=1e-3, name=f"epoch{k + 1}"))
     rng = np.random.default_rng(1)
 
     def samples(n):
@@ -75,12 +79,12 @@ def xlmr_checkpoints(tmp_path_factory):
 @pytest.mark.parametrize("spec", ["all", "last_layers:1"])
 def test_xlmr_cuda_fp32_equals_cpu_and_auto_precision_follows_the_gate(xlmr_checkpoints, spec):
     ckpts, train, test = xlmr_checkpoints
-    cpu = tracin.TracIn(ckpts, params=spec, device="cpu").scores(train, test, progress=False).per_checkpoint
-    gpu = tracin.TracIn(ckpts, params=spec, device="cuda").scores(train, test, progress=False).per_checkpoint
+    cpu = TracIn(ckpts, params=spec, device="cpu").scores(train, test, progress=False).per_checkpoint
+    gpu = TracIn(ckpts, params=spec, device="cuda").scores(train, test, progress=False).per_checkpoint
     assert np.abs(gpu - cpu).max() <= 1e-4 * np.abs(cpu).max()
-    bf16 = tracin.TracIn(ckpts, params=spec, device="cuda", dtype="bf16").scores(train, test, progress=False)
-    gate = tracin.precision_gate(gpu.sum(0), bf16.total)
-    dtype, chosen = tracin.choose_dtype("auto", ckpts, train, test, device="cuda", params=spec)
+    bf16 = TracIn(ckpts, params=spec, device="cuda", dtype="bf16").scores(train, test, progress=False)
+    gate = precision_gate(gpu.sum(0), bf16.total)
+    dtype, chosen = choose_dtype("auto", ckpts, train, test, device="cuda", params=spec)
     assert chosen["passed"] == (dtype == "bf16")
     print(f"{spec}: bf16 gate on the full set {gate}; auto chose {dtype} ({chosen})")
 
@@ -116,12 +120,12 @@ def test_two_gpus_over_nccl_equal_one_gpu(tmp_path):
     data.save_splits(train, test, tmp_path / "data")
     (tmp_path / "ft").mkdir()
     finetune_stage.run({**cfg, "device": "cpu"}, cfg, tmp_path / "data", tmp_path / "ft")
-    args = ["-m", "helpers.tracin_shard", "score", "--finetune", str(tmp_path / "ft"), "--params", "all",
+    args = ["-m", "helpers.influence.shard", "score", "--finetune", str(tmp_path / "ft"), "--params", "all",
             "--train-block", "8", "--quiet", "--device", "cuda"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], check=True, env=env)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args,
                     "--out", str(tmp_path / "two")], check=True, env=env)
-    one = tracin.InfluenceScores.load(tmp_path / "one" / "scores").per_checkpoint
-    two = tracin.InfluenceScores.load(tmp_path / "two" / "scores").per_checkpoint
+    one = InfluenceScores.load(tmp_path / "one" / "scores").per_checkpoint
+    two = InfluenceScores.load(tmp_path / "two" / "scores").per_checkpoint
     assert np.array_equal(one, two)

@@ -12,9 +12,10 @@ import pytest
 import yaml
 
 import corpus_fixtures
-from helpers import config, data, finetune, paths, study, tracin
+from helpers import config, data, finetune, paths, study
 from helpers.flow import graph, runner, store
 from helpers.compute import finetune as finetune_stage
+from helpers.influence.scores import InfluenceScores
 
 
 @pytest.fixture
@@ -105,11 +106,11 @@ def test_smoke_pipeline_on_an_xnli_fixture_with_a_tiny_xlmr(sandbox):
     assert ft.info["full_vocab_size"] == 250002 and ft.info["vocab_size"] < 2000  # XLM-R's tokenizer, trimmed
     first = ft.train[0]["input_ids"]
     assert first[0] == 0 and first.count(2) == 3  # <s> premise </s></s> hypothesis </s>
-    scores = tracin.InfluenceScores.load(folders["tracin"] / "scores")
+    scores = InfluenceScores.load(folders["tracin"] / "scores")
     assert scores.per_checkpoint.shape == (2, 18, 12) and scores.params == "all"
     test_row = {uid: j for j, uid in enumerate(scores.test_ids["uid"])}
     assert np.isfinite(scores.per_checkpoint).all() and np.abs(scores.per_checkpoint).max() > 0
-    groups = tracin.InfluenceScores.load(folders["tracin_groups"] / "scores")
+    groups = InfluenceScores.load(folders["tracin_groups"] / "scores")
     assert groups.per_checkpoint.shape == (2, 18, 8) and set(groups.groups) == {"last_layers:1", "classifier", "all",
                                                                               "embeddings"}
     np.testing.assert_allclose(groups.groups["all"]["dot"], scores.per_checkpoint[:, :, groups.test_ids.index.map(

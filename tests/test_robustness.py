@@ -224,7 +224,7 @@ def test_the_reproducibility_page_is_shown_as_always_running_not_stale(copy_of_b
 
 
 def test_the_code_a_stage_imports_is_part_of_its_fingerprint(tmp_path, monkeypatch):
-    # the closure follows imports: the control chapter's module imports analysis, which imports the score store
+    # the closure follows imports: the control chapter's module imports analysis, which imports influence/scores
     assert {"chapters/control", "analysis", "claims", "influence/scores", "chapters/__init__"} <= set(
         fingerprint.stage_modules(get_stage("control")))
     assert "pipeline" not in fingerprint.stage_modules(get_stage("control"))  # the runner is infrastructure

@@ -1,4 +1,4 @@
-"""Correctness gates of helpers.tracin (CPU; the bf16 gate runs only where CUDA is lent).
+"""Correctness gates of helpers.influence (CPU; the bf16 gate runs only where CUDA is lent).
 
 Every score is checked against an independent reference: a per-example autograd loop over parameters chosen here
 from the architecture (not by the engine), and captum's TracInCP. Models are tiny BERT / XLM-R built from configs.
@@ -17,8 +17,13 @@ import torch.nn.functional as F
 from transformers import (AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification,
                           XLMRobertaConfig, XLMRobertaForSequenceClassification)
 
-from helpers import tracin
-from helpers.tracin import Checkpoint, InfluenceScores, TracIn, select_parameters
+import helpers.influence.engine as engine_module
+from helpers.influence.engine import Plan, TracIn
+from helpers.influence.grads import _Examples
+from helpers.influence.kernels import _scored_modules
+from helpers.influence.memory import _Arena
+from helpers.influence.scores import InfluenceScores
+from helpers.influence.spec import Checkpoint, select_parameters
 
 SPECS = ["all", "classifier", "last_layers:1", "last_layers:2", "embeddings",
          r"re:attention\.output\.(dense|LayerNorm)\.weight"]
@@ -495,7 +500,7 @@ def test_every_plan_equals_brute_force(perturbed, monkeypatch, plan, similarity)
     """Several test chunks and training blocks, the bank's Linear weight gradients kept factored (formed again for
     every training block) or formed once: the same scores."""
     ckpts, train, test = perturbed["ckpts"], perturbed["train"], perturbed["test"]
-    monkeypatch.setattr(TracIn, "_plan", lambda self, *args: tracin.Plan(**plan))
+    monkeypatch.setattr(TracIn, "_plan", lambda self, *args: Plan(**plan))
     ours = TracIn(ckpts, params="all", similarity=similarity, batch_size=2).scores(train, test, progress=False)
     ref = brute_force(ckpts, "all", train, test, cosine=similarity == "cosine")
     for c in range(len(ckpts)):
@@ -508,42 +513,42 @@ def test_plan_fits_free_memory(perturbed, monkeypatch):
     The plan does not depend on how many training samples there are beyond one block."""
     ckpts, test = perturbed["ckpts"], perturbed["test"]
     model = AutoModelForSequenceClassification.from_pretrained(ckpts[0].path)
-    scored = tracin._scored_modules(model, select_parameters(model, "all"))
+    scored = _scored_modules(model, select_parameters(model, "all"))
     engine = TracIn(ckpts, params="all")
-    test_ex = tracin._Examples(test * 10, "test")
+    test_ex = _Examples(test * 10, "test")
 
-    def plan(free: int, n_train: int = 600) -> tracin.Plan:
-        monkeypatch.setattr(tracin, "_free_memory", lambda device: free)
-        return engine._plan(scored, tracin._Examples(perturbed["train"] * (n_train // 10), "train"), test_ex)
+    def plan(free: int, n_train: int = 600) -> Plan:
+        monkeypatch.setattr(engine_module, "_free_memory", lambda device: free)
+        return engine._plan(scored, _Examples(perturbed["train"] * (n_train // 10), "train"), test_ex)
 
-    assert plan(1 << 40) == tracin.Plan(test_chunk=40, train_block=tracin._MAX_TRAIN_BLOCK, dense_bank=True)
-    assert plan(1 << 40, n_train=50) == tracin.Plan(test_chunk=40, train_block=50, dense_bank=True)
+    assert plan(1 << 40) == Plan(test_chunk=40, train_block=engine_module._MAX_TRAIN_BLOCK, dense_bank=True)
+    assert plan(1 << 40, n_train=50) == Plan(test_chunk=40, train_block=50, dense_bank=True)
     dense_bank = 40 * 4 * sum(p.numel() for n, p in model.named_parameters()
                               if re.search(r"(query|key|value|dense|classifier)\.weight", n))
     tight = plan(2 * dense_bank)  # the dense bank alone would take the whole budget
-    assert not tight.dense_bank and 1 <= tight.train_block <= tracin._MAX_TRAIN_BLOCK
+    assert not tight.dense_bank and 1 <= tight.train_block <= engine_module._MAX_TRAIN_BLOCK
     tiny = plan(1 << 21)
     assert not tiny.dense_bank and tiny.test_chunk < tight.test_chunk and tiny.train_block < tight.train_block
     assert plan(1 << 21, n_train=6000) == tiny
     assert TracIn(ckpts, params="all", test_chunk_size=7)._plan(
-        scored, tracin._Examples(perturbed["train"], "train"), test_ex).test_chunk == 7
+        scored, _Examples(perturbed["train"], "train"), test_ex).test_chunk == 7
 
 
 def test_memory_does_not_grow_with_training_samples(perturbed, monkeypatch):
     """Per-example gradients live in arenas reused from one training block to the next: 4x the training samples,
     the same memory."""
     ckpts, train, test = perturbed["ckpts"], perturbed["train"], perturbed["test"]
-    monkeypatch.setattr(tracin, "_MAX_TRAIN_BLOCK", 5)
-    monkeypatch.setattr(tracin._Arena, "SLAB", 1 << 12)  # small slabs: their total follows what is stored
+    monkeypatch.setattr(engine_module, "_MAX_TRAIN_BLOCK", 5)
+    monkeypatch.setattr(_Arena, "SLAB", 1 << 12)  # small slabs: their total follows what is stored
     slabs: list[int] = []
-    take = tracin._Arena.take
+    take = _Arena.take
 
     def spy(self, shape, dtype):
         out = take(self, shape, dtype)
         slabs.append(sum(s.numel() for s in self.slabs))
         return out
 
-    monkeypatch.setattr(tracin._Arena, "take", spy)
+    monkeypatch.setattr(_Arena, "take", spy)
     peaks = []
     for n in (10, 40):
         slabs.clear()

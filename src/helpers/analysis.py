@@ -1,4 +1,4 @@
-"""From influence scores to per-test-sample tables (the top-k itself is :func:`helpers.tracin.top_rows`).
+"""From influence scores to per-test-sample tables (the top-k itself is :func:`helpers.influence.scores.top_rows`).
 
 For each test sample, the ``k`` training samples with the highest (proponents) or lowest (opponents) score; from
 them, the share written in each training language, the share in the test sample's own language, and the share with
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .tracin import InfluenceScores, top_rows
+from .influence.scores import InfluenceScores, top_rows
 
 
 def load_scores(folder: Path) -> InfluenceScores:

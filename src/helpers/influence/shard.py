@@ -3,18 +3,20 @@ shard; a merge assembles exactly the matrix one process computes.
 
 On several GPUs (or several CPU processes), launched by ``torchrun`` or ``accelerate launch``::
 
-    torchrun --standalone --nproc_per_node 4 -m helpers.tracin_shard score \\
+    torchrun --standalone --nproc_per_node 4 -m helpers.influence.shard score \\
         --finetune artifacts/<study>/stages/finetune-<id> --out tracin-all --params all
-    accelerate launch --num_processes 4 -m helpers.tracin_shard score --finetune ... --out ...
+    accelerate launch --num_processes 4 -m helpers.influence.shard score --finetune ... --out ...
 
 or from the pipeline, with the TracIn stage's parameter ``tracin_processes`` (``-p tracin_processes=4``), which runs
-the same command. Each process reads ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` from its launcher and joins a
-``torch.distributed`` process group (NCCL on CUDA, gloo on CPU): process 0 plans the walk over the data
-(:meth:`helpers.tracin.TracIn.plan`) and broadcasts it, every process computes the test-gradient bank and scores the
-training blocks :func:`helpers.tracin.shard_blocks` gives it (``rank, rank + world, ...``), on ``cuda:<LOCAL_RANK>``
-when CUDA is present, and writes ``<out>/shards/shard-<rank>-of-<world>.npz`` (its rows, their scores, per
-checkpoint) and a ``.json`` (what it scored with). After a barrier process 0 merges them (:func:`merge`) into
-``<out>/scores`` (:class:`helpers.tracin.InfluenceScores`, what every analysis reads) and removes the shards.
+the same command (:func:`launch`, from :func:`helpers.compute.tracin.score_finetune`). Each process reads
+``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` from its launcher and joins a ``torch.distributed`` process group (NCCL on
+CUDA, gloo on CPU): process 0 plans the walk over the data (:meth:`helpers.influence.engine.TracIn.plan`) and
+broadcasts it, every process computes the test-gradient bank and scores the training blocks
+:func:`helpers.influence.engine.shard_blocks` gives it (``rank, rank + world, ...``), on ``cuda:<LOCAL_RANK>`` when
+CUDA is present, and writes ``<out>/shards/shard-<rank>-of-<world>.npz`` (its rows, their scores, per checkpoint)
+and a ``.json`` (what it scored with). After a barrier process 0 merges them (:func:`merge`) into ``<out>/scores``
+(:class:`helpers.influence.scores.InfluenceScores`, what every analysis reads) and removes the shards. The settings'
+defaults and allowed values are the parameter table's (:data:`helpers.config.PARAMETERS`).
 
 Why the result is identical to one process's: a training row's scores depend only on its block and on the test bank
 (the engine forms per-example gradients batch by batch within a block, and multiplies a block by the bank), so with
@@ -24,7 +26,7 @@ parameter subset. ``tests/test_tracin_shard.py`` compares a 2-process gloo run w
 CPU, keep the thread count equal: torchrun sets ``OMP_NUM_THREADS=1`` for its processes.)
 
 Shards computed apart (other jobs, other machines): ``score --rank R --world-size W --train-block B --test-chunk C``
-without a launcher, then ``python -m helpers.tracin_shard merge --out DIR``.
+without a launcher, then ``python -m helpers.influence.shard merge --out DIR``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+
+from .. import config
+from ..runtime import DEVICES, PRECISIONS
+from .scores import InfluenceScores
+
+#: A TracIn stage's settings: their defaults and allowed values are the parameter table's.
+_PARAMS, _SIMILARITY, _BATCH_SIZE, _DEVICE = (config.PARAMETERS[k] for k in (
+    "tracin_params", "tracin_similarity", "tracin_batch_size", "device"))
+#: The dtypes a process computes in (``auto`` is resolved before: :func:`helpers.influence.precision.choose_dtype`).
+_DTYPES = tuple(p for p in PRECISIONS if p != "auto")
 
 SHARDS = "shards"
 SCORES = "scores"
@@ -49,8 +62,9 @@ def _shard_name(rank: int, world: int) -> str:
     return f"shard-{rank:04d}-of-{world:04d}"
 
 
-def write_shard(folder: Path, rank: int, world: int, scores: Any, rows: np.ndarray, meta: dict[str, Any]) -> Path:
-    """Write process ``rank``'s rows of ``scores`` (an :class:`~helpers.tracin.InfluenceScores` whose other rows are
+def write_shard(folder: Path, rank: int, world: int, scores: InfluenceScores, rows: np.ndarray,
+                meta: dict[str, Any]) -> Path:
+    """Write process ``rank``'s rows of ``scores`` (an :class:`~.scores.InfluenceScores` whose other rows are
     unscored) as ``shard-<rank>-of-<world>.npz`` + ``.json`` in ``folder`` (written under a temporary name, then
     renamed: a shard that exists is complete)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -75,13 +89,9 @@ def write_shard(folder: Path, rank: int, world: int, scores: Any, rows: np.ndarr
     return folder / f"{name}.npz"
 
 
-def merge(folder: Path | str):
-    """Assemble the shards in ``folder`` into one :class:`~helpers.tracin.InfluenceScores` (numpy only), checking that
+def merge(folder: Path | str) -> InfluenceScores:
+    """Assemble the shards in ``folder`` into one :class:`~.scores.InfluenceScores` (numpy only), checking that
     they come from one run (same world size, plan, checkpoints, subset, shape) and cover every row exactly once."""
-    import pandas as pd
-
-    from .tracin import InfluenceScores
-
     folder = Path(folder)
     metas = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("shard-*-of-*.json"))}
     if not metas:
@@ -140,11 +150,11 @@ def _parse_groups(text: str | None) -> dict[str, str] | None:
 
 def score(args: argparse.Namespace) -> Path | None:
     """The ``score`` command in one process of the group (or alone)."""
-    import torch
+    import torch  # here, not at the top: the merge command needs neither torch nor the engine
     import torch.distributed as dist
 
-    from . import finetune
-    from .tracin import Plan, TracIn, shard_blocks
+    from ..compute.tracin import engine_for, inputs  # which launches this command (so imported here)
+    from .engine import Plan, shard_blocks
 
     env_world = int(os.environ.get("WORLD_SIZE", "1"))
     distributed = env_world > 1 and args.rank is None
@@ -160,14 +170,10 @@ def score(args: argparse.Namespace) -> Path | None:
     if distributed:
         dist.init_process_group(backend="nccl" if cuda else "gloo")
     try:
-        ft = finetune.load(Path(args.finetune))
-        test, test_ids = ft.test, ft.ids("test")
-        if args.test_per_language:  # the first N test samples of each language (the attribution chapter's subset)
-            rows = test_ids.groupby("language", sort=False).head(args.test_per_language).index.tolist()
-            test, test_ids = ft.test.select(rows), test_ids.iloc[rows].reset_index(drop=True)
-        engine = TracIn(ft.tracin_checkpoints(), params=args.params, similarity=args.similarity, device=device,
-                        dtype=args.dtype, batch_size=args.batch_size, test_chunk_size=args.test_chunk,
-                        groups=_parse_groups(args.groups))
+        ft, test, test_ids = inputs(args.finetune, args.test_per_language)
+        engine = engine_for(ft, device, args.dtype, params=args.params, similarity=args.similarity,
+                            batch_size=args.batch_size, groups=_parse_groups(args.groups),
+                            test_chunk_size=args.test_chunk)
         if args.train_block is not None and args.test_chunk is not None:
             plan = Plan(test_chunk=args.test_chunk, train_block=args.train_block, dense_bank=not args.factored_bank)
         else:
@@ -199,13 +205,14 @@ def score(args: argparse.Namespace) -> Path | None:
             dist.destroy_process_group()
 
 
-def launch(processes: int, finetune_folder: Path | str, out: Path | str, params: str, similarity: str = "dot",
-           batch_size: int = 32, device: str = "auto", dtype: str = "fp32", groups: dict[str, str] | None = None,
-           train_block: int | None = None, test_per_language: int | None = None, quiet: bool = False) -> Path:
+def launch(processes: int, finetune_folder: Path | str, out: Path | str, params: str = _PARAMS.default,
+           similarity: str = _SIMILARITY.default, batch_size: int = _BATCH_SIZE.default, device: str = _DEVICE.default,
+           dtype: str = "fp32", groups: dict[str, str] | None = None, train_block: int | None = None,
+           test_per_language: int | None = None, quiet: bool = False) -> Path:
     """Run :func:`score` in ``processes`` processes with ``torchrun`` (what the TracIn stage does with
     ``tracin_processes`` > 1); returns ``<out>/scores``. The launcher's output goes to this process's."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(processes)}",
-           "-m", "helpers.tracin_shard", "score", "--finetune", str(finetune_folder), "--out", str(out),
+           "-m", "helpers.influence.shard", "score", "--finetune", str(finetune_folder), "--out", str(out),
            "--params", params, "--similarity", similarity, "--batch-size", str(batch_size), "--device", device,
            "--dtype", dtype]
     if groups:
@@ -217,19 +224,19 @@ def launch(processes: int, finetune_folder: Path | str, out: Path | str, params:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.tracin_shard", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m helpers.influence.shard", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("score", help="score this process's share of the training rows (under torchrun: all of them)")
     p.add_argument("--finetune", required=True, help="a fine-tuning stage folder (checkpoints and tokenised samples)")
     p.add_argument("--out", required=True, help="output folder: <out>/scores after the merge")
-    p.add_argument("--params", default="last_layers:1", help="parameter subset (all, classifier, last_layers:N, "
+    p.add_argument("--params", default=_PARAMS.default, help="parameter subset (all, classifier, last_layers:N, "
                    "embeddings, re:<regex>)")
-    p.add_argument("--similarity", default="dot", choices=("dot", "cosine"))
+    p.add_argument("--similarity", default=_SIMILARITY.default, choices=_SIMILARITY.allowed())
     p.add_argument("--groups", help="name=spec,... parameter groups scored in the same pass (see TracIn(groups=))")
     p.add_argument("--test-per-language", type=int, help="score only the first N test samples of each language")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--batch-size", type=int, default=_BATCH_SIZE.default)
+    p.add_argument("--device", default=_DEVICE.default, choices=DEVICES)
+    p.add_argument("--dtype", default="fp32", choices=_DTYPES)
     p.add_argument("--train-block", type=int, help="training rows per block (default: planned by rank 0)")
     p.add_argument("--test-chunk", type=int, help="test samples per bank (default: planned by rank 0)")
     p.add_argument("--factored-bank", action="store_true", help="with --train-block and --test-chunk: keep the "
