@@ -318,7 +318,7 @@ def brute_force(ckpts, params, train, test, device: torch.device) -> np.ndarray:
         model = load_model(ckpt.path, device)
         chosen = list(select_parameters(model, params).values())
 
-        def grads(samples: list[dict]) -> torch.Tensor:
+        def grads(samples: list[dict], model=model, chosen=chosen) -> torch.Tensor:
             rows = []
             for x in samples:
                 logits = model(input_ids=torch.tensor([x["input_ids"]], device=device)).logits
@@ -338,7 +338,7 @@ def brute_force_per_checkpoint(ckpts, params, train, test, device: torch.device)
         model = load_model(ckpt.path, device)
         chosen = list(select_parameters(model, params).values())
 
-        def grads(samples: list[dict]) -> torch.Tensor:
+        def grads(samples: list[dict], model=model, chosen=chosen) -> torch.Tensor:
             rows = torch.empty(len(samples), sum(p.numel() for p in chosen), device=device)
             for r, x in enumerate(samples):
                 logits = model(input_ids=torch.tensor([x["input_ids"]], device=device)).logits
@@ -390,17 +390,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n-test", type=int, default=None, help="test samples (default: 32; full mode: 175, the "
                         "default run's; with --data: the first ones, default all)")
     parser.add_argument("--checkpoints", type=int, default=3, help="captum mode: checkpoints")
-    parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="full mode: fine-tuning epochs = checkpoints")
-    parser.add_argument("--finetune-batch-size", type=int, default=DEFAULTS["batch_size"], help="full mode: fine-tuning batch size")
-    parser.add_argument("--learning-rate", type=float, default=DEFAULTS["learning_rate"], help="full mode: peak fine-tuning rate")
+    parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"],
+                        help="full mode: fine-tuning epochs = checkpoints")
+    parser.add_argument("--finetune-batch-size", type=int, default=DEFAULTS["batch_size"],
+                        help="full mode: fine-tuning batch size")
+    parser.add_argument("--learning-rate", type=float, default=DEFAULTS["learning_rate"],
+                        help="full mode: peak fine-tuning rate")
     parser.add_argument("--data", type=Path, default=None, help="full mode: a fine-tuning stage folder whose "
                         "tokenised samples and trimmed vocabulary to use (default: random samples)")
     parser.add_argument("--bruteforce-test", type=int, default=8, help="full mode: test samples checked by brute "
                         "force")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=[p for p in PRECISIONS if p != "auto"], default="fp32", help="ours (captum is always fp32)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULTS["tracin_batch_size"], help="captum mode: training batch size, for both "
-                        "tools; full mode: TracIn's batch size")
+    parser.add_argument("--dtype", choices=[p for p in PRECISIONS if p != "auto"], default="fp32",
+                        help="ours (captum is always fp32)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS["tracin_batch_size"],
+                        help="captum mode: training batch size, for both tools; full mode: TracIn's batch size")
     parser.add_argument("--min-len", type=int, default=16, help="shortest sample, in tokens")
     parser.add_argument("--max-len", type=int, default=64, help="longest sample, in tokens")
     parser.add_argument("--vocab", type=int, default=30000, help="word-embedding rows of the embedded models (the "

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +27,12 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import AutoModelForSequenceClassification
 
 from helpers import data, paths, study
-from helpers.flow import cells, graph, store
+from helpers.flow import graph, store
 
 STUDY = "smoke"
 
 
-@lru_cache(maxsize=None)
+@cache
 def built() -> tuple[study.Study, tuple[graph.Instance, ...]]:
     s = study.load(STUDY)
     return s, tuple(graph.plan(s))

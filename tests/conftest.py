@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from studies import ONE_RUN
 
 from helpers import paths
 from helpers.flow import runner
 from helpers.models import embedded_checkpoint
-from studies import ONE_RUN
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from helpers import config, data, finetune, models, study
+from helpers.config import ConfigError
 from helpers.flow import feasible, graph
 from helpers.models import pretrain
-from helpers.config import ConfigError
 from helpers.neurons import activations
 
 TINY = dict(pretrain_languages=["en", "fr", "ru"], pretrain_verses_per_language=150, seed=0, pretrain_layers=2,
@@ -36,7 +36,8 @@ def test_pretraining_runs_in_seconds_and_its_held_out_loss_falls(pretrained):
     # one language per batch, the languages in turn
     assert list(pretrained.history["language"][:6]) == ["en", "fr", "ru"] * 2
     summary = pretrain.loss_summary(pretrained, TINY["pretrain_vocab_size"])
-    assert f"{losses[0]:.2f} at step 0, {losses[-1]:.2f} at step 45" in summary and "fell in 3 of 3 languages" in summary
+    assert f"{losses[0]:.2f} at step 0, {losses[-1]:.2f} at step 45" in summary
+    assert "fell in 3 of 3 languages" in summary
 
 
 def test_a_pretraining_checkpoint_loads_as_a_classifier_with_its_tokenizer(pretrained):
@@ -157,8 +158,8 @@ def test_only_runs_of_the_inhouse_encoder_have_a_pretraining_stage(tmp_path, mon
     assert [i.stage for i in by_label["finetune[main-s0]"].inputs] == ["data"]
     assert plan.index(by_label["pretrain[mlm-s0]"]) < plan.index(by_label["finetune[mlm-s0]"])
     alignment = by_label["alignment"]
-    assert ("probing", None) in {(i.stage, i.run) for i in alignment.inputs}
-    assert plan.index(by_label["probing"]) < plan.index(alignment)
+    assert ("probe", None) in {(i.stage, i.run) for i in alignment.inputs}
+    assert plan.index(by_label["probe"]) < plan.index(by_label["probing"]) < plan.index(alignment)
 
 
 def test_top_k_reruns_the_alignment_chapter_but_not_probing_and_pretraining_leaves_e5_runs_alone(tmp_path,

@@ -6,8 +6,8 @@ import pytest
 
 from helpers import analysis
 from helpers.flow.context import RunInputs
-from helpers.study import Run
 from helpers.influence.scores import InfluenceScores
+from helpers.study import Run
 
 
 def make_scores(per_checkpoint, train_languages, test_languages, train_labels=None, test_labels=None):

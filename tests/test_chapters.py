@@ -8,13 +8,22 @@ import pandas as pd
 import pytest
 
 from helpers import claims as claims_mod
-from helpers.flow import cells
 from helpers import config, data, study
-from helpers.chapters import (attribution, control, dynamics, imbalance, language_shares, qualitative,
-                              reproducibility, scoreboard, translations, zero_shot)
+from helpers.chapters import (
+    attribution,
+    control,
+    dynamics,
+    imbalance,
+    language_shares,
+    qualitative,
+    reproducibility,
+    scoreboard,
+    translations,
+    zero_shot,
+)
 from helpers.flow.context import RunInputs
-from helpers.study import Run
 from helpers.influence.scores import InfluenceScores
+from helpers.study import Run
 
 LANGS = ["en", "fr", "de"]
 CFG = {"top_k": 4, "influence_kind": "proponents", "n_bootstrap": 200, "confidence": 0.95}

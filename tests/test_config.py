@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from helpers import config, paths, study
-from helpers.flow.stage import all_stages
 from helpers.config import ConfigError
+from helpers.flow.stage import all_stages
 
 
 def raw_profile(name):
@@ -117,7 +117,8 @@ def test_values_outside_the_declared_range_are_refused(override, message):
 @pytest.mark.parametrize("overrides", [
     ["top_k=60"],  # the smoke study's 12 x 5 training samples: k may be all of them
     ["train_per_language=6"],  # as many as the genre task's classes
-    ["max_length=512", "pretrain_max_length=512"], ["max_length=8"], ["warmup_ratio=0"], ["warmup_ratio=1"], ["permuted_share=0"],
+    ["max_length=512", "pretrain_max_length=512"], ["max_length=8"], ["warmup_ratio=0"], ["warmup_ratio=1"],
+    ["permuted_share=0"],
     ["learning_rate=1e-9"], ["attribution_test_per_language=6"], ["test_per_language=1", "top_k=1",
                                                                    "attribution_test_per_language=1"],
     ["imbalance4.imbalance_factor=20"], ["n_bootstrap=100"], ["confidence=0.999"],

@@ -3,10 +3,10 @@ text), their sampling, the offline errors that name ``corpus_dir``, and the one 
 
 from __future__ import annotations
 
+import corpus_fixtures
 import pandas as pd
 import pytest
 
-import corpus_fixtures
 from helpers import config, corpora, data, languages
 
 HUB = ("xnli", "pawsx", "marc")

@@ -17,15 +17,15 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import config, data, finetune, study
-from helpers.flow import graph
-from helpers.flow.stage import get as get_stage
+from helpers.chapters import counterfactual as cf
 from helpers.compute import finetune as finetune_stage
 from helpers.compute import retrain as retrain_stage
+from helpers.config import ConfigError
+from helpers.flow import graph
+from helpers.flow.context import RunInputs
+from helpers.flow.stage import get as get_stage
 from helpers.influence.engine import TracIn
 from helpers.influence.scores import InfluenceScores
-from helpers.chapters import counterfactual as cf
-from helpers.config import ConfigError
-from helpers.flow.context import RunInputs
 from helpers.study import Run
 
 SMOKE = study.resolve("smoke").first.params
@@ -90,7 +90,7 @@ PLANTED = {**SMOKE, "fine_tune_languages": ["en", "fr"], "zero_shot_languages": 
 def planted_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("planted-run")
     train, test = data.build_splits(PLANTED)
-    copies = pd.concat([test[test["language"] == "en"].assign(split="train", uid=lambda f: f["uid"] + f"-copy{c}")
+    copies = pd.concat([test[test["language"] == "en"].assign(split="train", uid=lambda f, c=c: f["uid"] + f"-copy{c}")
                         for c in range(3)], ignore_index=True)
     ft = _finetune(PLANTED, pd.concat([train, copies], ignore_index=True), test, folder)
     scores = TracIn(ft.tracin_checkpoints(), params=PLANTED["tracin_params"]).scores(

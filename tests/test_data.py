@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from helpers.corpora import bible
 from helpers import config, data, study
+from helpers.corpora import bible
 
 SMOKE_MAIN = study.resolve("smoke").first.params  # resolved once, before any test shrinks the corpus
 

@@ -12,9 +12,7 @@ import hashlib
 import importlib.util
 import json
 import os
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -283,7 +281,8 @@ def test_smoke_tokenizer_layout_round_trip_and_determinism(smoke_tok, tmp_path):
     from transformers import AutoTokenizer
 
     assert smoke_tok.convert_ids_to_tokens([0, 1, 2, 3]) == ["<s>", "<pad>", "</s>", "<unk>"]
-    assert (smoke_tok.bos_token_id, smoke_tok.pad_token_id, smoke_tok.eos_token_id, smoke_tok.unk_token_id) == (0, 1, 2, 3)
+    ids = (smoke_tok.bos_token_id, smoke_tok.pad_token_id, smoke_tok.eos_token_id, smoke_tok.unk_token_id)
+    assert ids == (0, 1, 2, 3)
     ids = smoke_tok(SMOKE_TEXTS[1])["input_ids"]
     assert ids[0] == 0 and ids[-1] == 2 and 3 not in ids
     assert smoke_tok.decode(ids, skip_special_tokens=True) == SMOKE_TEXTS[1]
@@ -339,7 +338,8 @@ def test_trimmed_smoke_model_gives_identical_outputs(smoke_tok):
     torch.testing.assert_close(trim_logits, full_logits, atol=1e-5, rtol=0)
     # gradients flow into the trimmed rows only where ids were used, like the full model's rows
     trimmed.train()
-    trimmed(input_ids=vmap.to_new(x_old), attention_mask=mask, labels=torch.zeros(len(ids), dtype=torch.long)).loss.backward()
+    labels = torch.zeros(len(ids), dtype=torch.long)
+    trimmed(input_ids=vmap.to_new(x_old), attention_mask=mask, labels=labels).loss.backward()
     grad = trimmed.get_input_embeddings().weight.grad
     assert torch.all(grad[trimmed.config.pad_token_id] == 0)
 
@@ -411,7 +411,8 @@ def test_e5_tokenizer_special_ids_and_round_trip(e5_tokenizer):
     for text in TEXTS:
         assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text
     # XLM-R's well-known segmentation of a short English sentence
-    assert tok.convert_ids_to_tokens(tok("Hello world!")["input_ids"]) == ["<s>", "\u2581Hello", "\u2581world", "!", "</s>"]
+    pieces = tok.convert_ids_to_tokens(tok("Hello world!")["input_ids"])
+    assert pieces == ["<s>", "\u2581Hello", "\u2581world", "!", "</s>"]
 
 
 @pytest.mark.slow

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import os
 
+import corpus_fixtures
 import numpy as np
 import pytest
 import yaml
 
-import corpus_fixtures
-from helpers import config, data, finetune, paths, study
-from helpers.flow import graph, runner, store
+from helpers import config, data, paths, study
 from helpers.compute import finetune as finetune_stage
+from helpers.flow import graph, runner, store
 from helpers.influence.scores import InfluenceScores
 
 

@@ -44,7 +44,8 @@ def test_top_k_changes_only_the_chapters_and_epochs_everything_after_data(sandbo
     assert "qualitative" not in changed  # it does not read top_k
     epochs = keyed(study.resolve("smoke", ["epochs=2"]))
     assert base["data[main-s0]"] == epochs["data[main-s0]"]
-    assert base["finetune[main-s0]"] != epochs["finetune[main-s0]"] and base["tracin[main-s0]"] != epochs["tracin[main-s0]"]
+    assert base["finetune[main-s0]"] != epochs["finetune[main-s0]"]
+    assert base["tracin[main-s0]"] != epochs["tracin[main-s0]"]
 
 
 def test_a_variant_sharing_stages_with_the_main_run_plans_them_once(sandbox):

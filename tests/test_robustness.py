@@ -17,13 +17,12 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
+from studies import ONE_RUN
 
 from helpers import config, data, paths, pipeline, study
 from helpers.flow import cells, context, fingerprint, graph, runner, store
-from helpers.flow.stage import all_stages, get as get_stage
-from helpers.config import ConfigError
-
-from studies import ONE_RUN
+from helpers.flow.stage import all_stages
+from helpers.flow.stage import get as get_stage
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
@@ -322,7 +321,7 @@ def test_a_file_system_error_inside_a_stage_gets_the_same_advice():
     assert runner._os_hint("ValueError", "bad value") == ""
 
 
-# --- 7: Ctrl-C (the quiet terminal is checked with the reruns above) ----------------------------------------------------------------------------------
+# --- 7: Ctrl-C (the quiet terminal is checked with the reruns above) ----------------------------------------------
 
 
 def test_ctrl_c_prints_one_line_and_no_traceback(profile):

@@ -14,8 +14,13 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import (AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification,
-                          XLMRobertaConfig, XLMRobertaForSequenceClassification)
+from transformers import (
+    AutoModelForSequenceClassification,
+    BertConfig,
+    BertForSequenceClassification,
+    XLMRobertaConfig,
+    XLMRobertaForSequenceClassification,
+)
 
 import helpers.influence.engine as engine_module
 from helpers.influence.engine import Plan, TracIn
@@ -157,7 +162,7 @@ def brute_force(ckpts: list[Checkpoint], spec: str, train: list[dict], test: lis
         named = dict(model.named_parameters())
         params = [named[n] for n in expected_names(model, spec)]
 
-        def grads(samples: list[dict]) -> torch.Tensor:
+        def grads(samples: list[dict], model=model, params=params) -> torch.Tensor:
             rows = []
             for x in samples:
                 logits = model(input_ids=torch.tensor([x["input_ids"]])).logits

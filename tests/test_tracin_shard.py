@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import config, data, finetune
+from helpers import config, data
 from helpers.compute import finetune as finetune_stage
 from helpers.compute.tracin import score_finetune
 from helpers.influence import shard

@@ -10,7 +10,6 @@ viewer without the bundle, the SVG stays.
 
 from __future__ import annotations
 
-import html
 import json
 import uuid
 from pathlib import Path

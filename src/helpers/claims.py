@@ -16,9 +16,9 @@ seeds are resampled too (a two-level bootstrap: seeds, then samples within each 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd

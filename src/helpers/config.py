@@ -6,7 +6,8 @@ Two scopes:
   runs that differ in a few of them (a parallel-data variant, an imbalanced one, several seeds).
 * ``study`` parameters shape the analysis chapters (``top_k``, the bootstrap), the same for every run.
 
-Which stage reads which parameter is declared with the stages (``helpers.compute`` and ``helpers.chapters``, each module its ``STAGE``), not here. Profiles
+Which stage reads which parameter is declared with the stages (each module of ``helpers.compute`` and
+``helpers.chapters`` declares its ``STAGE``), not here. Profiles
 (``params/*.yaml``) hold only what differs from the defaults below. :func:`check` validates values;
 an unknown name, a wrong type or a value outside the allowed set raises :class:`ConfigError` naming the parameter
 and what is allowed. At import time this module imports only two bottom modules of the package, both free of
@@ -18,8 +19,9 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 

@@ -8,8 +8,9 @@ in :mod:`helpers.languages` (re-exported here as :data:`LANGUAGES`); :data:`LABE
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 

@@ -19,16 +19,14 @@ writes, and the reader of its outputs) is :mod:`helpers.compute.finetune`.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from datasets import Dataset, load_from_disk
+from datasets import Dataset
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import LengthGroupedSampler

@@ -31,7 +31,8 @@ def _seeds(text: str | None) -> list[int] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.pipeline", description="Run a study's stages with papermill and build the book.")
+    parser = argparse.ArgumentParser(prog="python -m helpers.pipeline",
+                                     description="Run a study's stages with papermill and build the book.")
     sub = parser.add_subparsers(dest="command", required=True)
     for cmd, text in [("run", "run the study's stages and build the book"),
                       ("status", "show every run's parameters and every stage's state")]:

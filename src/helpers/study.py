@@ -20,9 +20,10 @@ still apply on top); ``-p <variant>.key=value`` overrides it for one variant.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -140,7 +141,8 @@ def load_profile(profile: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str,
 
 def _seeds(value: Any, where: str) -> list[int]:
     if (not isinstance(value, list) or not value or
-            any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in value) or len(set(value)) != len(value)):
+            any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in value)
+            or len(set(value)) != len(value)):
         raise ConfigError(f"{where} 'seeds' must be a non-empty list of distinct integers >= 0, got {value!r}")
     return value
 

@@ -22,8 +22,8 @@ import pandas as pd
 
 from .. import analysis, claims, data
 from ..compute import finetune
-from ..neurons import overlap
 from ..flow.stage import STUDY_ROLE, Stage
+from ..neurons import overlap
 from . import Result
 
 STAGE = Stage("alignment", "20_alignment.ipynb", "Alignment and sharing",

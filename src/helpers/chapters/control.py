@@ -35,7 +35,8 @@ def compute(control: list, main: list, cfg: dict[str, Any]) -> Result:
     stat = f"own-language share of the permuted language's top-{k} {kind}"
     if not control:
         return Result(claims=[claims.not_tested("PC1", STAGE.name, statement, claims.METHOD, stat,
-                                                "the study has no control run (role 'control': permuted_language set)")])
+                                                "the study has no control run (role 'control': "
+                                                "permuted_language set)")])
     lang = control[0].params["permuted_language"]
     control_table = analysis.runs_table(control, k, kind).assign(setting="control")
     main_table = analysis.runs_table(main, k, kind).assign(setting="main")
@@ -56,6 +57,7 @@ def compute(control: list, main: list, cfg: dict[str, Any]) -> Result:
         "PC1", STAGE.name, statement, claims.METHOD, f"{data.LANGUAGES[lang].name} (labels shifted): {stat}",
         claims.interval(target, "own", **opts), float(blind[lang]), "a language-blind ranking", "above",
         note=(f"Strength of the control: {control[0].params['permuted_share']:.0%} of "
-              f"{data.LANGUAGES[lang].name}'s {_n_train(control[0], lang)} training samples shifted, {control[0].params['epochs']} epochs; its test accuracy in the control run: "
+              f"{data.LANGUAGES[lang].name}'s {_n_train(control[0], lang)} training samples shifted, "
+              f"{control[0].params['epochs']} epochs; its test accuracy in the control run: "
               f"{last.get(lang, float('nan')):.0%}."))]
     return result

@@ -67,7 +67,8 @@ def ranked_outcomes(outcomes: pd.DataFrame) -> pd.DataFrame:
 
 
 def paired(ranked: pd.DataFrame, a: str, b: str, fraction: str) -> pd.DataFrame:
-    """Per test sample: ``value`` = change of loss under arm ``a`` minus under arm ``b`` (same run, target, fraction)."""
+    """Per test sample: ``value`` = change of loss under arm ``a`` minus under arm ``b`` (same run, target and
+    fraction)."""
     part = ranked[ranked["fraction"] == fraction]
     keys = ["run", "target", "test_row", "test_language"]
     both = part[part["arm"] == a][[*keys, "d_loss"]].merge(part[part["arm"] == b][[*keys, "d_loss"]], on=keys,
@@ -178,7 +179,8 @@ def compute(runs: list, cfg: dict[str, Any], outcomes: pd.DataFrame, log: pd.Dat
                                                            "language among counterfactual_languages.")))
         else:
             result.claims.append(claims.claim(
-                f"CF2-{fraction}", STAGE.name, statement, claims.ABSTRACT, stat, claims.interval(frame, "value", **opts),
+                f"CF2-{fraction}", STAGE.name, statement, claims.ABSTRACT, stat,
+                claims.interval(frame, "value", **opts),
                 0.0, "equal harm", "above", percent=False,
                 note=f"L: {', '.join(dict.fromkeys(frame['target']))}; {seeds}. Inconclusive means the two removals "
                      "could not be told apart; contradicts means the own-language samples mattered more."))
@@ -217,7 +219,8 @@ def compute(runs: list, cfg: dict[str, Any], outcomes: pd.DataFrame, log: pd.Dat
     else:
         result.claims.append(claims.claim("CF4", STAGE.name, statement, claims.METHOD, stat,
                                           claims.interval(dm, "value", **opts), 0.0, "no correlation", "above",
-                                          percent=False, note=f"{int(dm['subsets'].iloc[0])} random halves of {dm['run'].iloc[0]}."))
+                                          percent=False,
+                                          note=f"{int(dm['subsets'].iloc[0])} random halves of {dm['run'].iloc[0]}."))
     return result
 
 

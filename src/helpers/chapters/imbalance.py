@@ -64,8 +64,12 @@ def compute(main: list, imbalanced: list, cfg: dict[str, Any]) -> Result:
         name = data.LANGUAGES[lang].name
         balanced = part[part["setting"] == "balanced"]
         skewed = part[part["setting"] != "balanced"]
-        others = lambda f: f[f["test_language"] != lang]  # noqa: E731
-        own = lambda f: f[f["test_language"] == lang]  # noqa: E731
+        def others(f, lang=lang):
+            return f[f["test_language"] != lang]
+
+        def own(f, lang=lang):
+            return f[f["test_language"] == lang]
+
         result.claims += [
             claims.claim(f"IM1-{factor}x", STAGE.name, statement1, claims.SUMMARY,
                          f"{name} at {factor}x the data: change of its share of the other test languages' top-{k} "

@@ -10,7 +10,7 @@ from .. import artifacts, config
 from ..flow.graph import plan, run_instance
 from ..flow.runner import read_runlog
 from ..flow.stage import Stage
-from ..flow.store import folder
+from ..flow.store import folder as stage_folder
 from ..study import Study, load_profile
 
 STAGE = Stage("reproducibility", "91_reproducibility.ipynb", "Reproducibility", always_run=True,
@@ -56,7 +56,7 @@ def environment_table(study: Study) -> pd.DataFrame:
     for inst in plan(study):
         if inst.run is not None and inst.run.name != study.first.name:
             continue
-        folder = folder(study.name, inst)
+        folder = stage_folder(study.name, inst)
         if (folder / "env.json").exists():
             env = artifacts.read_json(folder / "env.json")
             flat = {"python": env.get("python"), "platform": env.get("platform"), "cpus": env.get("cpu_count"),

@@ -16,7 +16,8 @@ from ..compute import finetune
 from ..flow.stage import Stage
 from . import Result
 
-STAGE = Stage("zero_shot", "13_zero_shot.ipynb", "Zero-shot languages", reads=(("tracin", "main"), ("finetune", "main")),
+STAGE = Stage("zero_shot", "13_zero_shot.ipynb", "Zero-shot languages",
+              reads=(("tracin", "main"), ("finetune", "main")),
               params=("top_k", "influence_kind", "n_bootstrap", "confidence"),
               modules=("chapters/zero_shot", "analysis", "claims"))
 

@@ -16,7 +16,8 @@ from datasets import Dataset, load_from_disk
 from .. import artifacts, data
 from ..flow.stage import Stage
 
-STAGE = Stage("finetune", "02_finetune.ipynb", "Fine-tuning", scope="run", reads=(("data", "same"), ("pretrain", "same")),
+STAGE = Stage("finetune", "02_finetune.ipynb", "Fine-tuning", scope="run",
+              reads=(("data", "same"), ("pretrain", "same")),
               modules=("finetune", "models/__init__"),
               params=("model", "trim_vocabulary", "max_length", "epochs", "batch_size", "learning_rate",
                       "warmup_ratio", "model_dir", "device", "precision", "reinit_top_layers", "pretrain_checkpoint"),

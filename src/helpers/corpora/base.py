@@ -19,10 +19,11 @@ with ``<split>`` one of ``train``, ``validation``, ``test``. Such a copy is writ
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd

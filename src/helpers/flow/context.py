@@ -19,7 +19,7 @@ from .. import artifacts, config
 from ..study import Run, Study, load
 from .fingerprint import fingerprint, loaded_modules
 from .graph import run_instance, study_instance
-from .stage import get
+from .stage import Stage, get
 from .store import RECORD, MissingStageError, damage, folder, lock, manifest, read_record
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import ast
 import json
 import sys
-from functools import lru_cache
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -100,7 +100,7 @@ def imported(tree: ast.AST, package: list[str]) -> set[str]:
     return found
 
 
-@lru_cache(maxsize=None)
+@cache
 def _imports(module: str) -> frozenset[str]:
     path = SOURCE / f"{module}.py"
     if not path.exists():
@@ -137,7 +137,7 @@ def code_modules(roots: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(sorted(seen))
 
 
-@lru_cache(maxsize=None)
+@cache
 def stage_modules(stage: Stage) -> tuple[str, ...]:
     """The package modules whose source is part of ``stage``'s fingerprint."""
     roots = set(stage.modules) | notebook_imports(stage.path)
@@ -170,7 +170,7 @@ def loaded_modules() -> list[str]:
     return sorted(m for m in sys.modules if m == PACKAGE or m.startswith(PACKAGE + "."))
 
 
-@lru_cache(maxsize=None)
+@cache
 def package_versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"python": sys.version.split()[0]}
     for name in (*COMPUTE_PACKAGES, PACKAGE):

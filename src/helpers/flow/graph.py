@@ -78,7 +78,8 @@ def study_inputs(stage: Stage, study: Study) -> list[Input]:
             inputs += [Input(role, up, run.name, run_instance(get(up), run, study).identity)
                        for run in study.role(role) if get(up).applies(run)]
     if stage.reads_chapters:
-        inputs += [Input("chapter", c.name, None, study_instance(c, study).identity) for c in _reads_every_chapter(stage)]
+        inputs += [Input("chapter", c.name, None, study_instance(c, study).identity)
+                   for c in _reads_every_chapter(stage)]
     return inputs
 
 

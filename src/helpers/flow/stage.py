@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import ast
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .. import paths
 
@@ -68,7 +69,7 @@ class Stage:
         return dotted.replace(".", "/").removeprefix("helpers/") if dotted else None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _index() -> dict[str, str]:
     """Stage name -> the dotted name of the module declaring it, read from the source (``STAGE = Stage("name", ...``)
     without importing anything: a notebook imports only its own stage's module and its inputs'."""
@@ -79,8 +80,8 @@ def _index() -> dict[str, str]:
             if path.name.startswith("_"):
                 continue
             for node in ast.parse(path.read_text()).body:
-                if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "STAGE" for t in node.targets)
-                        and isinstance(node.value, ast.Call)):
+                named = any(isinstance(t, ast.Name) and t.id == "STAGE" for t in getattr(node, "targets", ()))
+                if isinstance(node, ast.Assign) and named and isinstance(node.value, ast.Call):
                     first = node.value.args[0] if node.value.args else None
                     if not (isinstance(first, ast.Constant) and isinstance(first.value, str)):
                         raise RuntimeError(f"{path}: STAGE must be declared as Stage(\"<name>\", ...) with its name "
@@ -99,7 +100,7 @@ def _load(name: str) -> Stage:
     return stage
 
 
-@lru_cache(maxsize=None)
+@cache
 def _declared() -> tuple[Stage, ...]:
     return tuple(sorted((_load(name) for name in _index()), key=lambda s: s.notebook))
 

@@ -12,11 +12,12 @@ import fcntl
 import json
 import os
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .. import artifacts, paths
 from .graph import Input, Instance

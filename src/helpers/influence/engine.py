@@ -55,8 +55,17 @@ from tqdm import tqdm
 from ..runtime import progress_interval
 from . import subsets
 from .grads import _batches, _Examples, _Grads, _ids, _Probe
-from .kernels import (DTYPES, _addmm, _Rows, _Scored, _scored_modules, _sparse_scores, _sq_norms, _tile_rows,
-                      _weight_sq_norms)
+from .kernels import (
+    DTYPES,
+    _addmm,
+    _Rows,
+    _Scored,
+    _scored_modules,
+    _sparse_scores,
+    _sq_norms,
+    _tile_rows,
+    _weight_sq_norms,
+)
 from .memory import _Arena, _Workspace
 from .scores import SIMILARITIES, InfluenceScores, SelfInfluence
 from .spec import Checkpoint, select_parameters

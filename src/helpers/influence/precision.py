@@ -13,7 +13,6 @@ from ..runtime import PRECISIONS
 from .engine import TracIn
 from .spec import Checkpoint
 
-
 #: The gates bf16 scores must pass against fp32 (per test column): Spearman correlation, and how many of the fp32
 #: top-10 proponents bf16 also ranks in its top 10.
 GATE_SPEARMAN, GATE_TOP10 = 0.99, 9

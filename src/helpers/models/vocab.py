@@ -94,7 +94,8 @@ class VocabMap:
         if (new < 0).any():
             missing = np.unique(arr[new < 0])
             if unknown == "error":
-                raise KeyError(f"{missing.size} token ids are not in the trimmed vocabulary, e.g. {missing[:5].tolist()}")
+                raise KeyError(f"{missing.size} token ids are not in the trimmed vocabulary, e.g. "
+                               f"{missing[:5].tolist()}")
             new = np.where(new < 0, self.new_id(UNK_ID), new)
         if is_torch:
             import torch
@@ -128,9 +129,9 @@ def trim_vocabulary(model, keep_ids: Sequence[int] | np.ndarray | VocabMap):
     """Keep only the word-embedding rows ``keep_ids`` (new id ``i`` = old id ``keep_ids[i]``), in place.
 
     Updates ``config.vocab_size`` and remaps ``config.pad_token_id`` (which must be kept; the embedding's
-    ``padding_idx`` follows it; for RoBERTa/XLM-R it must keep its id) and the bos/eos ids. Feed the trimmed model ids mapped with
-    :meth:`VocabMap.to_new`: its outputs equal the full model's on the original ids. Models with an output
-    (language-model) embedding are not supported. Returns ``model``.
+    ``padding_idx`` follows it; for RoBERTa/XLM-R it must keep its id) and the bos/eos ids. Feed the trimmed model
+    ids mapped with :meth:`VocabMap.to_new`: its outputs equal the full model's on the original ids. Models with an
+    output    (language-model) embedding are not supported. Returns ``model``.
     """
     import torch
 

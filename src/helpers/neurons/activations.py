@@ -16,7 +16,8 @@ import torch
 from .. import models
 
 
-def token_ids(tokenizer, texts: Sequence[str], max_length: int, vocab: models.VocabMap | None = None) -> list[list[int]]:
+def token_ids(tokenizer, texts: Sequence[str], max_length: int,
+              vocab: models.VocabMap | None = None) -> list[list[int]]:
     """Token ids of ``texts`` for a model whose vocabulary may be trimmed (``vocab``: tokens trimmed away become
     ``<unk>``)."""
     ids = models.tokenize(tokenizer, texts, max_length=max_length)
