@@ -210,18 +210,19 @@ def _planted_states(rng, shared: bool, n: int = 240, d: int = 32, layers: int = 
 
 def test_measure_finds_planted_shared_neurons_and_retrieval_where_translations_agree():
     from helpers.chapters import probing
+    from helpers.compute import probe
 
     rng = np.random.default_rng(0)
     cfg = {"probe_depth": 1.0, "probe_neurons": 4, "n_bootstrap": 200, "confidence": 0.95}
-    point = probing.Point("x", "pre-trained", "start", 0, "main-s0")
+    point = probe.Point("x", "pre-trained", "start", 0, "main-s0")
     shared, labels = _planted_states(rng, shared=True)
-    summary, layers, pairs = probing.measure(point, shared, labels, cfg)
+    summary, layers, pairs = probe.measure(point, shared, labels, cfg)
     assert summary["overlap"] == 1.0 and pairs[0]["above_chance"]
     assert summary["retrieval"] > 0.9 and summary["retrieval_low"] <= summary["retrieval"] <= summary["retrieval_high"]
     assert [r["layer"] for r in layers] == [0, 1, 2, 3]
     assert max(r["retrieval"] for r in layers[:-1]) < 0.2  # no translation signal below the last layer
     apart, labels = _planted_states(rng, shared=False)
-    summary, _, pairs = probing.measure(point, apart, labels, cfg)
+    summary, _, pairs = probe.measure(point, apart, labels, cfg)
     assert summary["overlap"] == 0.0 and not pairs[0]["above_chance"]
 
 
@@ -242,6 +243,6 @@ def test_the_degradation_claim_reads_the_pretraining_trajectory():
 
 def test_attribution_groups_are_checked_only_where_they_are_scored(tmp_path, monkeypatch):
     profile = _study(tmp_path, monkeypatch)
-    study.resolve(profile, ["mlm.attribution_groups=[last_layers:9]"])  # the mlm run has no tracin_groups stage
+    feasible.check(study.resolve(profile, ["mlm.attribution_groups=[last_layers:9]"]))  # mlm has no tracin_groups
     with pytest.raises(ConfigError, match="attribution_groups.*last_layers:9"):
-        study.resolve(profile, ["main.attribution_groups=[last_layers:9]"])
+        feasible.check(study.resolve(profile, ["main.attribution_groups=[last_layers:9]"]))

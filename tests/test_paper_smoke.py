@@ -14,7 +14,7 @@ import yaml
 
 from helpers import config, data, paths, study
 from helpers.compute import finetune as finetune_stage
-from helpers.flow import graph, runner, store
+from helpers.flow import feasible, graph, runner, store
 from helpers.influence.scores import InfluenceScores
 
 
@@ -71,14 +71,14 @@ def test_paper_profile_offline_names_model_dir_then_corpus_dir(tmp_path, monkeyp
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))
     with pytest.raises(config.ConfigError, match=r"set the parameter model_dir=DIR"):
-        study.resolve("paper-xnli")
+        feasible.check(study.resolve("paper-xnli"))
     local_model = tmp_path / "xlmr"
     from helpers import models
 
     models.tiny_xlmr_model(100, 3, 0, layers=6).roberta.save_pretrained(local_model)  # fits last_layers:6
     models.xlmr_tokenizer().save_pretrained(local_model)
     with pytest.raises(config.ConfigError, match=r"set the parameter corpus_dir=DIR"):
-        study.resolve("paper-xnli", [f"model_dir={local_model}"])
+        feasible.check(study.resolve("paper-xnli", [f"model_dir={local_model}"]))
 
 
 #: The stages run here through papermill: every run stage (where the paper's code path differs from the Bible's; the

@@ -103,7 +103,7 @@ def test_run_skip_resume_and_partial_outputs(copy_of_built):
     profile = str(copy_of_built)  # the session's one-run study (conftest.built), built by a first run
 
     def statuses():
-        log = runner.read_runlog("one")["stages"]
+        log = store.read_runlog("one")["stages"]
         return {f"{e['stage']}[{e['run']}]" if e["run"] else e["stage"]: e["status"] for e in log.values()}
 
     assert statuses() and all(v == "ran" for v in statuses().values())  # the first run computed everything

@@ -177,7 +177,7 @@ def test_run_recomputes_what_status_reports_and_the_terminal_stays_quiet(copy_of
     assert pipeline.main(["run", "--profile", str(copy_of_built), "--no-book", "--study", "one"]) == 0
     out, err = capfd.readouterr()
     assert f"damaged: {name}" in out
-    ran = {f"{e['stage']}[{e['run'] or '(study)'}]" for e in runner.read_runlog("one")["stages"].values()
+    ran = {f"{e['stage']}[{e['run'] or '(study)'}]" for e in store.read_runlog("one")["stages"].values()
            if e["status"] == "ran"}
     assert ran == predicted  # status said what run would do
     rows, _ = states_of(copy_of_built)
@@ -248,10 +248,10 @@ def test_a_corrupt_run_log_is_started_afresh(copy_of_built, capsys):
     # (the runner reads the run log the same way with and without --force, which used to crash on it too)
     (paths.study_dir("one") / "runlog.json").write_text("{not json")
     assert pipeline.main(["run", "--profile", str(copy_of_built), "--no-book", "--study", "one"]) == 0
-    assert runner.read_runlog("one")["stages"]
+    assert store.read_runlog("one")["stages"]
     (paths.study_dir("one") / "runlog.json").write_text("[1, 2]")
     s = study.load("one")
-    assert runner.read_runlog("one") == {}
+    assert store.read_runlog("one") == {}
     assert isinstance(s, study.Study)
 
 

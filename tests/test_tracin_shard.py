@@ -11,10 +11,11 @@ import torch
 
 from helpers import config, data
 from helpers.compute import finetune as finetune_stage
+from helpers.compute import tracin as tracin_stage
 from helpers.compute.tracin import score_finetune
-from helpers.influence import shard
 from helpers.influence.engine import Plan, TracIn, shard_blocks
 from helpers.influence.scores import InfluenceScores
+from helpers.influence.shard import merge
 
 GROUPS = "head=classifier,last=last_layers:1,words=embeddings,every=all"  # every: a sum over the others
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -44,17 +45,17 @@ def finetuned(tmp_path_factory):
 
 
 def test_two_gloo_processes_equal_one_process_bit_for_bit(finetuned, tmp_path):
-    # torchrun --standalone --nproc_per_node=2 -m helpers.influence.shard score ... (as the TracIn stages launch it)
+    # torchrun --standalone --nproc_per_node=2 -m helpers.compute.tracin score ... (as the TracIn stages launch it)
     env = {k: os.environ.get(k) for k in ENV}
     os.environ.update(ENV)
     try:
-        shard.launch(2, finetuned, tmp_path / "two", params="all", train_block=8, quiet=True,
+        tracin_stage.launch(2, finetuned, tmp_path / "two", params="all", train_block=8, quiet=True,
                      groups=dict(g.split("=") for g in GROUPS.split(",")))
     finally:
         for k, v in env.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     two = InfluenceScores.load(tmp_path / "two" / "scores")
-    assert not (tmp_path / "two" / shard.SHARDS).exists()  # merged, then removed
+    assert not (tmp_path / "two" / tracin_stage.SHARDS).exists()  # merged, then removed
 
     # One process: the engine called here with the same plan, on one thread (as torchrun's processes)
     ft = finetune_stage.load(finetuned)
@@ -108,15 +109,15 @@ def test_shards_scored_apart_merge_to_the_same_matrix(finetuned, tmp_path):
         common = ["score", "--finetune", str(finetuned), "--params", "last_layers:1", "--train-block", "16",
                   "--test-chunk", "9", "--quiet", "--out", str(tmp_path)]
         for rank in (0, 2):
-            assert shard.main([*common, "--rank", str(rank), "--world-size", "3"]) == 0
-        assert shard.main([*common[:-2], "--out", str(tmp_path / "sub"), "--test-per-language", "1",
+            assert tracin_stage.main([*common, "--rank", str(rank), "--world-size", "3"]) == 0
+        assert tracin_stage.main([*common[:-2], "--out", str(tmp_path / "sub"), "--test-per-language", "1",
                            "--rank", "0", "--world-size", "1"]) == 0  # one shard: merged at once
         sub = InfluenceScores.load(tmp_path / "sub" / "scores")
         assert sub.per_checkpoint.shape == (2, 60, 6) and sub.test_ids["language"].is_unique
         with pytest.raises(ValueError, match=r"2 shard\(s\) for a world of 3; missing ranks \[1\]"):
-            shard.merge(tmp_path / shard.SHARDS)
-        assert shard.main([*common, "--rank", "1", "--world-size", "3"]) == 0
-        assert shard.main(["merge", "--out", str(tmp_path), "--keep-shards"]) == 0
+            merge(tmp_path / tracin_stage.SHARDS)
+        assert tracin_stage.main([*common, "--rank", "1", "--world-size", "3"]) == 0
+        assert tracin_stage.main(["merge", "--out", str(tmp_path), "--keep-shards"]) == 0
         merged = InfluenceScores.load(tmp_path / "scores")
         ft = finetune_stage.load(finetuned)
         whole = TracIn(ft.tracin_checkpoints(), params="last_layers:1").scores(
@@ -124,13 +125,13 @@ def test_shards_scored_apart_merge_to_the_same_matrix(finetuned, tmp_path):
         assert np.array_equal(merged.per_checkpoint, whole.per_checkpoint)
         # a shard of another run (another plan) is refused
         other = tmp_path / "other"
-        assert shard.main(["score", "--finetune", str(finetuned), "--params", "last_layers:1", "--train-block",
+        assert tracin_stage.main(["score", "--finetune", str(finetuned), "--params", "last_layers:1", "--train-block",
                            "8", "--test-chunk", "9", "--quiet", "--out", str(other), "--rank", "0",
                            "--world-size", "3"]) == 0
-        (tmp_path / shard.SHARDS / "shard-0000-of-0003.json").write_bytes(
-            (other / shard.SHARDS / "shard-0000-of-0003.json").read_bytes())
+        (tmp_path / tracin_stage.SHARDS / "shard-0000-of-0003.json").write_bytes(
+            (other / tracin_stage.SHARDS / "shard-0000-of-0003.json").read_bytes())
         with pytest.raises(ValueError, match=r"\['plan'\] differ from rank 0's"):
-            shard.merge(tmp_path / shard.SHARDS)
+            merge(tmp_path / tracin_stage.SHARDS)
     finally:
         torch.set_num_threads(before)
 
@@ -142,4 +143,4 @@ def test_blocks_are_dealt_out_once():
     with pytest.raises(ValueError):
         shard_blocks(21, 4, 3, 3)
     with pytest.raises(SystemExit):
-        shard.main(["score", "--finetune", "x", "--out", "y", "--rank", "0"])  # needs --world-size etc.
+        tracin_stage.main(["score", "--finetune", "x", "--out", "y", "--rank", "0"])  # needs --world-size etc.

@@ -8,9 +8,9 @@ import pandas as pd
 
 from .. import artifacts, config
 from ..flow.graph import plan, run_instance
-from ..flow.runner import read_runlog
 from ..flow.stage import Stage
 from ..flow.store import folder as stage_folder
+from ..flow.store import read_runlog
 from ..study import Study, load_profile
 
 STAGE = Stage("reproducibility", "91_reproducibility.ipynb", "Reproducibility", always_run=True,

@@ -195,9 +195,9 @@ def save(outcomes: pd.DataFrame, log: pd.DataFrame, folder: Path) -> None:
 
 def load(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """What the stage wrote: (outcomes, retrainings)."""
-    outcomes = pd.read_csv(Path(folder) / "outcomes.csv", keep_default_na=False, na_values=[""])
+    outcomes = pd.read_csv(Path(folder) / "outcomes.csv", keep_default_na=False)  # "" stays "" (no fraction)
     try:
-        log = pd.read_csv(Path(folder) / "retrainings.csv", keep_default_na=False, na_values=[""])
+        log = pd.read_csv(Path(folder) / "retrainings.csv", keep_default_na=False)
     except pd.errors.EmptyDataError:
         log = pd.DataFrame()
     return outcomes, log

@@ -182,11 +182,13 @@ def package_versions() -> dict[str, str | None]:
 
 
 def source_hash(stage: Stage) -> str:
-    """The stage's code, its library versions and the repository files it reads (see the module docstring)."""
-    files = [stage.path] + [SOURCE / f"{m}.py" for m in stage_modules(stage)]
-    files += [paths.REPO_ROOT / f for f in stage.files]
-    return digest(package_versions(), *[(str(f.relative_to(paths.REPO_ROOT)) if f.is_relative_to(paths.REPO_ROOT)
-                                         else str(f), f.read_bytes() if f.exists() else None) for f in files])
+    """The stage's code, its library versions and the repository files it reads (see the module docstring). Each file
+    is hashed under its name within the repository (``notebooks/02_finetune.ipynb``, ``helpers/finetune.py``), so a
+    checkout's location does not matter."""
+    files = [(f"notebooks/{stage.notebook}", stage.path)]
+    files += [(f"helpers/{m}.py", SOURCE / f"{m}.py") for m in stage_modules(stage)]
+    files += [(f, paths.REPO_ROOT / f) for f in stage.files]
+    return digest(package_versions(), *[(name, path.read_bytes() if path.exists() else None) for name, path in files])
 
 
 #: Local inputs with more files than this are refused (a manifest of a whole disk is not an input).

@@ -32,7 +32,7 @@ from .fingerprint import expected as expected_fingerprints
 from .fingerprint import lineage, uncovered
 from .graph import Instance, plan, run_instance
 from .stage import all_stages, run_stages
-from .store import State, folder, read_record, state, study_lock
+from .store import State, folder, read_record, read_runlog, runlog_path, state, study_lock
 
 
 class StageFailed(RuntimeError):
@@ -41,19 +41,6 @@ class StageFailed(RuntimeError):
 
 class ArtifactsError(RuntimeError):
     """The artifacts folder cannot be written (permissions, a full disk, a path through a file)."""
-
-
-def runlog_path(study: str) -> Path:
-    return paths.study_dir(study) / "runlog.json"
-
-
-def read_runlog(study: str) -> dict[str, Any]:
-    """Timings and status of every stage instance the runner executed for this study (damaged: empty)."""
-    try:
-        log = artifacts.read_json(runlog_path(study))
-    except (OSError, ValueError):
-        return {}
-    return log if isinstance(log, dict) else {}
 
 
 def states(study: Study, instances: list[Instance]) -> dict[tuple[str, str], State]:

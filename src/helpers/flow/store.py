@@ -143,3 +143,20 @@ def _command() -> list[str]:
 
 def study_lock(study: str) -> Any:
     return lock(paths.study_dir(study) / ".lock", f"study {study!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run log: what the runner executed, with its timings (the reproducibility page shows it)
+
+
+def runlog_path(study: str) -> Path:
+    return paths.study_dir(study) / "runlog.json"
+
+
+def read_runlog(study: str) -> dict[str, Any]:
+    """Timings and status of every stage instance the runner executed for this study (damaged: empty)."""
+    try:
+        log = artifacts.read_json(runlog_path(study))
+    except (OSError, ValueError):
+        return {}
+    return log if isinstance(log, dict) else {}

@@ -50,7 +50,8 @@ The package, one concern per module (how the scores are computed: :mod:`.engine`
   kernels, and the examples, batches, hooks and gradient banks built on them;
 * :mod:`.engine`: :class:`~.engine.TracIn` and its :class:`~.engine.Plan`;
 * :mod:`.precision`: bf16 only where it passes the accuracy gates against fp32 (:func:`~.precision.choose_dtype`);
-* :mod:`.shard`: the same scores over several processes (``python -m helpers.influence.shard``).
+* :mod:`.shard`: the shards of a run over several processes and their merge (the processes: ``python -m
+  helpers.compute.tracin``).
 
 A fine-tuning run's scores, as the TracIn stages compute them: :func:`helpers.compute.tracin.score_finetune`.
 
