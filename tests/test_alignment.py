@@ -209,7 +209,6 @@ def _planted_states(rng, shared: bool, n: int = 240, d: int = 32, layers: int = 
 
 
 def test_measure_finds_planted_shared_neurons_and_retrieval_where_translations_agree():
-    from helpers.chapters import probing
     from helpers.compute import probe
 
     rng = np.random.default_rng(0)

@@ -9,6 +9,7 @@ import pandas as pd
 import yaml
 
 from helpers import charts, paths
+from helpers.chapters import charts as chapter_charts
 
 
 def marks_with_tooltips(spec):
@@ -42,11 +43,11 @@ def test_every_heatmap_cell_and_point_has_a_tooltip():
     estimates = pd.DataFrame({"language": ["en", "fr"], "value": [0.4, 0.6], "low": [0.3, 0.5], "high": [0.5, 0.7],
                               "language_blind": [0.5, 0.5]})
     built = {
-        "heatmap": charts.share_heatmap(SHARES, "t"),
-        "heatmap faceted": charts.share_heatmap(SHARES.assign(checkpoint="e1"), "t", column="checkpoint"),
+        "heatmap": chapter_charts.share_heatmap(SHARES, "t"),
+        "heatmap faceted": chapter_charts.share_heatmap(SHARES.assign(checkpoint="e1"), "t", column="checkpoint"),
         "accuracy": charts.accuracy_curves(history, ["en"], 4),
-        "estimates": charts.estimates(estimates, "language", "t", baseline="language_blind"),
-        "lines": charts.lines(estimates.assign(epoch=[1, 2]), "epoch", "t", color="language"),
+        "estimates": chapter_charts.estimates(estimates, "language", "t", baseline="language_blind"),
+        "lines": chapter_charts.lines(estimates.assign(epoch=[1, 2]), "epoch", "t", color="language"),
     }
     for name, chart in built.items():
         marks = marks_with_tooltips(chart.to_dict())
@@ -59,7 +60,7 @@ def test_every_heatmap_cell_and_point_has_a_tooltip():
 
 
 def test_a_chart_output_is_live_html_over_a_static_svg():
-    out = charts.show(charts.share_heatmap(SHARES, "t"))._repr_mimebundle_()
+    out = charts.show(chapter_charts.share_heatmap(SHARES, "t"))._repr_mimebundle_()
     assert out["image/svg+xml"].lstrip().startswith("<svg")
     page = out["text/html"]
     static = page.index('class="vega-static"')

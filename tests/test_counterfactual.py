@@ -26,6 +26,7 @@ from helpers.flow.context import RunInputs
 from helpers.flow.stage import get as get_stage
 from helpers.influence.engine import TracIn
 from helpers.influence.scores import InfluenceScores
+from helpers.removals import Removal, fraction_size, plan_removals, summed_scores
 from helpers.study import Run
 
 SMOKE = study.resolve("smoke").first.params
@@ -104,8 +105,8 @@ def planted_run(tmp_path_factory):
 def test_removing_planted_label_decisive_duplicates_hurts_more_than_random_removal(planted_run):
     run, scores, planted = planted_run
     n_train = len(scores.train_ids)
-    removals = [retrain_stage.Removal("planted", "en", "", 0, planted)]
-    removals += [retrain_stage.Removal("random", "en", "", d, tuple(sorted(np.random.default_rng(d).choice(
+    removals = [Removal("planted", "en", "", 0, planted)]
+    removals += [Removal("random", "en", "", d, tuple(sorted(np.random.default_rng(d).choice(
         n_train, len(planted), replace=False).tolist()))) for d in range(2)]
     outcomes, log = retrain_stage.retrain_run(run, removals)
     assert log["seconds"].gt(0).all() and log["n_removed"].eq(len(planted)).all()
@@ -124,7 +125,7 @@ def test_tracin_top_arm_on_the_planted_run_hurts_more_than_random(planted_run):
     result = cf.compute([run], cfg, *retrain_stage.compute([run], cfg))
     arms = result.tables["arms"].set_index("arm")
     assert arms.loc["top", "removed"] == round(0.4 * len(scores.train_ids))
-    top = set(retrain_stage.plan_removals(scores, cfg, 0, first=False)[0].rows)
+    top = set(plan_removals(scores, cfg, 0, first=False)[0].rows)
     assert len(top & set(planted)) / len(top) > len(planted) / len(scores.train_ids)  # enriched in duplicates
     assert arms.loc["top", "d_loss"] > arms.loc["random", "d_loss"]
     assert result.claims_table.set_index("claim_id").loc["CF1-40%", "verdict"] == "supports"
@@ -239,11 +240,11 @@ def test_a_failing_attribution_is_said_plainly(tmp_path, monkeypatch):
 def test_removal_sets():
     scores = fake_scores()
     language = scores.train_ids["language"].to_numpy()
-    removals = retrain_stage.plan_removals(scores, CFG, seed=0, first=True)
+    removals = plan_removals(scores, CFG, seed=0, first=True)
     by = {(r.arm, r.target, r.draw): r for r in removals}
-    n = retrain_stage.fraction_size("20%", len(language))
+    n = fraction_size("20%", len(language))
     assert n == 5
-    summed = retrain_stage.summed_scores(scores, "en")
+    summed = summed_scores(scores, "en")
     top = by["top", "en", 0].rows
     assert len(top) == n and min(summed[list(top)]) >= max(np.delete(summed, list(top)))
     for draw in range(2):
@@ -255,8 +256,8 @@ def test_removal_sets():
     assert set(by["without", "de", 0].rows) == set(np.flatnonzero(language == "de"))
     halves = [r for r in removals if r.arm == "half"]
     assert len(halves) == 5 and all(len(r.rows) == 12 for r in halves)
-    assert not [r for r in retrain_stage.plan_removals(scores, CFG, seed=0, first=False) if r.arm == "half"]
-    assert retrain_stage.plan_removals(scores, CFG, seed=0, first=True) == removals  # deterministic
+    assert not [r for r in plan_removals(scores, CFG, seed=0, first=False) if r.arm == "half"]
+    assert plan_removals(scores, CFG, seed=0, first=True) == removals  # deterministic
 
 
 def test_parameters_of_the_design_are_checked():

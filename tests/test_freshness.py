@@ -149,3 +149,26 @@ def test_a_module_loaded_outside_the_fingerprint_is_reported():
     # what an input stage's fingerprint covers counts: it is part of this one's
     assert fingerprint.uncovered([stage, get("finetune")], ["helpers.finetune"]) == []
     assert fingerprint.uncovered([stage], ["helpers.finetune"]) == ["helpers.finetune"]
+
+
+COMPUTE = ("data", "finetune", "tracin", "tracin_groups", "pretrain", "retrain", "probe")
+
+
+def test_editing_a_chapter_s_prose_chart_or_claims_never_reruns_a_compute_stage(source):
+    assert {s.name for s in all_stages().values() if s.module and s.module.startswith("compute/")} == set(COMPUTE)
+    before = hashes()
+    for module in ("chapters/counterfactual.py", "chapters/probing.py", "chapters/charts.py", "chapters/__init__.py",
+                   "chapters/scoreboard.py", "analysis.py"):
+        with open(source / module, "a") as fh:
+            fh.write("\n# reworded\n")
+    fingerprint.clear_caches()
+    after = hashes()
+    changed = {n for n in before if before[n] != after[n]}
+    assert not changed & set(COMPUTE), changed & set(COMPUTE)
+    assert {"counterfactual", "probing", "language_shares", "scoreboard", "alignment"} <= changed
+
+
+def test_the_retrainings_and_the_probes_are_compute_stages_their_chapters_read():
+    assert ("retrain", "study") in get("counterfactual").reads and ("probe", "study") in get("probing").reads
+    assert ("probe", "study") in get("alignment").reads
+    assert {"removals", "compute/retrain"} <= set(fingerprint.stage_modules(get("retrain")))

@@ -402,3 +402,20 @@ def test_every_notebook_lists_its_parameters_with_type_and_help():
     listed = [ln.split(":")[0].strip() for ln in proc.stdout.splitlines() if "(default" in ln]
     assert listed == ["study", "run", *get_stage("finetune").params]
     assert "max_length: int (default 48)" in proc.stdout and "min 8, max 512" in proc.stdout
+
+
+def test_every_module_a_stage_loaded_while_it_worked_is_in_its_fingerprint(copy_of_built):
+    """The import tracer: each stage records the package modules its kernel loaded after ``begin``; every one is
+    covered by its fingerprint or an input's (the runner checks this after each stage too)."""
+    s = study.resolve(copy_of_built)
+    plan = graph.plan(s)
+    planned = {i.key: i for i in plan}
+    loaded = {}
+    for inst in plan:
+        record = store.read_record(store.folder("one", inst))
+        loaded[inst.stage.name] = record["loaded"]
+        if not inst.stage.always_run:
+            assert fingerprint.uncovered(fingerprint.lineage(inst, planned), record["loaded"]) == [], inst.label
+    # not vacuous: fine-tuning reaches the training loop only inside compute.finetune.run
+    assert "helpers.finetune" in loaded["finetune"]
+    assert fingerprint.uncovered([get_stage("data")], loaded["finetune"])  # data's fingerprint alone misses it

@@ -36,9 +36,9 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from .. import analysis, claims, data
-from ..compute.retrain import fraction_size, plan_removals
 from ..config import ConfigError
 from ..flow.stage import Stage
+from ..removals import fraction_size, plan_removals
 from ..study import load_profile
 from . import Result
 

@@ -85,6 +85,9 @@ class StageContext:
             _HELD.pop(lock_path).__exit__(None, None, None)
         self._lock = _HELD[lock_path] = lock(lock_path, f"stage {inst.label} of study {study.name!r}")
         self._lock.__enter__()  # held until commit, or until this process ends
+        #: the package's modules loaded before the stage's work (its notebook's imports, the machinery): what the
+        #: work loads after this is recorded at commit and checked against the fingerprint by the runner
+        self.loaded_before = set(loaded_modules())
         self.path = self.final.parent / f".{self.final.name}.partial"
         if self.path.exists():  # left by an interrupted run (the lock says nobody is writing it now)
             shutil.rmtree(self.path)
@@ -119,7 +122,7 @@ class StageContext:
         files = manifest(self.path)
         record = {"stage": self.stage.name, "run": self.run.name if self.run else None,
                   "identity": self.instance.identity, "fingerprint": self.fingerprint, "params": self.instance.params,
-                  "inputs": self.read, "files": files, "loaded": loaded_modules(),
+                  "inputs": self.read, "files": files, "loaded": sorted(set(loaded_modules()) - self.loaded_before),
                   "commit": uuid.uuid4().hex[:16]}
         artifacts.write_json(self.path / RECORD, record)
         artifacts.replace_dir(self.path, self.final)

@@ -5,9 +5,10 @@ A stage's **fingerprint** hashes its identity (:mod:`.graph`), its inputs' finge
 * **its code**: its notebook, and the source of every package module that the notebook imports or that the stage
   declares (:attr:`~helpers.flow.stage.Stage.modules`), with every package module *those* import, transitively,
   imports inside functions included (:func:`code_modules`). The runner checks after each stage that every package
-  module the kernel actually loaded is among them (:func:`uncovered`), so a module reached some other way fails the
-  run instead of going unnoticed. Left out: :data:`INFRASTRUCTURE`, the modules that run, store and validate stages
-  but compute no result (editing the runner does not recompute fine-tuning);
+  module the kernel loaded while the stage worked (after ``begin``: the notebook's own imports are read from its
+  cells) is among them or among its inputs' (:func:`uncovered`), so a module reached some other way (an import by
+  a computed name) fails the run instead of going unnoticed. Left out: :data:`INFRASTRUCTURE`, the modules that
+  run, store and validate stages but compute no result (editing the runner does not recompute fine-tuning);
 * **the versions of the libraries that compute** (:data:`COMPUTE_PACKAGES`) and of Python;
 * **its local inputs**: for each parameter naming a local folder or file (``corpus_dir``, ``model_dir``), a manifest
   of what is there: every file's relative path, size and modification time (:func:`local_inputs`). A manifest, not
@@ -127,7 +128,8 @@ def code_modules(roots: tuple[str, ...]) -> tuple[str, ...]:
     """``roots`` and every package module they import, transitively (inside functions too), except
     :data:`INFRASTRUCTURE`."""
     seen: set[str] = set()
-    todo = [m for m in roots if not is_infrastructure(m)]
+    packages = {"/".join(m.split("/")[:i]) + "/__init__" for m in roots for i in range(1, m.count("/") + 1)}
+    todo = [m for m in (*roots, *packages) if not is_infrastructure(m) and (SOURCE / f"{m}.py").exists()]
     while todo:
         module = todo.pop()
         if module in seen:
