@@ -117,3 +117,36 @@ def test_a_module_that_loads_torch_is_caught():
 def test_light_modules_load_without_torch(module):
     done = without_torch([f"helpers.{module}"])
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_notebooks_read_their_parameters_from_the_validated_configuration():
+    """After ``begin``, a notebook uses ``ctx.cfg``; the injected globals are the unvalidated text (a chart titled from
+    the injected ``top_k`` while computing with ``cfg["top_k"]`` could disagree with it)."""
+    import nbformat
+
+    from helpers.flow.stage import all_stages
+
+    offenders = []
+    for stage in all_stages().values():
+        nb = nbformat.read(stage.path, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type != "code" or "parameters" in cell.metadata.get("tags", []):
+                continue
+            source = "\n".join(x for x in cell.source.splitlines() if not x.lstrip().startswith(("%", "!")))
+            for node in ast.walk(ast.parse(source)):
+                if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in stage.params:
+                    offenders.append((stage.notebook, node.id))
+    assert offenders == []
+
+
+def test_devices_and_precisions_are_declared_once():
+    from helpers import config, runtime
+    from helpers.compute import tracin
+
+    assert config.PARAMETERS["device"].allowed() == runtime.DEVICES
+    assert config.PARAMETERS["precision"].allowed() == runtime.PRECISIONS
+    with pytest.raises(SystemExit):
+        tracin.main(["score", "--finetune", "x", "--out", "y", "--device", "tpu"])
+    literals = [p for p in SOURCE.rglob("*.py")
+                if '"auto", "cpu", "cuda"' in p.read_text() or '"auto", "fp32", "bf16"' in p.read_text()]
+    assert [p.name for p in literals] == ["runtime.py"]
