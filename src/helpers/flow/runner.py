@@ -51,7 +51,7 @@ def states(study: Study, instances: list[Instance]) -> dict[tuple[str, str], Sta
     out: dict[tuple[str, str], State] = {}
     for inst in instances:
         out[inst.key] = state(study.name, inst, expected[inst.key], out,
-                                     extra=paths.executed_notebook(study.name, inst.stage.name, inst.identity))
+                              extra=paths.executed_notebook(study.name, inst.stage.name, inst.identity))
     return out
 
 
