@@ -29,6 +29,17 @@ def hashes() -> dict[str, str]:
     return {name: fingerprint.source_hash(s) for name, s in all_stages().items()}
 
 
+def changed_by_editing(source, *modules: str) -> set[str]:
+    """The stages whose fingerprint moves when ``modules`` (paths in the copied source) get one more line."""
+    before = hashes()
+    for module in modules:
+        with open(source / module, "a") as fh:
+            fh.write("\n# an edit\n")
+    fingerprint.clear_caches()
+    after = hashes()
+    return {n for n in before if before[n] != after[n]}
+
+
 def test_imports_inside_functions_are_followed():
     tree = ast.parse("def f():\n    from ..models.layout import encoder_layers\n    from .. import claims\n")
     assert fingerprint.imported(tree, ["compute"]) >= {"models/layout", "claims", "models/__init__"}
@@ -37,12 +48,7 @@ def test_imports_inside_functions_are_followed():
 def test_an_edit_reached_only_through_an_import_inside_a_function_makes_its_readers_stale(source):
     # compute/retrain reaches the training loop only inside functions (its removal design is read without torch)
     assert "finetune" in fingerprint.stage_modules(get("retrain"))
-    before = hashes()
-    with open(source / "finetune.py", "a") as fh:
-        fh.write("\n# an edit of the training loop\n")
-    fingerprint.clear_caches()
-    after = hashes()
-    changed = {n for n in before if before[n] != after[n]}
+    changed = changed_by_editing(source, "finetune.py")
     assert {"finetune", "retrain"} <= changed
     assert "data" not in changed
 
@@ -50,12 +56,7 @@ def test_an_edit_reached_only_through_an_import_inside_a_function_makes_its_read
 def test_a_module_a_notebook_imports_itself_is_part_of_the_fingerprint(source):
     # charts is imported by the notebooks only (no stage declares it)
     assert all("charts" not in s.modules for s in all_stages().values())
-    before = hashes()
-    with open(source / "charts.py", "a") as fh:
-        fh.write("\n# an edit of a chart\n")
-    fingerprint.clear_caches()
-    after = hashes()
-    changed = {n for n in before if before[n] != after[n]}
+    changed = changed_by_editing(source, "charts.py")
     assert {"finetune", "language_shares", "dynamics"} <= changed
     assert "data" not in changed and "tracin" not in changed
 
@@ -156,14 +157,8 @@ COMPUTE = ("data", "finetune", "tracin", "tracin_groups", "pretrain", "retrain",
 
 def test_editing_a_chapter_s_prose_chart_or_claims_never_reruns_a_compute_stage(source):
     assert {s.name for s in all_stages().values() if s.module and s.module.startswith("compute/")} == set(COMPUTE)
-    before = hashes()
-    for module in ("chapters/counterfactual.py", "chapters/probing.py", "chapters/charts.py", "chapters/__init__.py",
-                   "chapters/scoreboard.py", "analysis.py"):
-        with open(source / module, "a") as fh:
-            fh.write("\n# reworded\n")
-    fingerprint.clear_caches()
-    after = hashes()
-    changed = {n for n in before if before[n] != after[n]}
+    changed = changed_by_editing(source, "chapters/counterfactual.py", "chapters/probing.py", "chapters/charts.py",
+                                 "chapters/__init__.py", "chapters/scoreboard.py", "analysis.py")
     assert not changed & set(COMPUTE), changed & set(COMPUTE)
     assert {"counterfactual", "probing", "language_shares", "scoreboard", "alignment"} <= changed
 

@@ -75,11 +75,11 @@ def pretraining_step(run) -> str | None:
 def held_out_verses(runs: list, n: int) -> tuple[pd.DataFrame, list[str]]:
     """``n`` held-out verses (about as many per label), the same in every language, and the test languages: from
     the pool never pre-trained on, leaving out any verse an axis run trains on. Deterministic."""
+    from ..models import pretrain
+
     first = runs[0]
     task = data.LABELS[first.params["label"]]
     keys = data.verse_keys()
-    from ..models import pretrain
-
     keys = keys[pretrain.held_out(keys)].copy()
     keys["label"] = keys["book"].map(task.books)
     keys = keys.dropna(subset=["label"]).astype({"label": int})
