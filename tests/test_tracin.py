@@ -1,7 +1,8 @@
 """Correctness gates of helpers.influence (CPU; the bf16 gate runs only where CUDA is lent).
 
 Every score is checked against an independent reference: a per-example autograd loop over parameters chosen here
-from the architecture (not by the engine), and captum's TracInCP. Models are tiny BERT / XLM-R built from configs.
+from the architecture (not by the engine), and captum's TracInCP. Models are tiny BERT / XLM-R / Gemma-3 built from configs (Gemma-3: RMSNorms with 1 + weight,
+scaled word embeddings, query/key norms, sliding and full attention, last-token pooling).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from transformers import (
     AutoModelForSequenceClassification,
     BertConfig,
     BertForSequenceClassification,
+    Gemma3TextConfig,
+    Gemma3TextForSequenceClassification,
     XLMRobertaConfig,
     XLMRobertaForSequenceClassification,
 )
@@ -31,7 +34,7 @@ from helpers.influence.scores import InfluenceScores
 from helpers.influence.spec import Checkpoint, select_parameters
 
 SPECS = ["all", "classifier", "last_layers:1", "last_layers:2", "embeddings",
-         r"re:attention\.output\.(dense|LayerNorm)\.weight"]
+         r"re:(attention\.output\.(dense|LayerNorm)|self_attn\.(o_proj|q_norm))\.weight"]
 LEARNING_RATES = (1e-2, 5e-3, 2e-3)
 
 
@@ -54,6 +57,11 @@ def tiny_model(arch: str, seed: int = 0, **overrides) -> torch.nn.Module:
                   num_labels=3) | overrides
     if arch == "bert":
         return BertForSequenceClassification(BertConfig(max_position_embeddings=64, pad_token_id=0, **common))
+    if arch == "gemma":
+        return Gemma3TextForSequenceClassification(Gemma3TextConfig(
+            num_key_value_heads=1, head_dim=16, max_position_embeddings=64, sliding_window=8,
+            query_pre_attn_scalar=16, layer_types=["sliding_attention", "full_attention"], pad_token_id=0,
+            bos_token_id=2, eos_token_id=1, **common))
     return XLMRobertaForSequenceClassification(XLMRobertaConfig(max_position_embeddings=66, pad_token_id=1,
                                                                 bos_token_id=0, eos_token_id=2, **common))
 
@@ -69,7 +77,7 @@ def random_samples(n: int, seed: int, bos: int, pad: int, max_len: int = 30) -> 
     return samples
 
 
-@pytest.fixture(scope="module", params=["bert", "xlmr"])
+@pytest.fixture(scope="module", params=["bert", "xlmr", "gemma"])
 def perturbed(request, tmp_path_factory) -> dict:
     """Three checkpoints of a tiny model, each a random perturbation of the previous one (dropout left on in the
     config: the engine must switch it off), plus random samples of lengths 2-30."""
@@ -83,7 +91,7 @@ def perturbed(request, tmp_path_factory) -> dict:
                 p.add_(0.05 * torch.randn_like(p))
         model.save_pretrained(root / f"checkpoint-epoch{k + 1}")
         ckpts.append(Checkpoint(path=root / f"checkpoint-epoch{k + 1}", learning_rate=lr, name=f"epoch{k + 1}"))
-    bos, pad = (101, 0) if arch == "bert" else (0, 1)
+    bos, pad = {"bert": (101, 0), "xlmr": (0, 1), "gemma": (2, 0)}[arch]
     return {"arch": arch, "ckpts": ckpts, "train": random_samples(10, 1, bos, pad),
             "test": random_samples(4, 2, bos, pad)}
 
@@ -136,19 +144,23 @@ def trained(tmp_path_factory) -> dict:
 
 
 def expected_names(model: torch.nn.Module, spec: str) -> list[str]:
-    """Which parameters a spec means, written out from the BERT / XLM-R layouts (independently of the engine)."""
+    """Which parameters a spec means, written out from the BERT / XLM-R / Gemma-3 layouts (independently of the
+    engine). Gemma-3's head is its final RMSNorm and ``score``."""
     names = [n for n, _ in model.named_parameters()]
     base = model.base_model_prefix
-    head = [n for n in names if not n.startswith((f"{base}.embeddings.", f"{base}.encoder."))]
+    gemma = model.config.model_type.startswith("gemma")
+    embeddings, stack = ((f"{base}.embed_tokens.", f"{base}.layers.") if gemma
+                         else (f"{base}.embeddings.", f"{base}.encoder.layer."))
+    head = [n for n in names if not n.startswith((embeddings, stack))]
     if spec == "all":
         return names
     if spec == "classifier":
         return head
     if spec == "embeddings":
-        return [f"{base}.embeddings.word_embeddings.weight"]
+        return [f"{base}.embed_tokens.weight" if gemma else f"{base}.embeddings.word_embeddings.weight"]
     if spec.startswith("last_layers:"):
         n_layers = model.config.num_hidden_layers
-        layers = tuple(f"{base}.encoder.layer.{k}." for k in range(n_layers - int(spec[12:]), n_layers))
+        layers = tuple(f"{stack}{k}." for k in range(n_layers - int(spec[12:]), n_layers))
         return [n for n in names if n.startswith(layers)] + head
     return [n for n in names if re.search(spec[3:], n)]
 
@@ -191,7 +203,8 @@ def test_select_parameters_matches_the_architecture(perturbed):
                                                           if n in set(expected_names(model, spec))], spec
     heads = {"bert": {"bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias"},
              "xlmr": {"classifier.dense.weight", "classifier.dense.bias", "classifier.out_proj.weight",
-                      "classifier.out_proj.bias"}}
+                      "classifier.out_proj.bias"},
+             "gemma": {"model.norm.weight", "score.weight"}}
     assert set(select_parameters(model, "classifier")) == heads[perturbed["arch"]]
 
 
@@ -342,11 +355,16 @@ def test_agrees_with_captum_tracincp(perturbed):
     """Last layer + head (LayerNorms included: captum's per-example loop) and the head alone (Linear only: captum's
     sample-wise gradient trick)."""
     ckpts, train, test = perturbed["ckpts"], perturbed["train"], perturbed["test"]
-    base = "bert" if perturbed["arch"] == "bert" else "roberta"
-    head = (["model.bert.pooler.dense", "model.classifier"] if base == "bert"
-            else ["model.classifier.dense", "model.classifier.out_proj"])  # captum hooks Linear modules only
-    for spec, layers, sample_wise in [("last_layers:1", [f"model.{base}.encoder.layer.1"] + head, False),
-                                      ("classifier", head, True)]:
+    arch = perturbed["arch"]
+    head = {"bert": ["model.bert.pooler.dense", "model.classifier"],
+            "xlmr": ["model.classifier.dense", "model.classifier.out_proj"],
+            "gemma": ["model.score"]}[arch]  # captum's sample-wise trick hooks Linear modules only
+    last = {"bert": ["model.bert.encoder.layer.1"], "xlmr": ["model.roberta.encoder.layer.1"],
+            "gemma": ["model.model.layers.1", "model.model.norm"]}[arch]
+    specs = [("last_layers:1", last + head, False)]
+    if arch != "gemma":  # Gemma-3's head is its final RMSNorm and score: no Linear-only subset to compare
+        specs.append(("classifier", head, True))
+    for spec, layers, sample_wise in specs:
         theirs = captum_scores(ckpts, layers, train, test, sample_wise)
         ours = TracIn(ckpts, params=spec, batch_size=4).scores(train, test, progress=False).total
         assert rel_err(ours, theirs) <= 1e-4, spec
@@ -528,8 +546,7 @@ def test_plan_fits_free_memory(perturbed, monkeypatch):
 
     assert plan(1 << 40) == Plan(test_chunk=40, train_block=engine_module._MAX_TRAIN_BLOCK, dense_bank=True)
     assert plan(1 << 40, n_train=50) == Plan(test_chunk=40, train_block=50, dense_bank=True)
-    dense_bank = 40 * 4 * sum(p.numel() for n, p in model.named_parameters()
-                              if re.search(r"(query|key|value|dense|classifier)\.weight", n))
+    dense_bank = 40 * 4 * sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     tight = plan(2 * dense_bank)  # the dense bank alone would take the whole budget
     assert not tight.dense_bank and 1 <= tight.train_block <= engine_module._MAX_TRAIN_BLOCK
     tiny = plan(1 << 21)

@@ -138,7 +138,12 @@ PARAMETERS: dict[str, Param] = {
               choices=PRECISIONS),
         Param("trim_vocabulary", bool, True, "keep only the word embeddings of tokens the run uses"),
         Param("max_length", int, 64, "maximum tokens per sample (longer ones are truncated)", minimum=8, maximum=512),
-        Param("epochs", int, 3, "fine-tuning epochs (one checkpoint each)", minimum=1),
+        Param("epochs", int, 3, "fine-tuning epochs", minimum=1),
+        Param("checkpoints_per_epoch", int, 1, "checkpoints saved per epoch, evenly spaced in optimiser steps (each "
+              "weighted in TracIn by the mean learning rate of the interval it ends): where the dynamics sit inside "
+              "an epoch", minimum=1, maximum=20),
+        Param("checkpoint_at_start", bool, True, "also save the model before any update (step 0, pretrained "
+              "encoder under a random head), weighted by the first interval's mean rate; TracIn scores it too"),
         Param("batch_size", int, 16, "fine-tuning batch size", minimum=1),
         Param("learning_rate", float, 1e-4, "peak learning rate (linear warm-up then decay)", minimum=0),
         Param("warmup_ratio", float, 0.1, "share of steps spent warming up", minimum=0, maximum=1),

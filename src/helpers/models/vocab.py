@@ -158,12 +158,12 @@ def trim_vocabulary(model, keep_ids: Sequence[int] | np.ndarray | VocabMap):
         # RoBERTa/XLM-R number positions from pad_id + 1: the pad id is also an offset and must not move.
         raise ValueError(f"{type(model).__name__} derives position ids from the pad id, so pad ({pad}) must keep "
                          f"its id: put it at index {pad} of keep_ids (VocabMap.from_ids does)")
-    new = torch.nn.Embedding(keep.size, old.weight.shape[1], padding_idx=new_pad,
-                             device=old.weight.device, dtype=old.weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(old.weight[torch.from_numpy(keep).to(old.weight.device)])
-    new.weight.requires_grad_(old.weight.requires_grad)
-    model.set_input_embeddings(new)
+    # The rows are cut in place, so the module keeps its class and what its forward adds (Gemma-3 multiplies its
+    # embeddings by sqrt(hidden) in a subclass of nn.Embedding).
+    rows = old.weight.detach()[torch.from_numpy(keep).to(old.weight.device)].clone()
+    old.weight = torch.nn.Parameter(rows, requires_grad=old.weight.requires_grad)
+    old.num_embeddings = int(keep.size)
+    old.padding_idx = new_pad if old.padding_idx is not None else None
     model.config.vocab_size = int(keep.size)
     model.config.pad_token_id = new_pad
     for attr in ("bos_token_id", "eos_token_id"):
