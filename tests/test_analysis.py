@@ -88,3 +88,32 @@ def test_runs_table_reads_the_checkpoint_it_names(tmp_path):
     assert cumulative["share_en"].item() == 0.5 and cumulative["run"].item() == "main-s0"
     with pytest.raises(ValueError, match="'epoch9' is not one of"):
         analysis.runs_table([run], 4, "proponents", "epoch9")
+
+
+def test_own_language_auc_equals_sklearn_within_the_label():
+    """Against scikit-learn's ROC AUC on the same-label training rows (ties included), per test sample; NaN where the
+    label has no own-language training row (a zero-shot language)."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    n_train, n_test = 60, 8
+    train_language = rng.choice(["en", "de", "ru"], n_train)
+    train_label = rng.integers(0, 3, n_train)
+    values = np.round(rng.normal(size=(n_train, n_test)), 1)  # rounded: ties occur
+    test_language = np.array(["en", "de", "ru", "en", "de", "ru", "en", "ko"])
+    test_label = rng.integers(0, 3, n_test)
+    got = analysis.own_language_auc(values, train_language, train_label, test_language, test_label)
+    for j in range(n_test - 1):
+        rows = train_label == test_label[j]
+        want = roc_auc_score(train_language[rows] == test_language[j], values[rows, j])
+        assert got[j] == pytest.approx(want, abs=1e-12)
+    assert np.isnan(got[-1])
+    blind = analysis.own_language_auc(np.ones((n_train, n_test)), train_language, train_label, test_language,
+                                      test_label)
+    assert np.allclose(blind[:-1], 0.5)
+
+
+def test_checkpoint_epoch_reads_the_names_fine_tuning_writes():
+    assert [analysis.checkpoint_epoch(n) for n in ("step0", "epoch0.5", "epoch1", "epoch12")] == [0, 0.5, 1, 12]
+    with pytest.raises(ValueError, match="neither"):
+        analysis.checkpoint_epoch("final")

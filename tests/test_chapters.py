@@ -29,9 +29,10 @@ LANGS = ["en", "fr", "de"]
 CFG = {"top_k": 4, "influence_kind": "proponents", "n_bootstrap": 200, "confidence": 0.95}
 
 
-def fake_run(tmp_path, name, per_checkpoint, train, test, **params):
+def fake_run(tmp_path, name, per_checkpoint, train, test, names=None, **params):
     folder = tmp_path / name / "tracin"
-    InfluenceScores(np.asarray(per_checkpoint, dtype=np.float32), [f"epoch{i + 1}" for i in range(len(per_checkpoint))],
+    names = names or [f"epoch{i + 1}" for i in range(len(per_checkpoint))]
+    InfluenceScores(np.asarray(per_checkpoint, dtype=np.float32), names,
                     [1.0] * len(per_checkpoint), train, test).save(folder / "scores")
     run_params = {**config.defaults("run"), "fine_tune_languages": LANGS, "seed": 0, **params}
     return RunInputs(Run(name, name.split("-")[0], run_params["seed"], run_params), {"tracin": folder})
@@ -84,10 +85,33 @@ def test_language_shares_detects_planted_own_language_preference_and_its_absence
 def test_dynamics_detects_a_falling_own_language_share(tmp_path):
     train, test = frames()
     checkpoints = [own_language_scores(train, test, s) for s in (10, 3, 0)]
-    result = dynamics.compute([fake_run(tmp_path, "main-s0", checkpoints, train, test)], CFG)
-    assert verdicts(result) == {"DY1": "supports", "DY2": "supports"}
-    one = dynamics.compute([fake_run(tmp_path, "main-s1", checkpoints[:1], train, test)], CFG)
-    assert verdicts(one) == {"DY1": "not tested", "DY2": "not tested"}
+    run = fake_run(tmp_path, "main-s0", checkpoints, train, test)
+    result = dynamics.compute([run], [run], CFG)
+    assert verdicts(result) == {"DY1": "supports", "DY2": "supports", "HR-multilingual-e5-small": "supports"}
+    encoders = result.tables["encoders"]
+    assert encoders["own_auc"].iloc[0] == pytest.approx(1.0) and encoders["runs"].eq(1).all()
+    assert encoders["own_auc"].is_monotonic_decreasing and encoders["accuracy"].isna().all()  # no fine-tuning here
+    one = fake_run(tmp_path, "main-s1", checkpoints[:1], train, test)
+    assert verdicts(dynamics.compute([one], [one], CFG))["DY1"] == "not tested"
+
+
+def test_dynamics_starts_its_claims_after_epoch_one_and_checks_each_encoders_headroom(tmp_path):
+    """With a step-0 checkpoint and two per epoch, DY1 runs from the checkpoint after epoch 1 to the last (a fall
+    before epoch 1 does not count); DY2 needs a checkpoint after epoch 2 and a later one. HR is judged per encoder:
+    a language-blind encoder has no headroom (its AUC interval holds 0.5), another falls below blind."""
+    train, test = frames()
+    names = ["step0", "epoch0.5", "epoch1", "epoch1.5", "epoch2"]
+    falls = fake_run(tmp_path, "lm-s0", [own_language_scores(train, test, s) for s in (10, 8, 5, 2, 0)], train,
+                     test, names=names, model="gemma-3-270m")
+    flat_late = fake_run(tmp_path, "lm-s1", [own_language_scores(train, test, s) for s in (10, 0, 5, 5, 5)], train,
+                         test, names=names, model="gemma-3-270m")
+    blind = fake_run(tmp_path, "main-s0", [own_language_scores(train, test, 0)] * 3, train, test)
+    result = dynamics.compute([falls], [falls, blind], CFG)
+    got = verdicts(result)
+    assert got["DY1"] == "supports" and got["DY2"] == "not tested"
+    assert got["HR-gemma-3-270m"] == "supports" and got["HR-multilingual-e5-small"] == "inconclusive"
+    assert list(result.tables["per_checkpoint"].query("view == 'own checkpoint'")["epoch"]) == [0, 0.5, 1, 1.5, 2]
+    assert verdicts(dynamics.compute([flat_late], [flat_late], CFG))["DY1"] == "inconclusive"
 
 
 def test_translations_all_cross_lingual_proponents_are_translations(tmp_path):

@@ -80,6 +80,8 @@ def test_checkpoint_steps_are_evenly_spaced_and_bounded():
     assert finetune.checkpoint_steps(5, 3, 1) == [5, 10, 15]
     with pytest.raises(ValueError, match="checkpoints_per_epoch.*allowed: 1..4"):
         finetune.checkpoint_steps(4, 1, 5)
+    assert finetune.checkpoint_epochs(2, 2) == [0.5, 1, 1.5, 2]
+    assert finetune.checkpoint_epochs(1, 3) == [0.3333, 0.6667, 1]
     assert [finetune.checkpoint_name(e) for e in (0, 0.5, 1.0, 2.5)] == ["step0", "epoch0.5", "epoch1", "epoch2.5"]
 
 
@@ -117,3 +119,14 @@ def test_step0_and_sub_epoch_checkpoints_with_their_intervals_rates(tokenizer, t
         torch.testing.assert_close(value, start[name], rtol=0, atol=0)
     later = load_file(tmp_path / "checkpoint-epoch0.5" / "model.safetensors")
     assert any(not torch.equal(later[n], start[n]) for n in later)
+
+
+def test_more_checkpoints_per_epoch_than_steps_is_refused_before_any_work():
+    from helpers import study
+    from helpers.config import ConfigError
+    from helpers.flow import feasible
+
+    runs = study.resolve("smoke", ["checkpoints_per_epoch=9"]).runs  # 12 x 5 samples in batches of 8: 8 steps
+    with pytest.raises(ConfigError, match="'checkpoints_per_epoch' is 9 .* 8 optimiser steps; allowed: 1..8"):
+        feasible.check_runs(runs)
+    feasible.check_runs(study.resolve("smoke", ["checkpoints_per_epoch=8"]).runs)

@@ -5,6 +5,12 @@ them, the share written in each training language, the share in the test sample'
 the test sample's label. Every chapter builds its statistics from these per-sample rows, so that intervals can
 resample test samples (:mod:`helpers.claims`). A **language-blind** ranking, one that ignores the language a
 training sample is written in, gives each training language its share of the training data.
+
+Because 80-99% of a top-k shares the test sample's label, shares of the top-k are squeezed toward their blind values
+whatever the model does. The **label-conditioned own-language AUC** (``own_auc``) asks the question inside the label:
+among the training samples with the test sample's label, the probability that an own-language one scores above an
+other-language one (ties count half; the Mann-Whitney U statistic over ``n_own * n_other``). 0.5 is language-blind,
+1 puts every own-language sample first.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from scipy.stats import rankdata
 
 from .influence.scores import InfluenceScores, top_rows
 
@@ -34,6 +42,31 @@ def matrix(scores: InfluenceScores, checkpoint: str | None = None, cumulative: b
     return scores.per_checkpoint[c]
 
 
+def checkpoint_epoch(name: str) -> float:
+    """Epochs done at a checkpoint, from its name (``step0`` -> 0, ``epoch0.5`` -> 0.5, ``epoch3`` -> 3)."""
+    if name == "step0":
+        return 0.0
+    if name.startswith("epoch"):
+        return float(name[5:])
+    raise ValueError(f"checkpoint name {name!r} is neither 'step0' nor 'epoch<e>'")
+
+
+def own_language_auc(values: np.ndarray, train_language: np.ndarray, train_label: np.ndarray,
+                     test_language: np.ndarray, test_label: np.ndarray) -> np.ndarray:
+    """Per test sample (a column of ``values``, scores higher = more influential): among the training rows with its
+    label, the AUC of own-language rows against other-language rows (Mann-Whitney U / (n_own * n_other), ties
+    half). NaN where the label has no own-language or no other-language training row."""
+    out = np.full(values.shape[1], np.nan)
+    for j in range(values.shape[1]):
+        rows = train_label == test_label[j]
+        own = train_language[rows] == test_language[j]
+        n_own, n_other = int(own.sum()), int((~own).sum())
+        if n_own and n_other:
+            ranks = rankdata(values[rows, j])
+            out[j] = (ranks[own].sum() - n_own * (n_own + 1) / 2) / (n_own * n_other)
+    return out
+
+
 def train_languages(scores: InfluenceScores) -> list[str]:
     return list(dict.fromkeys(scores.train_ids["language"]))
 
@@ -47,7 +80,9 @@ def sample_table(scores: InfluenceScores, k: int, kind: str = "proponents", valu
                  run: str = "") -> pd.DataFrame:
     """One row per test sample: ``run, test_row, test_uid, test_language, test_label, test_pair_id``, then
     ``share_<lang>`` for each training language (fractions of its top-``k``), ``own`` (the share in its own
-    language; NaN for a language not in training) and ``same_label`` (the share with its label).
+    language; NaN for a language not in training), ``same_label`` (the share with its label) and ``own_auc``
+    (:func:`own_language_auc`; NaN for a language not in training). For opponents the AUC ranks the most negative
+    scores first, as the top-k does.
 
     ``values`` replaces the total scores (e.g. one checkpoint's, see :func:`matrix`)."""
     values = scores.total if values is None else values
@@ -64,6 +99,10 @@ def sample_table(scores: InfluenceScores, k: int, kind: str = "proponents", valu
     out["own"] = np.where(out["test_language"].isin(langs), own, np.nan)
     train_label = scores.train_ids["label"].to_numpy()[top]
     out["same_label"] = (train_label == out["test_label"].to_numpy()[None, :]).mean(0)
+    ranked = values if kind == "proponents" else -np.asarray(values)
+    out["own_auc"] = own_language_auc(ranked, scores.train_ids["language"].to_numpy(),
+                                      scores.train_ids["label"].to_numpy(), out["test_language"].to_numpy(),
+                                      out["test_label"].to_numpy())
     return out
 
 

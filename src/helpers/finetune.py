@@ -194,6 +194,12 @@ def checkpoint_steps(steps_per_epoch: int, epochs: int, per_epoch: int) -> list[
             for e in range(epochs) for j in range(1, per_epoch + 1)]
 
 
+def checkpoint_epochs(epochs: int, per_epoch: int) -> list[float]:
+    """The nominal epochs done at each of :func:`checkpoint_steps` (``0.5`` for the middle of the first epoch, even
+    when an odd number of steps puts it one step off)."""
+    return [round(e + j / per_epoch, 4) for e in range(epochs) for j in range(1, per_epoch + 1)]
+
+
 def checkpoint_name(epoch: float) -> str:
     """``step0`` before any update, else ``epoch<e>`` with ``e`` the epochs done (``epoch0.5``, ``epoch1``)."""
     return "step0" if epoch == 0 else f"epoch{epoch:g}"
@@ -224,7 +230,8 @@ def train(model: torch.nn.Module, train_ds: Dataset, test_ds: Dataset | None, ep
         raise ValueError("every training sample is excluded: nothing to train on")
     steps_per_epoch = math.ceil(n_train / batch_size)
     total = steps_per_epoch * epochs
-    saves = checkpoint_steps(steps_per_epoch, epochs, checkpoints_per_epoch)
+    saves = dict(zip(checkpoint_steps(steps_per_epoch, epochs, checkpoints_per_epoch),
+                     checkpoint_epochs(epochs, checkpoints_per_epoch)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
     # The scheduler is stepped here once per optimiser step (not prepared: accelerate would step it per process).
     scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total), total)
@@ -241,7 +248,7 @@ def train(model: torch.nn.Module, train_ds: Dataset, test_ds: Dataset | None, ep
                             "train_loss": float(np.mean(losses)) if losses else float("nan")})
 
     if checkpoint_at_start:
-        interval = saves[0]  # the first interval's scheduled rates (LambdaLR's rate after s steps)
+        interval = min(saves)  # the first interval's scheduled rates (LambdaLR's rate after s steps)
         rates = [learning_rate * scheduler.lr_lambdas[0](s) for s in range(interval)]
         save(checkpoint_name(0), 0.0, rates, [])
     # Batches of similar length (transformers' group_by_length sampler: shuffled mega-batches sorted by length)
@@ -266,7 +273,7 @@ def train(model: torch.nn.Module, train_ds: Dataset, test_ds: Dataset | None, ep
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-20:]):.3f}", refresh=False)
             if step in saves:
-                done = round(step / steps_per_epoch, 4)
+                done = saves[step]
                 save(checkpoint_name(done), done, rates, losses)
                 rates, losses = [], []
                 if test_ds is not None:

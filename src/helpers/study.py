@@ -13,7 +13,8 @@ A profile without ``runs``/``parameters``/``seeds`` is read as flat ``parameters
 ``extends: <profile>`` starts from another profile: its parameters and runs, with this profile's added on top
 (``params/counterfactual.yaml`` extends the embedded study this way).
 Runs are named ``<variant>-s<seed>`` (``main-s0``). The chapters read runs by *role* (:data:`ROLES`), decided by
-their parameters, not their names. ``-p key=value`` overrides a parameter for every run (a run's own overrides
+their parameters, not their names; ``first`` is the main run's first seed, ``central`` the runs the paper's central
+claims are judged on (the ``lm`` runs, else the main run). ``-p key=value`` overrides a parameter for every run (a run's own overrides
 still apply on top); ``-p <variant>.key=value`` overrides it for one variant.
 """
 
@@ -52,10 +53,19 @@ ROLES: dict[str, tuple[str, Callable[[Run], bool]]] = {
                   lambda r: r.params["imbalance_language"] != "none" and r.params["permuted_language"] == "none"),
     "control": ("positive control: one language's labels permuted", lambda r: r.params["permuted_language"] != "none"),
     "axis": ("the main run's data and fine-tuning from each encoder of the alignment axis (the main run itself, "
-             "re-initialised top layers, the in-house encoder)",
-             lambda r: not r.params["parallel_train"] and r.params["imbalance_language"] == "none"
-             and r.params["permuted_language"] == "none"),
+             "Gemma-3, re-initialised top layers, the in-house encoder)",
+             lambda r: _main_design(r)),
+    "lm": ("the main design on an encoder pretrained as a language model on plain text (Gemma-3, XLM-R): the "
+           "paper's kind of encoder", lambda r: _main_design(r) and r.params["model"] in LM_PRETRAINED),
 }
+#: Encoders pretrained on plain text only, like the paper's XLM-R (not on translation pairs like e5, not by this
+#: project): the paper's central claims are judged on their runs (role ``central``).
+LM_PRETRAINED = ("gemma-3-270m", "tiny-gemma", "xlm-roberta-base", "tiny-xlmr")
+
+
+def _main_design(run: Run) -> bool:
+    return (not run.params["parallel_train"] and run.params["imbalance_language"] == "none"
+            and run.params["permuted_language"] == "none")
 
 
 @dataclass
@@ -69,8 +79,10 @@ class Study:
         """The runs a chapter reading ``role`` gets, in study order; ``first`` is the main run's first seed."""
         if role == "first":
             return self.role("main")[:1]
+        if role == "central":  # the paper's central claims: its kind of encoder when the study has one
+            return self.role("lm") or self.role("main")
         if role not in ROLES:
-            raise ValueError(f"unknown role {role!r}; allowed: {['first', *ROLES]}")
+            raise ValueError(f"unknown role {role!r}; allowed: {['first', 'central', *ROLES]}")
         return [r for r in self.runs.values() if ROLES[role][1](r)]
 
     @property

@@ -15,7 +15,7 @@ from .. import analysis, claims
 from ..flow.stage import Stage
 from . import Result
 
-STAGE = Stage("language_shares", "10_language_shares.ipynb", "Language shares", reads=(("tracin", "main"),),
+STAGE = Stage("language_shares", "10_language_shares.ipynb", "Language shares", reads=(("tracin", "central"),),
               params=("top_k", "influence_kind", "n_bootstrap", "confidence"),
               modules=("chapters/language_shares", "analysis", "claims"))
 

@@ -17,7 +17,7 @@ from ..flow.stage import Stage
 from . import Result
 
 STAGE = Stage("zero_shot", "13_zero_shot.ipynb", "Zero-shot languages",
-              reads=(("tracin", "main"), ("finetune", "main")),
+              reads=(("tracin", "central"), ("finetune", "central")),
               params=("top_k", "influence_kind", "n_bootstrap", "confidence"),
               modules=("chapters/zero_shot", "analysis", "claims"))
 

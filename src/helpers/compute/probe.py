@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from .. import claims, data
+from ..analysis import checkpoint_epoch
 from ..corpora import bible
 from ..flow.stage import Stage
 from ..neurons import overlap, probing
@@ -132,7 +133,8 @@ def measure(point: Point, states: dict[str, np.ndarray], labels: np.ndarray, cfg
 def states_to_measure(runs: list) -> list[tuple[Point, Callable[[], tuple]]]:
     """Every encoder state to measure, with how to load it (model, tokenizer, vocabulary map or None): each
     pre-training checkpoint once; for the first seed of each variant, the encoder fine-tuning starts from (for the
-    in-house encoder, that is a pre-training checkpoint, measured once) and every fine-tuning checkpoint."""
+    in-house encoder, that is a pre-training checkpoint, measured once) and the fine-tuning checkpoint after every epoch
+    (not step 0, which is the start, nor the checkpoints inside an epoch, which only TracIn reads)."""
     from .. import models
     from ..finetune import initial_model
     from ..models import pretrain
@@ -160,8 +162,11 @@ def states_to_measure(runs: list) -> list[tuple[Point, Callable[[], tuple]]]:
                              tokenizer, None)))
         keep = run["finetune"] / "vocab_keep_ids.npy"
         vocab = models.VocabMap(np.load(keep), out.info["full_vocab_size"]) if keep.exists() else None
-        for i, c in enumerate(out.checkpoints, 1):
-            jobs.append((Point(name, "fine-tuned", c["name"], i, run.name),
+        for c in out.checkpoints:
+            epoch = checkpoint_epoch(c["name"])
+            if epoch == 0 or epoch != int(epoch):  # step 0 is the start above; inside an epoch: TracIn's alone
+                continue
+            jobs.append((Point(name, "fine-tuned", c["name"], int(epoch), run.name),
                          lambda c=c, tokenizer=tokenizer, vocab=vocab: (models.load_classifier(c["path"]), tokenizer,
                                                                          vocab)))
     return jobs

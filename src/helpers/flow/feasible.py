@@ -37,6 +37,11 @@ def check_runs(runs: dict[str, Run], grouped: set[str] | None = None) -> None:
         if p["device"] == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"{where} 'device' is 'cuda' but torch sees no CUDA device here; allowed here: "
                               "'auto' or 'cpu'")
+        steps = -(-p["train_per_language"] * len(p["fine_tune_languages"]) // p["batch_size"])  # at least
+        if p["checkpoints_per_epoch"] > steps:
+            raise ConfigError(f"{where} 'checkpoints_per_epoch' is {p['checkpoints_per_epoch']} but an epoch of "
+                              f"{p['train_per_language']} samples x {len(p['fine_tune_languages'])} languages in "
+                              f"batches of {p['batch_size']} has {steps} optimiser steps; allowed: 1..{steps}")
         n_labels = len(data.LABELS[p["label"]].names)
         inhouse = p["model"] == "inhouse-mlm"
         key = json.dumps([p["model"], n_labels, p["model_dir"], p["pretrain_layers"] if inhouse else 0,
