@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from scipy.stats import rankdata
 
 from .influence.scores import InfluenceScores, top_rows

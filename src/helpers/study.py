@@ -14,8 +14,8 @@ A profile without ``runs``/``parameters``/``seeds`` is read as flat ``parameters
 (``params/counterfactual.yaml`` extends the embedded study this way).
 Runs are named ``<variant>-s<seed>`` (``main-s0``). The chapters read runs by *role* (:data:`ROLES`), decided by
 their parameters, not their names; ``first`` is the main run's first seed, ``central`` the runs the paper's central
-claims are judged on (the ``lm`` runs, else the main run). ``-p key=value`` overrides a parameter for every run (a run's own overrides
-still apply on top); ``-p <variant>.key=value`` overrides it for one variant.
+claims are judged on (the ``lm`` runs, else the main run). ``-p key=value`` overrides a parameter for every run (a
+run's own overrides still apply on top); ``-p <variant>.key=value`` overrides it for one variant.
 """
 
 from __future__ import annotations
