@@ -142,7 +142,7 @@ PARAMETERS: dict[str, Param] = {
         Param("checkpoints_per_epoch", int, 1, "checkpoints saved per epoch, evenly spaced in optimiser steps (each "
               "weighted in TracIn by the mean learning rate of the interval it ends): where the dynamics sit inside "
               "an epoch", minimum=1, maximum=20),
-        Param("checkpoint_at_start", bool, True, "also save the model before any update (step 0, pretrained "
+        Param("checkpoint_at_start", bool, False, "also save the model before any update (step 0, pretrained "
               "encoder under a random head), weighted by the first interval's mean rate; TracIn scores it too"),
         Param("batch_size", int, 16, "fine-tuning batch size", minimum=1),
         Param("learning_rate", float, 1e-4, "peak learning rate (linear warm-up then decay)", minimum=0),
