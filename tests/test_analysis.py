@@ -117,3 +117,17 @@ def test_checkpoint_epoch_reads_the_names_fine_tuning_writes():
     assert [analysis.checkpoint_epoch(n) for n in ("step0", "epoch0.5", "epoch1", "epoch12")] == [0, 0.5, 1, 12]
     with pytest.raises(ValueError, match="neither"):
         analysis.checkpoint_epoch("final")
+
+
+def test_the_papers_sum_is_over_whole_epoch_checkpoints_only():
+    """Step 0 and the checkpoints inside an epoch stay out of the paper's score (they are read one by one); with one
+    checkpoint per epoch and none at step 0 it is the sum over every checkpoint."""
+    per = np.arange(5 * 2 * 3, dtype=np.float32).reshape(5, 2, 3)
+    ids = pd.DataFrame({"language": ["en", "de"], "label": [0, 1]})
+    test = pd.DataFrame({"language": ["en", "de", "ru"], "label": [0, 1, 0]})
+    fine = InfluenceScores(per, ["step0", "epoch0.5", "epoch1", "epoch1.5", "epoch2"], [1.0] * 5, ids, test)
+    np.testing.assert_array_equal(analysis.paper_sum(fine), per[2] + per[4])
+    np.testing.assert_array_equal(analysis.matrix(fine), per[2] + per[4])
+    np.testing.assert_array_equal(analysis.matrix(fine, "epoch0.5", cumulative=True), per[0] + per[1])
+    plain = InfluenceScores(per[:3], ["epoch1", "epoch2", "epoch3"], [1.0] * 3, ids, test)
+    np.testing.assert_array_equal(analysis.paper_sum(plain), plain.total)

@@ -29,10 +29,22 @@ def load_scores(folder: Path) -> InfluenceScores:
     return InfluenceScores.load(Path(folder) / "scores")
 
 
+def paper_sum(scores: InfluenceScores) -> np.ndarray:
+    """The paper's TracIn score: the sum over the checkpoints saved at the end of an epoch (one per epoch, as the
+    paper's), leaving out a step-0 checkpoint and those inside an epoch, which the dynamics chapter reads one by one.
+    On runs with one checkpoint per epoch and none at step 0 (e5's), this is the sum over every checkpoint. On an
+    LM-pretrained encoder the scores shrink by orders of magnitude during fine-tuning, so even this sum leans on the
+    first epoch's checkpoint (the dynamics chapter shows each checkpoint's share)."""
+    epochs = [checkpoint_epoch(n) if n == "step0" or n.startswith("epoch") else 1.0 for n in scores.checkpoints]
+    whole = [i for i, e in enumerate(epochs) if e >= 1 and e == int(e)] or list(range(len(epochs)))
+    return scores.per_checkpoint[whole].sum(0, dtype=np.float64).astype(np.float32)
+
+
 def matrix(scores: InfluenceScores, checkpoint: str | None = None, cumulative: bool = False) -> np.ndarray:
-    """Scores of one checkpoint, the sum up to and including it (``cumulative``), or the total (None)."""
+    """Scores of one checkpoint, the sum over every checkpoint up to and including it (``cumulative``), or the
+    paper's sum (None: :func:`paper_sum`)."""
     if checkpoint is None:
-        return scores.total
+        return paper_sum(scores)
     c = scores.checkpoints.index(checkpoint) if checkpoint in scores.checkpoints else None
     if c is None:
         raise ValueError(f"checkpoint={checkpoint!r} is not one of {scores.checkpoints}")
@@ -83,8 +95,8 @@ def sample_table(scores: InfluenceScores, k: int, kind: str = "proponents", valu
     (:func:`own_language_auc`; NaN for a language not in training). For opponents the AUC ranks the most negative
     scores first, as the top-k does.
 
-    ``values`` replaces the total scores (e.g. one checkpoint's, see :func:`matrix`)."""
-    values = scores.total if values is None else values
+    ``values`` replaces the paper's sum (:func:`paper_sum`; e.g. one checkpoint's scores, see :func:`matrix`)."""
+    values = paper_sum(scores) if values is None else values
     top = top_rows(values, k, kind)
     langs = train_languages(scores)
     train_lang = scores.train_ids["language"].to_numpy()[top]  # (k, n_test)
