@@ -130,3 +130,37 @@ def test_more_checkpoints_per_epoch_than_steps_is_refused_before_any_work():
     with pytest.raises(ConfigError, match="'checkpoints_per_epoch' is 9 .* 8 optimiser steps; allowed: 1..8"):
         feasible.check_runs(runs)
     feasible.check_runs(study.resolve("smoke", ["checkpoints_per_epoch=8"]).runs)
+
+
+def test_the_lm_pretrained_encoders_are_registered_and_gemma_is_central_in_the_default_book():
+    from helpers import study
+
+    assert set(study.LM_PRETRAINED) <= set(models.MODELS)
+    embedded = study.resolve("embedded")
+    central = embedded.role("central")
+    assert len(central) >= 3 and {r.params["model"] for r in central} == {gemma.GEMMA_NAME}
+    assert {r.params["checkpoint_at_start"] for r in central} == {True}
+    assert embedded.first.params["model"] == "multilingual-e5-small"  # the e5 chapters' comparison run
+    assert [r.name for r in study.resolve("smoke").role("central")] == ["lm-s0", "lm-s1"]
+
+
+def test_a_changed_conversion_key_converts_again_and_a_failed_one_leaves_nothing(tmp_path, monkeypatch):
+    written = []
+
+    def write(source, out):
+        written.append(source.name)
+        (out / "tokenizer.json").write_text("{}")
+        (out / "tokenizer_config.json").write_text("{}")
+
+    first = gemma._converted(tmp_path, "x", gemma._TOKENIZER_FILES, write)
+    assert gemma._converted(tmp_path, "x", gemma._TOKENIZER_FILES, write) == first and len(written) == 1
+    monkeypatch.setattr(gemma, "CONVERSION_FORMAT", gemma.CONVERSION_FORMAT + 1)
+    gemma._converted(tmp_path, "x", gemma._TOKENIZER_FILES, write)
+    assert len(written) == 2
+
+    def broken(source, out):
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        gemma._converted(tmp_path, "y", gemma._TOKENIZER_FILES, broken)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
