@@ -148,10 +148,12 @@ def top_languages(tracin_folder: Path, k: int, kind: str) -> tuple[np.ndarray, p
 
 
 def recomputed_shares(k: int, kind: str) -> tuple[pd.DataFrame, float, pd.Series]:
-    """Share of each training language in each test language's top-k (mean over test samples, then over the main
-    run's seeds), the own-language share over the fine-tuned test languages, and the language-blind shares."""
+    """Share of each training language in each test language's top-k (mean over test samples, then over the seeds
+    of the runs the paper's central claims are judged on: role central; the smoke study's runs have one checkpoint
+    per epoch and none at step 0, so the paper's sum is the total), the own-language share over the fine-tuned test
+    languages, and the language-blind shares."""
     per_run, own_per_run = [], []
-    for inst in instances("tracin", "main"):
+    for inst in instances("tracin", "central"):
         languages, train, test = top_languages(folder(inst), k, kind)
         shares = pd.DataFrame({lang: (languages == lang).mean(0) for lang in dict.fromkeys(train["language"])})
         shares["test_language"] = test["language"].to_numpy()

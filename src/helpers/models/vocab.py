@@ -160,6 +160,11 @@ def trim_vocabulary(model, keep_ids: Sequence[int] | np.ndarray | VocabMap):
                          f"its id: put it at index {pad} of keep_ids (VocabMap.from_ids does)")
     # The rows are cut in place, so the module keeps its class and what its forward adds (Gemma-3 multiplies its
     # embeddings by sqrt(hidden) in a subclass of nn.Embedding).
+    # The previous implementation built a fresh nn.Embedding, whose initialisation draws from the global torch
+    # generator; the same draw is made here so that dropout (which draws next) and so every checkpoint stay
+    # bit-identical to runs made before.
+    torch.nn.init.normal_(torch.empty(keep.size, old.weight.shape[1], dtype=old.weight.dtype,
+                                      device=old.weight.device))
     rows = old.weight.detach()[torch.from_numpy(keep).to(old.weight.device)].clone()
     old.weight = torch.nn.Parameter(rows, requires_grad=old.weight.requires_grad)
     old.num_embeddings = int(keep.size)
