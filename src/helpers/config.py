@@ -10,9 +10,9 @@ Which stage reads which parameter is declared with the stages (each module of ``
 ``helpers.chapters`` declares its ``STAGE``), not here. Profiles
 (``params/*.yaml``) hold only what differs from the defaults below. :func:`check` validates values;
 an unknown name, a wrong type or a value outside the allowed set raises :class:`ConfigError` naming the parameter
-and what is allowed. At import time this module imports only two bottom modules of the package, both free of
-heavy libraries: :mod:`helpers.runtime` (the allowed devices and precisions) and :mod:`helpers.influence.subsets`
-(TracIn's parameter-subset grammar).
+and what is allowed. At import time this module imports only three bottom modules of the package, all free of
+heavy libraries: :mod:`helpers.runtime` (the allowed devices and precisions), :mod:`helpers.influence.subsets`
+(TracIn's parameter-subset grammar), and :mod:`helpers.strict_yaml` (``-p`` values read as profiles are).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from . import strict_yaml
 from .influence import subsets
 from .runtime import DEVICES, PRECISIONS
 
@@ -312,6 +313,10 @@ def check_relations(cfg: dict[str, Any]) -> None:
     if cfg.get("imbalance_language") == "none" and cfg.get("imbalance_factor", 1) != 1:
         raise ConfigError("parameter 'imbalance_factor' is set but 'imbalance_language' is none; name the "
                           f"language that gets {cfg['imbalance_factor']}x the data")
+    if cfg.get("permuted_language") == "none" and cfg.get("permuted_share", 1.0) != 1.0:
+        raise ConfigError(f"parameter 'permuted_share' is {cfg['permuted_share']} but 'permuted_language' is none: "
+                          "no label would be permuted; name the language whose labels are shifted (allowed: a "
+                          "fine-tuning language), or leave 'permuted_share' at 1.0")
     if cfg.get("learning_rate") == 0:
         raise ConfigError("parameter 'learning_rate' is 0: nothing would be learned and every TracIn score would be "
                           "0; allowed: a number > 0")
@@ -337,6 +342,11 @@ def check_relations(cfg: dict[str, Any]) -> None:
         if cfg["top_k"] > n_train:
             raise ConfigError(f"parameter 'top_k' is {cfg['top_k']} but the training set has only {n_train} samples "
                               f"(train_per_language x fine_tune_languages); allowed: 1..{n_train}")
+    if "examples_per_language" in cfg and "test_per_language" in cfg:
+        if cfg["examples_per_language"] > cfg["test_per_language"]:
+            raise ConfigError(f"parameter 'examples_per_language' is {cfg['examples_per_language']} but each "
+                              f"language has {cfg['test_per_language']} test samples (test_per_language); allowed: "
+                              f"1..{cfg['test_per_language']}")
     _check_attribution(cfg)
     _check_counterfactual(cfg)
     _check_pretraining(cfg)
@@ -402,8 +412,9 @@ def _check_counterfactual(cfg: dict[str, Any]) -> None:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``key=value`` (or ``variant.key=value``) with the value read as YAML (``top_k=50``,
-    ``fine_tune_languages=[en,de]``), typed by the parameter's declared type where YAML would guess otherwise."""
+    """``key=value`` (or ``variant.key=value``) with the value read as a profile's YAML is (``top_k=50``,
+    ``fine_tune_languages=[en,de]``, ``learning_rate=1e-4``; :mod:`helpers.strict_yaml`: ``top_k=010`` is refused,
+    not read as octal 8); a text parameter's value is kept as written (a language code ``no`` stays ``'no'``)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key=value")
     key, raw = text.split("=", 1)
@@ -412,11 +423,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     if param is not None and param.type is str:
         return key, raw.strip()  # a name such as a language code stays a string
     try:
-        value = yaml.safe_load(raw)
+        value = strict_yaml.load(raw)
+    except strict_yaml.Refused as err:
+        raise ConfigError(f"parameter {key!r}: cannot read value {raw!r} ({err.problem})") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"parameter {key!r}: cannot read value {raw!r} ({err})") from None
     if isinstance(value, str) and param is not None and param.type is float:
-        try:  # YAML 1.1 reads "1e-4" as a string
+        try:  # e.g. "nan", "inf": read as Python reads them, then refused as not finite by check()
             value = float(value)
         except ValueError:
             pass

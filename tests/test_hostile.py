@@ -1,0 +1,111 @@
+"""No wrong result without an error (issue 23): inputs that used to pass as something else are refused, naming what
+and where; stale or foreign pieces are never taken for a result.
+
+* profiles and ``-p`` values read strictly (:mod:`helpers.strict_yaml`), ``extends`` merged key by key, every
+  relation between parameters checked, ``--study ""`` refused;
+* every integer parameter bounded, and the profile's seeds;
+* TracIn shards refused when they belong to another fine-tuning, plan or parameter set, or to an earlier run;
+* an executed page belongs to the commit of its stage, or the stage is stale and the page is never published.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+import yaml
+from studies import ONE_RUN
+
+from helpers import config, pipeline, study
+from helpers.config import ConfigError
+
+# --- profiles read strictly -----------------------------------------------------------------------------------
+
+
+def write(tmp_path, text, name="p.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+ONE = yaml.safe_dump(ONE_RUN, sort_keys=False)
+
+
+def test_a_key_written_twice_is_refused_with_its_line(tmp_path):
+    path = write(tmp_path, "parameters:\n  top_k: 5\n  epochs: 2\n  top_k: 7\nruns: {main: {}}\n")
+    with pytest.raises(ConfigError, match=r"p\.yaml, line 4: key 'top_k' is written twice, at lines 2 and 4"):
+        study.load_profile(path)
+    path = write(tmp_path, "runs:\n  main: {}\n  main: {seeds: [1]}\n")
+    with pytest.raises(ConfigError, match="key 'main' is written twice, at lines 2 and 3"):
+        study.load_profile(path)
+
+
+def test_extends_merges_a_run_key_by_key(tmp_path):
+    write(tmp_path, "runs:\n  main: {}\n  control: {permuted_language: ru, seeds: [0]}\n", "base.yaml")
+    path = write(tmp_path, f"extends: {tmp_path / 'base.yaml'}\nruns:\n  control: {{permuted_share: 0.5}}\n")
+    runs = study.load_profile(path)["runs"]
+    assert runs["control"] == {"permuted_language": "ru", "seeds": [0], "permuted_share": 0.5}
+    assert runs["main"] == {}
+
+
+def test_a_billion_laughs_alias_bomb_is_refused_at_once(tmp_path):
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, cur in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"{cur}: &{cur} [" + ",".join([f"*{prev}"] * 9) + "]")
+    text = "\n".join(lines) + "\n"
+    assert len(text) < 500
+    path = write(tmp_path, "parameters:\n  " + text.replace("\n", "\n  ").rstrip() + "\n")
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="anchor &a refused: profiles take no anchors or aliases"):
+        study.load_profile(path)
+    assert time.perf_counter() - start < 1
+    with pytest.raises(ConfigError, match="alias"):
+        config.parse_override("fine_tune_languages=*x")
+
+
+def test_permuted_share_needs_a_permuted_language(tmp_path):
+    with pytest.raises(ConfigError, match="'permuted_share' is 0.5 but 'permuted_language' is none"):
+        study.resolve("smoke", ["permuted_share=0.5"])
+    study.resolve("smoke", ["control.permuted_share=0.5"])  # the control run names its language
+
+
+def test_examples_per_language_fit_the_test_samples():
+    with pytest.raises(ConfigError, match="'examples_per_language' is 7 but each language has 6 test samples"):
+        study.resolve("smoke", ["examples_per_language=7"])
+
+
+@pytest.mark.parametrize("value", ["010", "+010", "00"])
+def test_a_number_with_a_leading_zero_is_refused_not_read_as_octal(value):
+    needle = f"parameter 'top_k': cannot read value '{value}' (number '{value}' has a leading zero"
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        config.parse_override(f"top_k={value}")
+    assert config.parse_override("top_k=10") == ("top_k", 10)
+
+
+def test_a_leading_zero_in_a_profile_is_refused_with_its_line(tmp_path):
+    path = write(tmp_path, "parameters:\n  model: tiny-random\n  top_k: 010\n")
+    with pytest.raises(ConfigError, match="p.yaml, line 3: number '010' has a leading zero"):
+        study.load_profile(path)
+
+
+def test_names_stay_text(tmp_path):
+    path = write(tmp_path, ONE + "  on: {seeds: [0]}\n  'off': {seeds: [1]}\n")
+    runs = study.load_profile(path)["runs"]
+    assert list(runs) == ["main", "on", "off"]
+    assert [r.name for r in study.resolve(path).runs.values()] == ["main-s0", "on-s0", "off-s1"]
+    path = write(tmp_path, "parameters:\n  fine_tune_languages: [en, no]\n")  # 'no' would be False
+    assert study.load_profile(path)["parameters"]["fine_tune_languages"] == ["en", "no"]
+    for text, needle in [("runs:\n  main: {}\n  1: {}\n", "key 1 \\(int\\) at line 3"),
+                         ("runs:\n  main: {}\n  true: {}\n", "key True \\(bool\\) at line 3")]:
+        with pytest.raises(ConfigError, match=needle):
+            study.load_profile(write(tmp_path, text))
+    assert config.parse_override("learning_rate=1e-4") == ("learning_rate", 1e-4)
+    assert study.load_profile(write(tmp_path, "learning_rate: 1e-4\n"))["parameters"] == {"learning_rate": 1e-4}
+
+
+def test_an_empty_study_name_is_refused(capsys):
+    with pytest.raises(ConfigError, match="option --study is empty"):
+        study.resolve("smoke", name="")
+    assert pipeline.main(["status", "--profile", "smoke", "--study", ""]) == 2
+    assert "option --study is empty" in capsys.readouterr().err
