@@ -109,3 +109,32 @@ def test_an_empty_study_name_is_refused(capsys):
         study.resolve("smoke", name="")
     assert pipeline.main(["status", "--profile", "smoke", "--study", ""]) == 2
     assert "option --study is empty" in capsys.readouterr().err
+
+
+# --- integer bounds -----------------------------------------------------------------------------------------------
+
+
+def test_every_integer_parameter_has_an_upper_bound():
+    unbounded = [k for k, p in config.PARAMETERS.items() if p.type is int and p.maximum is None]
+    assert unbounded == []
+
+
+@pytest.mark.parametrize("override", ["epochs=100000000000000000000", "batch_size=100000000000000000000",
+                                      "tracin_batch_size=100000000000000000000", "train_per_language=10000000",
+                                      "pretrain_steps=100000000000000000000"])
+def test_huge_integers_are_refused_before_any_work(override, capsys):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"parameter '{key}' is 1000+, above the maximum"):
+        study.resolve("smoke", [override])
+    assert pipeline.main(["status", "--profile", "smoke", "-p", override]) == 2
+    assert "above the maximum" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seeds", [[2**64], [2**32]])
+def test_seeds_beyond_numpy_s_range_are_refused(tmp_path, seeds):
+    with pytest.raises(ConfigError, match=r"'seeds' must be a non-empty list of distinct integers in 0\.\.4294967295"):
+        study.resolve("smoke", seeds=seeds)
+    path = write(tmp_path, ONE + f"seeds: {seeds}\n")
+    with pytest.raises(ConfigError, match="4294967295"):
+        study.resolve(path)
+    assert [r.seed for r in study.resolve(write(tmp_path, ONE + "seeds: [4294967295]\n")).runs.values()] == [2**32 - 1]

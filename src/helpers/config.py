@@ -106,7 +106,7 @@ PARAMETERS: dict[str, Param] = {
     p.name: p
     for p in [
         Param("seed", int, 0, "seed for sampling, initialisation and data order (a study sets it from 'seeds')",
-              minimum=0),
+              minimum=0, maximum=2**32 - 1),  # numpy's seed range (np.random.seed, which transformers calls)
         # --- data ---
         Param("dataset", str, "bible", "where the texts and labels come from: the Bible package, or the paper's hub "
               "corpora (xnli, pawsx, marc)", choices=_datasets),
@@ -116,8 +116,10 @@ PARAMETERS: dict[str, Param] = {
               choices=_languages),
         Param("zero_shot_languages", list, ["ko", "pt"], "languages seen only at test time", choices=_languages),
         Param("label", str, "genre", "the classification task", choices=_labels),
-        Param("train_per_language", int, 120, "training samples per fine-tuning language", minimum=2),
-        Param("test_per_language", int, 25, "test samples per language (25 in the paper)", minimum=1),
+        Param("train_per_language", int, 120, "training samples per fine-tuning language", minimum=2,
+              maximum=400_000),  # above every corpus's largest split (XNLI's training set: 392,702 per language)
+        Param("test_per_language", int, 25, "test samples per language (25 in the paper)", minimum=1,
+              maximum=40_000),  # above every corpus's test pool (the Bible's 31,102 verses)
         Param("parallel_train", bool, False, "same verses in every fine-tuning language (True) or disjoint ones"),
         Param("test_translations_in_train", bool, False,
               "put translations of each test verse in the other languages' training data (never the test sample "
@@ -139,13 +141,15 @@ PARAMETERS: dict[str, Param] = {
               choices=PRECISIONS),
         Param("trim_vocabulary", bool, True, "keep only the word embeddings of tokens the run uses"),
         Param("max_length", int, 64, "maximum tokens per sample (longer ones are truncated)", minimum=8, maximum=512),
-        Param("epochs", int, 3, "fine-tuning epochs", minimum=1),
+        Param("epochs", int, 3, "fine-tuning epochs", minimum=1,
+              maximum=100),  # each epoch keeps checkpoints that TracIn reads: 100 already fill a disk
         Param("checkpoints_per_epoch", int, 1, "checkpoints saved per epoch, evenly spaced in optimiser steps (each "
               "weighted in TracIn by the mean learning rate of the interval it ends): where the dynamics sit inside "
               "an epoch", minimum=1, maximum=20),
         Param("checkpoint_at_start", bool, False, "also save the model before any update (step 0, pretrained "
               "encoder under a random head), weighted by the first interval's mean rate; TracIn scores it too"),
-        Param("batch_size", int, 16, "fine-tuning batch size", minimum=1),
+        Param("batch_size", int, 16, "fine-tuning batch size", minimum=1,
+              maximum=4096),  # above any training set a run samples on one accelerator's memory
         Param("learning_rate", float, 1e-4, "peak learning rate (linear warm-up then decay)", minimum=0),
         Param("warmup_ratio", float, 0.1, "share of steps spent warming up", minimum=0, maximum=1),
         Param("reinit_top_layers", int, 0, "re-initialise the encoder's top N layers before fine-tuning (0: none): "
@@ -156,13 +160,15 @@ PARAMETERS: dict[str, Param] = {
         Param("pretrain_languages", list, ["en", "fr", "de", "es", "ru", "ko", "pt"],
               "languages the in-house encoder is pre-trained on (monolingual text, no verse in two languages)",
               choices=_languages),
-        Param("pretrain_verses_per_language", int, 2000, "pre-training verses per language", minimum=100),
+        Param("pretrain_verses_per_language", int, 2000, "pre-training verses per language", minimum=100,
+              maximum=31_102),  # the Bible's verses per translation
         Param("pretrain_layers", int, 4, "layers of the in-house encoder", minimum=1, maximum=24),
         Param("pretrain_hidden", int, 256, "width of the in-house encoder (a multiple of 64; heads of 64)",
               minimum=64, maximum=1024),
         Param("pretrain_steps", int, 300, "masked-language-modelling steps (one language per batch, in turn)",
-              minimum=1),
-        Param("pretrain_batch_size", int, 32, "pre-training batch size (sequences)", minimum=1),
+              minimum=1, maximum=1_000_000),  # about a day of the in-house encoder on a GPU; more is a typo
+        Param("pretrain_batch_size", int, 32, "pre-training batch size (sequences)", minimum=1,
+              maximum=4096),  # as batch_size
         Param("pretrain_learning_rate", float, 5e-4, "pre-training peak learning rate", minimum=0),
         Param("pretrain_checkpoints", int, 3, "pre-training checkpoints saved besides step 0 (evenly spaced)",
               minimum=1, maximum=100),
@@ -173,7 +179,8 @@ PARAMETERS: dict[str, Param] = {
         Param("tracin_params", str, subsets.DEFAULT_PARAMS,
               "parameters whose gradients TracIn compares: all | classifier | embeddings | last_layers:N | re:<regex>"),
         Param("tracin_similarity", str, "dot", "gradient similarity", choices=_similarities),
-        Param("tracin_batch_size", int, 32, "training samples per TracIn batch", minimum=1),
+        Param("tracin_batch_size", int, 32, "training samples per TracIn batch", minimum=1,
+              maximum=4096),  # as batch_size: per-example gradients of a batch are held at once
         Param("tracin_processes", int, 1, "processes TracIn is split over (torchrun; one GPU each where CUDA is "
               "present): each scores a share of the training rows, merged into the one-process matrix", minimum=1,
               maximum=64),
@@ -183,7 +190,8 @@ PARAMETERS: dict[str, Param] = {
               "parameter subsets the attribution chapter compares (the first is the reference), all scored in one "
               "full-model TracIn pass"),
         Param("attribution_test_per_language", int, 10,
-              "test samples per language scored by that full-model pass (its cost grows with it)", minimum=1),
+              "test samples per language scored by that full-model pass (its cost grows with it)", minimum=1,
+              maximum=40_000),  # as test_per_language, which bounds it
         # --- analyses (the same for every run of a study) ---
         Param("top_k", int, 20, "how many most influential training samples per test sample (the paper: 100 of "
               "thousands); keep it well below the samples per class, see the language-shares chapter",

@@ -35,6 +35,9 @@ from .config import ConfigError
 
 STUDY_KEYS = ("seeds", "parameters", "runs", "extends")
 MANIFEST = "study.json"
+#: The largest seed: numpy's legacy seeding (``np.random.seed``, which libraries such as transformers call) takes
+#: 0..2**32-1; a larger seed would fail minutes into a run, after the data were sampled.
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -164,9 +167,11 @@ def load_profile(profile: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str,
 
 def _seeds(value: Any, where: str) -> list[int]:
     if (not isinstance(value, list) or not value or
-            any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in value)
+            any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED for s in value)
             or len(set(value)) != len(value)):
-        raise ConfigError(f"{where} 'seeds' must be a non-empty list of distinct integers >= 0, got {value!r}")
+        shown = repr(value) if len(repr(value)) <= 200 else f"{repr(value)[:200]}..."
+        raise ConfigError(f"{where} 'seeds' must be a non-empty list of distinct integers in 0..{MAX_SEED} (numpy's "
+                          f"seed range), got {shown}")
     return value
 
 
