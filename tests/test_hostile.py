@@ -10,15 +10,21 @@ and where; stale or foreign pieces are never taken for a result.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from studies import ONE_RUN
 
 from helpers import config, pipeline, study
+from helpers.compute import tracin as tracin_stage
 from helpers.config import ConfigError
+from helpers.influence import shard
+from helpers.influence.scores import InfluenceScores
 
 # --- profiles read strictly -----------------------------------------------------------------------------------
 
@@ -138,3 +144,92 @@ def test_seeds_beyond_numpy_s_range_are_refused(tmp_path, seeds):
     with pytest.raises(ConfigError, match="4294967295"):
         study.resolve(path)
     assert [r.seed for r in study.resolve(write(tmp_path, ONE + "seeds: [4294967295]\n")).runs.values()] == [2**32 - 1]
+
+
+# --- TracIn shards: only one run's, all of them ---------------------------------------------------------------------
+
+
+def fake_finetune(folder, seed):
+    """A fine-tuning folder's record files (what :func:`shard.finetune_identity` reads): another seed, other files."""
+    folder.mkdir(parents=True)
+    (folder / "info.json").write_text(json.dumps({"seed": seed}))
+    (folder / "checkpoints.json").write_text(json.dumps([{"name": "epoch-1", "learning_rate": 1e-3}]))
+    return folder
+
+
+def write_fake_shards(folder, finetune, world=2, ranks=None, **change):
+    """What ``score --rank R --world-size W`` writes for each rank (scores: the row index, so a merge is checkable)."""
+    n_train, n_test = 4 * world, 3
+    rows = np.tile(np.arange(n_train, dtype=np.float32)[None, :, None], (1, 1, n_test))
+    scores = InfluenceScores(per_checkpoint=rows, checkpoints=["epoch-1"], learning_rates=[1e-3],
+                             train_ids=pd.DataFrame({"uid": range(n_train)}),
+                             test_ids=pd.DataFrame({"uid": range(n_test)}))
+    for rank in range(world) if ranks is None else ranks:
+        meta = {"finetune": shard.finetune_identity(finetune), "params": "last_layers:1", "similarity": "dot",
+                "batch_size": 32, "dtype": "fp32", "test_per_language": None, "code": shard.code_digest(),
+                "launch": None, "plan": {"test_chunk": 3, "train_block": 4, "dense_bank": True}, **change}
+        shard.write_shard(folder, rank, world, scores, np.arange(4 * rank, 4 * rank + 4), meta)
+
+
+def test_shards_of_one_run_merge(tmp_path):
+    write_fake_shards(tmp_path / "shards", fake_finetune(tmp_path / "ft0", 0))
+    merged = shard.merge(tmp_path / "shards")
+    assert np.array_equal(merged.per_checkpoint[0, :, 0], np.arange(8))
+
+
+def test_shards_of_two_seeds_never_merge(tmp_path):
+    write_fake_shards(tmp_path / "shards", fake_finetune(tmp_path / "seed0", 0), ranks=[0])
+    write_fake_shards(tmp_path / "shards", fake_finetune(tmp_path / "seed1", 1), ranks=[1])
+    ours, theirs = (shard.finetune_identity(tmp_path / f"seed{s}") for s in (0, 1))
+    with pytest.raises(shard.ShardError, match=re.escape(f"finetune: {theirs!r} (shard-0001-of-0002) vs {ours!r} "
+                                                         "(rank 0's)")):
+        shard.merge(tmp_path / "shards")
+    # the merge command says so and writes nothing
+    assert tracin_stage.main(["merge", "--out", str(tmp_path)]) == 2
+    assert not (tmp_path / "scores").exists()
+
+
+@pytest.mark.parametrize("change, key", [({"plan": {"test_chunk": 3, "train_block": 8, "dense_bank": True}}, "plan"),
+                                          ({"dtype": "bf16"}, "dtype"), ({"batch_size": 16}, "batch_size"),
+                                          ({"code": "0" * 16}, "code"), ({"launch": "earlier"}, "launch")])
+def test_a_shard_of_another_plan_parameter_set_code_or_launch_is_refused(tmp_path, change, key):
+    ft = fake_finetune(tmp_path / "ft", 0)
+    write_fake_shards(tmp_path / "shards", ft, world=3, ranks=[0, 2])
+    write_fake_shards(tmp_path / "shards", ft, world=3, ranks=[1], **change)
+    with pytest.raises(shard.ShardError, match=re.escape(f"{key}: {change[key]!r} (shard-0001-of-0003) vs ")):
+        shard.merge(tmp_path / "shards")
+
+
+def test_a_shard_that_does_not_record_its_run_is_refused(tmp_path):
+    ft = fake_finetune(tmp_path / "ft", 0)
+    write_fake_shards(tmp_path / "shards", ft)
+    for f in (tmp_path / "shards").glob("shard-*.json"):  # as an older version wrote them
+        meta = json.loads(f.read_text())
+        f.write_text(json.dumps({k: v for k, v in meta.items() if k not in ("finetune", "code", "launch")}))
+    with pytest.raises(shard.ShardError, match=r"finetune: '\(not recorded\)'"):
+        shard.merge(tmp_path / "shards")
+
+
+def test_a_launch_merges_only_its_own_shards(tmp_path):
+    """Rank 0 of a launch passes its own record: an earlier launch's shards, all present and alike, are refused."""
+    ft = fake_finetune(tmp_path / "ft", 0)
+    write_fake_shards(tmp_path / "shards", ft, launch="earlier")
+    with pytest.raises(shard.ShardError, match=re.escape("launch: 'earlier' (shard-0000-of-0002) vs 'now' "
+                                                         "(this run)")):
+        shard.merge(tmp_path / "shards", expect={"launch": "now"})
+
+
+def test_a_shard_scored_apart_refuses_a_folder_holding_its_rank_or_another_run(tmp_path):
+    ft = fake_finetune(tmp_path / "ft", 0)
+    write_fake_shards(tmp_path / "shards", ft, world=3, ranks=[0, 1])  # an earlier run's, kept
+    meta = {"finetune": shard.finetune_identity(ft), "params": "last_layers:1", "similarity": "dot",
+            "batch_size": 32, "dtype": "fp32", "test_per_language": None, "code": shard.code_digest(), "launch": None,
+            "plan": {"test_chunk": 3, "train_block": 4, "dense_bank": True}}
+    with pytest.raises(shard.ShardError, match="already holds shard-0001-of-0003 .*a shard is written once"):
+        shard.check_free(tmp_path / "shards", 1, 3, meta)
+    shard.check_free(tmp_path / "shards", 2, 3, meta)  # this run's last rank: free
+    with pytest.raises(shard.ShardError, match=r"holds shard-0000-of-0003, a shard of another run \(finetune: "):
+        shard.check_free(tmp_path / "shards", 2, 3, {**meta, "finetune": shard.finetune_identity(
+            fake_finetune(tmp_path / "seed1", 1))})
+    with pytest.raises(shard.ShardError, match="already holds shard-0000-of-0003"):
+        write_fake_shards(tmp_path / "shards", ft, world=3, ranks=[0])
