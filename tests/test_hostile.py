@@ -14,15 +14,17 @@ import json
 import re
 import time
 
+import nbformat
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from studies import ONE_RUN
 
-from helpers import config, pipeline, study
+from helpers import config, paths, pipeline, study
 from helpers.compute import tracin as tracin_stage
 from helpers.config import ConfigError
+from helpers.flow import graph, runner, store
 from helpers.influence import shard
 from helpers.influence.scores import InfluenceScores
 
@@ -233,3 +235,58 @@ def test_a_shard_scored_apart_refuses_a_folder_holding_its_rank_or_another_run(t
             fake_finetune(tmp_path / "seed1", 1))})
     with pytest.raises(shard.ShardError, match="already holds shard-0000-of-0003"):
         write_fake_shards(tmp_path / "shards", ft, world=3, ranks=[0])
+
+
+# --- a page belongs to the commit of its stage ----------------------------------------------------------------------
+
+
+def page_of(s, stage_name):
+    inst = next(i for i in graph.plan(s) if i.stage.name == stage_name)
+    return inst, paths.executed_notebook(s.name, inst.stage.name, inst.identity)
+
+
+def status_rows(s):
+    return {f"{r['stage']}[{r['runs']}]": r for r in runner.status(s)}
+
+
+def test_every_page_records_the_commit_it_shows(copy_of_built):
+    s = study.load("one")
+    for inst in graph.plan(s):
+        page = paths.executed_notebook("one", inst.stage.name, inst.identity)
+        record = store.read_record(store.folder("one", inst))
+        stamp = nbformat.read(page, as_version=4).metadata[store.PAGE_KEY]
+        assert stamp == {"stage": inst.stage.name, "identity": inst.identity,
+                         "commit": record["commit"] if record else None}
+
+
+def test_a_page_of_an_earlier_commit_makes_its_stage_stale_and_is_never_published(copy_of_built):
+    s = study.load("one")
+    inst, page = page_of(s, "qualitative")
+    folder = store.folder("one", inst)
+    record = store.read_record(folder)
+    old = record["commit"]
+    record["commit"] = "0123456789abcdef"  # a run stopped after the stage's new commit, before its page's rename
+    (folder / store.RECORD).write_text(json.dumps(record))
+    row = status_rows(s)["qualitative[(study)]"]
+    assert row["state"] == "stale" and (f"was executed for commit {old} of its stage, not for its outputs' commit "
+                                        "0123456789abcdef") in row["why"]
+    with pytest.raises(runner.StageFailed, match=r"page \d+_qualitative.ipynb of stage qualitative is not published"):
+        runner.publish(s, graph.plan(s))
+    assert not paths.EXECUTED.exists()  # nothing published (and nothing removed from an earlier book)
+    assert pipeline.main(["run", "--profile", str(copy_of_built), "--no-book", "--study", "one"]) == 0
+    rows = status_rows(s)
+    assert all(r["state"] in ("up to date", "always runs") for r in rows.values()), rows
+    shown = nbformat.read(paths.EXECUTED / inst.stage.notebook, as_version=4).metadata[store.PAGE_KEY]["commit"]
+    assert shown == store.read_record(folder)["commit"] not in (old, "0123456789abcdef")
+
+
+@pytest.mark.parametrize("content", [b"", b"{", b'{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}'])
+def test_an_emptied_page_makes_its_stage_stale_and_is_never_published(copy_of_built, content):
+    s = study.load("one")
+    inst, page = page_of(s, "qualitative")
+    page.write_bytes(content)
+    row = status_rows(s)["qualitative[(study)]"]
+    assert row["state"] == "stale" and f"{page.name} is empty or not a notebook" in row["why"]
+    with pytest.raises(runner.StageFailed, match="is not published: .* is empty or not a notebook"):
+        runner.publish(s, graph.plan(s))
+    assert not paths.EXECUTED.exists()
