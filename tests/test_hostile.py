@@ -83,6 +83,13 @@ def test_examples_per_language_fit_the_test_samples():
         study.resolve("smoke", ["examples_per_language=7"])
 
 
+def test_counterfactual_seeds_fit_the_main_run_s_seeds():
+    with pytest.raises(ConfigError, match=r"'counterfactual_seeds' is 3 but the main run has 1 seed\(s\).*"
+                                          r"allowed: 1\.\.1"):
+        study.resolve("counterfactual", seeds=[0])
+    assert study.resolve("counterfactual").params["counterfactual_seeds"] == 3
+
+
 @pytest.mark.parametrize("value", ["010", "+010", "00"])
 def test_a_number_with_a_leading_zero_is_refused_not_read_as_octal(value):
     needle = f"parameter 'top_k': cannot read value '{value}' (number '{value}' has a leading zero"

@@ -235,6 +235,11 @@ def resolve(profile: str | Path, overrides: list[str] | dict[str, Any] | None = 
                 raise ConfigError(f"run {variant!r}: {err}") from None
             run = Run(f"{variant}-s{seed}", variant, seed, params)
             runs[run.name] = run
+    main_seeds = sum(r.variant == "main" for r in runs.values())
+    if study_params["counterfactual_seeds"] > main_seeds:  # the chapter would retrain fewer seeds than it was asked
+        raise ConfigError(f"parameter 'counterfactual_seeds' is {study_params['counterfactual_seeds']} but the main "
+                          f"run has {main_seeds} seed(s) ('seeds' of the profile, or --seeds); allowed: "
+                          f"1..{main_seeds}")
     smallest = min(runs.values(), key=lambda r: r.params["train_per_language"] * len(r.params["fine_tune_languages"]))
     try:
         config.check_relations({**smallest.params, **study_params})
