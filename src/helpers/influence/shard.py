@@ -131,11 +131,11 @@ def write_shard(folder: Path, rank: int, world: int, scores: InfluenceScores, ro
             "similarity": scores.similarity, "params": scores.params,
             "groups": {g: v["spec"] for g, v in scores.groups.items()}, "shape": list(scores.per_checkpoint.shape)}
     (folder / f".{name}.tmp.json").write_text(json.dumps(info, indent=2))
-    tmp.rename(folder / f"{name}.npz")
-    (folder / f".{name}.tmp.json").rename(folder / f"{name}.json")
-    if rank == 0:
+    if rank == 0:  # before the shard itself: rank 0's shard never stands beside an earlier run's id tables
         scores.train_ids.to_parquet(folder / "train_ids.parquet", index=False)
         scores.test_ids.to_parquet(folder / "test_ids.parquet", index=False)
+    tmp.rename(folder / f"{name}.npz")
+    (folder / f".{name}.tmp.json").rename(folder / f"{name}.json")
     return folder / f"{name}.npz"
 
 
