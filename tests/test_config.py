@@ -13,13 +13,14 @@ from helpers.flow.stage import all_stages
 
 def raw_profile(name):
     """The YAML as written; a profile that ``extends`` another, merged by hand: its seeds if it has them, the base's
-    parameters and runs with its own on top."""
+    parameters and runs with its own on top (a run both name: key by key)."""
     spec = yaml.safe_load((paths.PARAMS / f"{name}.yaml").read_text())
     if "extends" in spec:
         base = raw_profile(spec["extends"])
+        own = spec.get("runs", {})
+        runs = {**base["runs"], **{k: {**base["runs"].get(k, {}), **(v or {})} for k, v in own.items()}}
         spec = {"seeds": spec.get("seeds", base.get("seeds", [0])),
-                "parameters": {**base.get("parameters", {}), **spec.get("parameters", {})},
-                "runs": {**base["runs"], **spec.get("runs", {})}}
+                "parameters": {**base.get("parameters", {}), **spec.get("parameters", {})}, "runs": runs}
     return spec
 
 
