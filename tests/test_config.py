@@ -13,13 +13,14 @@ from helpers.flow.stage import all_stages
 
 def raw_profile(name):
     """The YAML as written; a profile that ``extends`` another, merged by hand: its seeds if it has them, the base's
-    parameters and runs with its own on top."""
+    parameters and runs with its own on top (a run both name: key by key)."""
     spec = yaml.safe_load((paths.PARAMS / f"{name}.yaml").read_text())
     if "extends" in spec:
         base = raw_profile(spec["extends"])
+        own = spec.get("runs", {})
+        runs = {**base["runs"], **{k: {**base["runs"].get(k, {}), **(v or {})} for k, v in own.items()}}
         spec = {"seeds": spec.get("seeds", base.get("seeds", [0])),
-                "parameters": {**base.get("parameters", {}), **spec.get("parameters", {})},
-                "runs": {**base["runs"], **spec.get("runs", {})}}
+                "parameters": {**base.get("parameters", {}), **spec.get("parameters", {})}, "runs": runs}
     return spec
 
 
@@ -116,7 +117,7 @@ def test_values_outside_the_declared_range_are_refused(override, message):
     ["top_k=60"],  # the smoke study's 12 x 5 training samples: k may be all of them
     ["train_per_language=6"],  # as many as the genre task's classes
     ["max_length=512", "pretrain_max_length=512"], ["max_length=8"], ["warmup_ratio=0"], ["warmup_ratio=1"],
-    ["permuted_share=0"],
+    ["control.permuted_share=0"],  # (a share needs a permuted language: the control run has one)
     ["learning_rate=1e-9"], ["attribution_test_per_language=6"], ["test_per_language=1", "top_k=1",
                                                                    "attribution_test_per_language=1"],
     ["imbalance4.imbalance_factor=20"], ["n_bootstrap=100"], ["confidence=0.999"],
@@ -202,12 +203,12 @@ def test_notebook_parameter_cells_declare_their_stage_parameters_with_smoke_defa
 
 
 def test_override_values_are_typed_by_the_parameter_they_set():
-    assert config.parse_override("learning_rate=1e-4") == ("learning_rate", 1e-4)  # YAML 1.1 reads a string
+    assert config.parse_override("learning_rate=1e-4") == ("learning_rate", 1e-4)  # YAML 1.1 would read a string
     assert config.parse_override("imbalance4.learning_rate=2e-5") == ("imbalance4.learning_rate", 2e-5)
     assert config.parse_override("control.permuted_language=no") == ("control.permuted_language", "no")  # not False
     assert config.parse_override("tracin_params=re:a=b") == ("tracin_params", "re:a=b")
     assert config.parse_override(" fine_tune_languages = [en, de]") == ("fine_tune_languages", ["en", "de"])
-    assert config.parse_override("unknown=1e-4") == ("unknown", "1e-4")  # resolve names it as unknown
+    assert config.parse_override("unknown=1e-4") == ("unknown", 1e-4)  # resolve names it as unknown
     with pytest.raises(ConfigError, match="'top_k5' must look like key=value"):
         config.parse_override("top_k5")
     with pytest.raises(ConfigError, match=r"parameter 'fine_tune_languages': cannot read value '\[en'"):

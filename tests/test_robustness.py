@@ -210,6 +210,10 @@ def test_a_stage_whose_input_was_recomputed_is_stale(copy_of_built):
     record = store.read_record(folder)
     record["commit"] = "recomputed"  # what a new commit of the same stage looks like to its readers
     (folder / store.RECORD).write_text(json.dumps(record))
+    page = paths.executed_notebook("one", "tracin", tracin.identity)  # and its page, executed for it
+    nb = nbformat.read(page, as_version=4)
+    nb.metadata[store.PAGE_KEY]["commit"] = "recomputed"
+    nbformat.write(nb, page)
     rows, _ = states_of(copy_of_built)
     assert rows["tracin[main-s0]"]["state"] == "up to date"
     assert "was recomputed since" in rows["language_shares[(study)]"]["why"]

@@ -130,8 +130,19 @@ def test_shards_scored_apart_merge_to_the_same_matrix(finetuned, tmp_path):
                            "--world-size", "3"]) == 0
         (tmp_path / tracin_stage.SHARDS / "shard-0000-of-0003.json").write_bytes(
             (other / tracin_stage.SHARDS / "shard-0000-of-0003.json").read_bytes())
-        with pytest.raises(ValueError, match=r"\['plan'\] differ from rank 0's"):
+        with pytest.raises(ValueError, match=r"shard-0001-of-0003 and rank 0's shard come from different runs "
+                                             r"\(plan: \{'test_chunk': 9, 'train_block': 16"):
             merge(tmp_path / tracin_stage.SHARDS)
+        # the kept shards are an earlier run's: a new run's rank refuses the folder before any work
+        assert tracin_stage.main([*common, "--rank", "1", "--world-size", "3"]) == 2
+        # a lone process (or a launch) empties the folder first: the earlier shards are never read
+        stale = tmp_path / "sub" / tracin_stage.SHARDS
+        stale.mkdir()
+        for name in ("shard-0001-of-0002.json", "shard-0001-of-0002.npz"):
+            (stale / name).write_bytes((tmp_path / tracin_stage.SHARDS / name.replace("0002", "0003")).read_bytes())
+        assert tracin_stage.main([*common[:-2], "--out", str(tmp_path / "sub"), "--test-per-language", "1",
+                                  "--rank", "0", "--world-size", "1"]) == 0
+        assert np.array_equal(InfluenceScores.load(tmp_path / "sub" / "scores").per_checkpoint, sub.per_checkpoint)
     finally:
         torch.set_num_threads(before)
 

@@ -10,9 +10,9 @@ Which stage reads which parameter is declared with the stages (each module of ``
 ``helpers.chapters`` declares its ``STAGE``), not here. Profiles
 (``params/*.yaml``) hold only what differs from the defaults below. :func:`check` validates values;
 an unknown name, a wrong type or a value outside the allowed set raises :class:`ConfigError` naming the parameter
-and what is allowed. At import time this module imports only two bottom modules of the package, both free of
-heavy libraries: :mod:`helpers.runtime` (the allowed devices and precisions) and :mod:`helpers.influence.subsets`
-(TracIn's parameter-subset grammar).
+and what is allowed. At import time this module imports only three bottom modules of the package, all free of
+heavy libraries: :mod:`helpers.runtime` (the allowed devices and precisions), :mod:`helpers.influence.subsets`
+(TracIn's parameter-subset grammar), and :mod:`helpers.strict_yaml` (``-p`` values read as profiles are).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from . import strict_yaml
 from .influence import subsets
 from .runtime import DEVICES, PRECISIONS
 
@@ -105,7 +106,7 @@ PARAMETERS: dict[str, Param] = {
     p.name: p
     for p in [
         Param("seed", int, 0, "seed for sampling, initialisation and data order (a study sets it from 'seeds')",
-              minimum=0),
+              minimum=0, maximum=2**32 - 1),  # numpy's seed range (np.random.seed, which transformers calls)
         # --- data ---
         Param("dataset", str, "bible", "where the texts and labels come from: the Bible package, or the paper's hub "
               "corpora (xnli, pawsx, marc)", choices=_datasets),
@@ -115,8 +116,10 @@ PARAMETERS: dict[str, Param] = {
               choices=_languages),
         Param("zero_shot_languages", list, ["ko", "pt"], "languages seen only at test time", choices=_languages),
         Param("label", str, "genre", "the classification task", choices=_labels),
-        Param("train_per_language", int, 120, "training samples per fine-tuning language", minimum=2),
-        Param("test_per_language", int, 25, "test samples per language (25 in the paper)", minimum=1),
+        Param("train_per_language", int, 120, "training samples per fine-tuning language", minimum=2,
+              maximum=400_000),  # above every corpus's largest split (XNLI's training set: 392,702 per language)
+        Param("test_per_language", int, 25, "test samples per language (25 in the paper)", minimum=1,
+              maximum=40_000),  # above every corpus's test pool (the Bible's 31,102 verses)
         Param("parallel_train", bool, False, "same verses in every fine-tuning language (True) or disjoint ones"),
         Param("test_translations_in_train", bool, False,
               "put translations of each test verse in the other languages' training data (never the test sample "
@@ -138,13 +141,15 @@ PARAMETERS: dict[str, Param] = {
               choices=PRECISIONS),
         Param("trim_vocabulary", bool, True, "keep only the word embeddings of tokens the run uses"),
         Param("max_length", int, 64, "maximum tokens per sample (longer ones are truncated)", minimum=8, maximum=512),
-        Param("epochs", int, 3, "fine-tuning epochs", minimum=1),
+        Param("epochs", int, 3, "fine-tuning epochs", minimum=1,
+              maximum=100),  # each epoch keeps checkpoints that TracIn reads: 100 already fill a disk
         Param("checkpoints_per_epoch", int, 1, "checkpoints saved per epoch, evenly spaced in optimiser steps (each "
               "weighted in TracIn by the mean learning rate of the interval it ends): where the dynamics sit inside "
               "an epoch", minimum=1, maximum=20),
         Param("checkpoint_at_start", bool, False, "also save the model before any update (step 0, pretrained "
               "encoder under a random head), weighted by the first interval's mean rate; TracIn scores it too"),
-        Param("batch_size", int, 16, "fine-tuning batch size", minimum=1),
+        Param("batch_size", int, 16, "fine-tuning batch size", minimum=1,
+              maximum=4096),  # above any training set a run samples on one accelerator's memory
         Param("learning_rate", float, 1e-4, "peak learning rate (linear warm-up then decay)", minimum=0),
         Param("warmup_ratio", float, 0.1, "share of steps spent warming up", minimum=0, maximum=1),
         Param("reinit_top_layers", int, 0, "re-initialise the encoder's top N layers before fine-tuning (0: none): "
@@ -155,13 +160,15 @@ PARAMETERS: dict[str, Param] = {
         Param("pretrain_languages", list, ["en", "fr", "de", "es", "ru", "ko", "pt"],
               "languages the in-house encoder is pre-trained on (monolingual text, no verse in two languages)",
               choices=_languages),
-        Param("pretrain_verses_per_language", int, 2000, "pre-training verses per language", minimum=100),
+        Param("pretrain_verses_per_language", int, 2000, "pre-training verses per language", minimum=100,
+              maximum=31_102),  # the Bible's verses per translation
         Param("pretrain_layers", int, 4, "layers of the in-house encoder", minimum=1, maximum=24),
         Param("pretrain_hidden", int, 256, "width of the in-house encoder (a multiple of 64; heads of 64)",
               minimum=64, maximum=1024),
         Param("pretrain_steps", int, 300, "masked-language-modelling steps (one language per batch, in turn)",
-              minimum=1),
-        Param("pretrain_batch_size", int, 32, "pre-training batch size (sequences)", minimum=1),
+              minimum=1, maximum=1_000_000),  # about a day of the in-house encoder on a GPU; more is a typo
+        Param("pretrain_batch_size", int, 32, "pre-training batch size (sequences)", minimum=1,
+              maximum=4096),  # as batch_size
         Param("pretrain_learning_rate", float, 5e-4, "pre-training peak learning rate", minimum=0),
         Param("pretrain_checkpoints", int, 3, "pre-training checkpoints saved besides step 0 (evenly spaced)",
               minimum=1, maximum=100),
@@ -172,7 +179,8 @@ PARAMETERS: dict[str, Param] = {
         Param("tracin_params", str, subsets.DEFAULT_PARAMS,
               "parameters whose gradients TracIn compares: all | classifier | embeddings | last_layers:N | re:<regex>"),
         Param("tracin_similarity", str, "dot", "gradient similarity", choices=_similarities),
-        Param("tracin_batch_size", int, 32, "training samples per TracIn batch", minimum=1),
+        Param("tracin_batch_size", int, 32, "training samples per TracIn batch", minimum=1,
+              maximum=4096),  # as batch_size: per-example gradients of a batch are held at once
         Param("tracin_processes", int, 1, "processes TracIn is split over (torchrun; one GPU each where CUDA is "
               "present): each scores a share of the training rows, merged into the one-process matrix", minimum=1,
               maximum=64),
@@ -182,7 +190,8 @@ PARAMETERS: dict[str, Param] = {
               "parameter subsets the attribution chapter compares (the first is the reference), all scored in one "
               "full-model TracIn pass"),
         Param("attribution_test_per_language", int, 10,
-              "test samples per language scored by that full-model pass (its cost grows with it)", minimum=1),
+              "test samples per language scored by that full-model pass (its cost grows with it)", minimum=1,
+              maximum=40_000),  # as test_per_language, which bounds it
         # --- analyses (the same for every run of a study) ---
         Param("top_k", int, 20, "how many most influential training samples per test sample (the paper: 100 of "
               "thousands); keep it well below the samples per class, see the language-shares chapter",
@@ -312,6 +321,10 @@ def check_relations(cfg: dict[str, Any]) -> None:
     if cfg.get("imbalance_language") == "none" and cfg.get("imbalance_factor", 1) != 1:
         raise ConfigError("parameter 'imbalance_factor' is set but 'imbalance_language' is none; name the "
                           f"language that gets {cfg['imbalance_factor']}x the data")
+    if cfg.get("permuted_language") == "none" and cfg.get("permuted_share", 1.0) != 1.0:
+        raise ConfigError(f"parameter 'permuted_share' is {cfg['permuted_share']} but 'permuted_language' is none: "
+                          "no label would be permuted; name the language whose labels are shifted (allowed: a "
+                          "fine-tuning language), or leave 'permuted_share' at 1.0")
     if cfg.get("learning_rate") == 0:
         raise ConfigError("parameter 'learning_rate' is 0: nothing would be learned and every TracIn score would be "
                           "0; allowed: a number > 0")
@@ -337,6 +350,11 @@ def check_relations(cfg: dict[str, Any]) -> None:
         if cfg["top_k"] > n_train:
             raise ConfigError(f"parameter 'top_k' is {cfg['top_k']} but the training set has only {n_train} samples "
                               f"(train_per_language x fine_tune_languages); allowed: 1..{n_train}")
+    if "examples_per_language" in cfg and "test_per_language" in cfg:
+        if cfg["examples_per_language"] > cfg["test_per_language"]:
+            raise ConfigError(f"parameter 'examples_per_language' is {cfg['examples_per_language']} but each "
+                              f"language has {cfg['test_per_language']} test samples (test_per_language); allowed: "
+                              f"1..{cfg['test_per_language']}")
     _check_attribution(cfg)
     _check_counterfactual(cfg)
     _check_pretraining(cfg)
@@ -402,8 +420,9 @@ def _check_counterfactual(cfg: dict[str, Any]) -> None:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``key=value`` (or ``variant.key=value``) with the value read as YAML (``top_k=50``,
-    ``fine_tune_languages=[en,de]``), typed by the parameter's declared type where YAML would guess otherwise."""
+    """``key=value`` (or ``variant.key=value``) with the value read as a profile's YAML is (``top_k=50``,
+    ``fine_tune_languages=[en,de]``, ``learning_rate=1e-4``; :mod:`helpers.strict_yaml`: ``top_k=010`` is refused,
+    not read as octal 8); a text parameter's value is kept as written (a language code ``no`` stays ``'no'``)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key=value")
     key, raw = text.split("=", 1)
@@ -412,11 +431,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     if param is not None and param.type is str:
         return key, raw.strip()  # a name such as a language code stays a string
     try:
-        value = yaml.safe_load(raw)
+        value = strict_yaml.load(raw)
+    except strict_yaml.Refused as err:
+        raise ConfigError(f"parameter {key!r}: cannot read value {raw!r} ({err.problem})") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"parameter {key!r}: cannot read value {raw!r} ({err})") from None
     if isinstance(value, str) and param is not None and param.type is float:
-        try:  # YAML 1.1 reads "1e-4" as a string
+        try:  # e.g. "nan", "inf": read as Python reads them, then refused as not finite by check()
             value = float(value)
         except ValueError:
             pass

@@ -10,8 +10,10 @@ A profile (``params/<name>.yaml``) is data::
       parallel: {parallel_train: true, test_translations_in_train: true, seeds: [0]}
 
 A profile without ``runs``/``parameters``/``seeds`` is read as flat ``parameters`` of a single ``main`` run.
-``extends: <profile>`` starts from another profile: its parameters and runs, with this profile's added on top
-(``params/counterfactual.yaml`` extends the embedded study this way).
+``extends: <profile>`` starts from another profile: its parameters and runs, with this profile's added on top, key
+by key (a run both name keeps the base's settings that this profile does not set, the rule of ``-p run.key=value``;
+``params/counterfactual.yaml`` extends the embedded study this way). Profiles are read strictly
+(:mod:`helpers.strict_yaml`: no key written twice, no aliases, numbers and names as written).
 Runs are named ``<variant>-s<seed>`` (``main-s0``). The chapters read runs by *role* (:data:`ROLES`), decided by
 their parameters, not their names; ``first`` is the main run's first seed, ``central`` the runs the paper's central
 claims are judged on (the ``lm`` runs, else the main run). ``-p key=value`` overrides a parameter for every run (a
@@ -28,11 +30,14 @@ from typing import Any
 
 import yaml
 
-from . import artifacts, config, paths
+from . import artifacts, config, paths, strict_yaml
 from .config import ConfigError
 
 STUDY_KEYS = ("seeds", "parameters", "runs", "extends")
 MANIFEST = "study.json"
+#: The largest seed: numpy's legacy seeding (``np.random.seed``, which libraries such as transformers call) takes
+#: 0..2**32-1; a larger seed would fail minutes into a run, after the data were sampled.
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,9 @@ def load_profile(profile: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str,
     """The profile as ``{seeds, parameters, runs}``; a clear error naming the file when it is malformed."""
     path = profile_path(profile)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = strict_yaml.load(path.read_text())
+    except strict_yaml.Refused as err:
+        raise ConfigError(f"profile {path}, line {err.problem_mark.line + 1}: {err.problem}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"profile {path} is not valid YAML: {err}") from None
     except OSError as err:
@@ -146,16 +153,25 @@ def load_profile(profile: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str,
             raise ConfigError(f"profile {path}: 'extends' must name another profile, without cycles; got "
                               f"{raw['extends']!r}")
         base = load_profile(raw["extends"], (*_seen, path.resolve()))
+        runs = dict(base["runs"])
+        for variant, settings in (raw.get("runs") or {}).items():
+            below = runs.get(variant)
+            if isinstance(below, (dict, type(None))) and isinstance(settings, (dict, type(None))):
+                runs[variant] = {**(below or {}), **(settings or {})}  # key by key, as -p variant.key=value
+            else:
+                runs[variant] = settings  # not a mapping: resolve() names it
         out = {"seeds": raw.get("seeds", base["seeds"]), "parameters": {**base["parameters"], **out["parameters"]},
-               "runs": {**base["runs"], **(raw.get("runs") or {})}}
+               "runs": runs}
     return out
 
 
 def _seeds(value: Any, where: str) -> list[int]:
     if (not isinstance(value, list) or not value or
-            any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in value)
+            any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED for s in value)
             or len(set(value)) != len(value)):
-        raise ConfigError(f"{where} 'seeds' must be a non-empty list of distinct integers >= 0, got {value!r}")
+        shown = repr(value) if len(repr(value)) <= 200 else f"{repr(value)[:200]}..."
+        raise ConfigError(f"{where} 'seeds' must be a non-empty list of distinct integers in 0..{MAX_SEED} (numpy's "
+                          f"seed range), got {shown}")
     return value
 
 
@@ -219,12 +235,20 @@ def resolve(profile: str | Path, overrides: list[str] | dict[str, Any] | None = 
                 raise ConfigError(f"run {variant!r}: {err}") from None
             run = Run(f"{variant}-s{seed}", variant, seed, params)
             runs[run.name] = run
+    main_seeds = sum(r.variant == "main" for r in runs.values())
+    if study_params["counterfactual_seeds"] > main_seeds:  # the chapter would retrain fewer seeds than it was asked
+        raise ConfigError(f"parameter 'counterfactual_seeds' is {study_params['counterfactual_seeds']} but the main "
+                          f"run has {main_seeds} seed(s) ('seeds' of the profile, or --seeds); allowed: "
+                          f"1..{main_seeds}")
     smallest = min(runs.values(), key=lambda r: r.params["train_per_language"] * len(r.params["fine_tune_languages"]))
     try:
         config.check_relations({**smallest.params, **study_params})
     except ConfigError as err:
         raise ConfigError(f"run {smallest.variant!r}: {err}") from None
-    study_name = name or profile_path(profile).stem
+    if name is not None and not name.strip():
+        raise ConfigError("option --study is empty; give the study's folder name, or leave the option out for the "
+                          f"profile's name ({profile_path(profile).stem!r})")
+    study_name = profile_path(profile).stem if name is None else name
     try:
         paths.study_dir(study_name)  # refuses names outside the artifacts root
     except ValueError as err:

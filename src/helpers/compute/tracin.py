@@ -43,6 +43,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,7 @@ import pandas as pd
 
 from .. import config
 from ..flow.stage import Stage
+from ..influence import shard as shards
 from ..influence.scores import InfluenceScores
 from ..influence.shard import SCORES, SHARDS, merge, write_shard
 from ..runtime import DEVICES, PRECISIONS
@@ -152,6 +154,18 @@ def score(args: argparse.Namespace) -> Path | None:
     if distributed:
         dist.init_process_group(backend="nccl" if cuda else "gloo")
     try:
+        out = Path(args.out)
+        meta = {"finetune": shards.finetune_identity(args.finetune), "world": world, "params": args.params,
+                "similarity": args.similarity, "batch_size": args.batch_size, "dtype": args.dtype,
+                "test_per_language": args.test_per_language, "code": shards.code_digest(), "launch": None,
+                "finetune_path": str(Path(args.finetune).resolve()), "device": str(device)}
+        if distributed or world == 1:  # a launch (or a lone process): no earlier run's shard is ever read
+            if rank == 0:
+                shards.clear(out / SHARDS)
+                meta["launch"] = uuid.uuid4().hex[:16]
+        else:  # scored apart: the folder may hold this run's other ranks, never its own or another run's
+            shards.check_free(out / SHARDS, rank, world, {**meta, "plan": asdict(Plan(
+                test_chunk=args.test_chunk, train_block=args.train_block, dense_bank=not args.factored_bank))})
         ft, test, test_ids = inputs(args.finetune, args.test_per_language)
         engine = engine_for(ft, device, args.dtype, params=args.params, similarity=args.similarity,
                             batch_size=args.batch_size, groups=_parse_groups(args.groups),
@@ -163,21 +177,19 @@ def score(args: argparse.Namespace) -> Path | None:
             if args.train_block is not None:
                 plan = Plan(plan.test_chunk, args.train_block, plan.dense_bank) if plan else None
         if distributed:
-            box = [asdict(plan) if plan else None]
+            box = [(asdict(plan), meta["launch"]) if plan else None]
             dist.broadcast_object_list(box, src=0)
-            plan = Plan(**box[0])
+            plan, meta["launch"] = Plan(**box[0][0]), box[0][1]
         scores = engine.scores(ft.train, test, train_ids=ft.ids("train"), test_ids=test_ids,
                                progress=rank == 0 and not args.quiet, plan=plan, shard=(rank, world))
         rows = np.concatenate([np.arange(b.start, b.stop) for b in shard_blocks(len(ft.train), plan.train_block,
                                                                                 rank, world)] or [np.zeros(0, int)])
-        out = Path(args.out)
-        meta = {"plan": asdict(plan), "dtype": args.dtype, "finetune": str(Path(args.finetune).resolve()),
-                "device": str(device)}
+        meta["plan"] = asdict(plan)
         write_shard(out / SHARDS, rank, world, scores, rows, meta)
         if distributed:
             dist.barrier()
         if rank == 0 and (distributed or world == 1):
-            merged = merge(out / SHARDS).save(out / SCORES)
+            merged = merge(out / SHARDS, expect={k: meta[k] for k in shards.RUN_KEYS if k in meta}).save(out / SCORES)
             if not args.keep_shards:
                 shutil.rmtree(out / SHARDS, ignore_errors=True)
             return merged

@@ -5,7 +5,9 @@ checked (:mod:`.feasible`), before any work starts. The study's manifest (``arti
 written, then each planned stage instance (:func:`helpers.flow.graph.plan`) runs unless it is up to date: its
 committed folder records the fingerprint expected now (:mod:`.fingerprint`). Stages shared by several runs run
 once. ``force`` recomputes everything. Executed notebooks are written under a temporary name and renamed when
-complete; the book's folder (``book/executed/``) receives the study stages and the first main run's run stages. A
+complete, recording in their metadata the stage commit they show: a page of another commit (a run stopped between
+a stage's commit and the rename of its page), or an empty or unreadable one, makes its stage stale and is never
+published. The book's folder (``book/executed/``) receives the study stages and the first main run's run stages. A
 failing cell stops the run with a non-zero exit naming the notebook; Ctrl-C keeps every completed stage.
 """
 
@@ -32,7 +34,7 @@ from .fingerprint import expected as expected_fingerprints
 from .fingerprint import lineage, uncovered
 from .graph import Instance, plan, run_instance
 from .stage import all_stages, run_stages
-from .store import State, folder, read_record, read_runlog, runlog_path, state, study_lock
+from .store import PAGE_KEY, State, folder, page_problem, read_record, read_runlog, runlog_path, state, study_lock
 
 
 class StageFailed(RuntimeError):
@@ -71,10 +73,13 @@ def status(study: Study) -> list[dict[str, Any]]:
             for inst in instances]
 
 
-def _tag_parameter_cells(path: Path) -> None:
+def _tag_parameter_cells(path: Path, stamp: dict[str, Any] | None = None) -> None:
     """In the book, fold the injected parameters (papermill tags that cell 'injected-parameters') and drop the
-    notebook's own defaults, which the injected values override: the next cell prints the effective ones."""
+    notebook's own defaults, which the injected values override: the next cell prints the effective ones. ``stamp``
+    (the stage commit the page shows) goes into the notebook's metadata (:data:`helpers.flow.store.PAGE_KEY`)."""
     nb = nbformat.read(path, as_version=4)
+    if stamp is not None:
+        nb.metadata[PAGE_KEY] = stamp
     for cell in nb.cells:
         tags = cell.metadata.setdefault("tags", [])
         for marker, tag in (("injected-parameters", "hide-input"), ("parameters", "remove-cell")):
@@ -158,7 +163,9 @@ def execute(study: str, inst: Instance) -> Path:
     finally:
         bars.close()
         quiet.setLevel(level)
-    _tag_parameter_cells(partial)
+    record = read_record(folder(study, inst)) or {}  # the commit the notebook just made: the page shows it
+    _tag_parameter_cells(partial, {"stage": inst.stage.name, "identity": inst.identity,
+                                   "commit": record.get("commit")})
     os.replace(partial, target)
     return target
 
@@ -244,7 +251,9 @@ def _check_writable(folder: Path) -> None:
 
 def publish(study: Study, instances: list[Instance]) -> None:
     """Make ``book/executed`` hold the chapters' executed notebooks and the run stages of the study's first run (of
-    the first run that has it, for a stage that run lacks: pre-training)."""
+    the first run that has it, for a stage that run lacks: pre-training). Every page must be readable and executed
+    for its stage's current commit (:func:`helpers.flow.store.page_problem`), or nothing is published: the book never
+    shows a page of outputs other than the committed ones, nor an empty page that breaks its build."""
     first = study.first.name
     chosen: dict[str, Instance] = {}
     for inst in instances:
@@ -252,6 +261,16 @@ def publish(study: Study, instances: list[Instance]) -> None:
             chosen[inst.stage.notebook] = inst
         else:
             chosen.setdefault(inst.stage.notebook, inst)
+    for notebook, inst in chosen.items():
+        record = read_record(folder(study.name, inst))
+        if record is None and not inst.stage.always_run:
+            wrong = "its stage has no committed outputs"
+        else:
+            wrong = page_problem(paths.executed_notebook(study.name, inst.stage.name, inst.identity),
+                                 (record or {}).get("commit"))
+        if wrong:
+            raise StageFailed(f"page {notebook} of stage {inst.label} is not published: {wrong}; run the study again "
+                              "(it recomputes the stage)")
     if paths.EXECUTED.exists():
         shutil.rmtree(paths.EXECUTED)
     paths.EXECUTED.mkdir(parents=True)

@@ -23,6 +23,9 @@ from .. import artifacts, paths
 from .graph import Input, Instance
 
 RECORD = "stage.json"
+#: The key of an executed notebook's metadata that names the stage commit it was executed for (the runner writes it,
+#: :func:`page_problem` reads it): a page shown in the book is the page of the outputs it describes.
+PAGE_KEY = "helpers"
 
 
 class MissingStageError(RuntimeError):
@@ -71,6 +74,30 @@ def damage(path: Path, record: dict[str, Any]) -> str | None:
     return None
 
 
+def page_problem(page: Path, commit: str | None) -> str | None:
+    """What keeps an executed notebook from being shown as the page of stage commit ``commit``, or None: missing,
+    empty or unreadable (not a notebook with cells: the book build would fail on it), or executed for another commit
+    of its stage (a run stopped between the stage's commit and the runner's rename of its page leaves the previous
+    page in place). ``commit`` None (a stage that records none): any readable page."""
+    try:
+        nb = json.loads(page.read_text())
+    except FileNotFoundError:
+        return f"{page.name} is missing"
+    except (OSError, ValueError):
+        return f"{page.name} is empty or not a notebook"
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list) or not nb["cells"]:
+        return f"{page.name} is empty or not a notebook"
+    if commit is None:
+        return None
+    meta = nb.get("metadata")
+    stamp = meta.get(PAGE_KEY) if isinstance(meta, dict) else None
+    made_for = stamp.get("commit") if isinstance(stamp, dict) else None
+    if made_for != commit:
+        return (f"{page.name} was executed for {f'commit {made_for}' if made_for else 'no recorded commit'} of its "
+                f"stage, not for its outputs' commit {commit}")
+    return None
+
+
 @dataclass(frozen=True)
 class State:
     """Whether a planned stage instance can be reused, and why not."""
@@ -88,8 +115,9 @@ def state(study: str, inst: Instance, expected: str, upstream: dict[tuple[str, s
           extra: Path | None = None) -> State:
     """Can ``inst``'s committed outputs be reused? Only when its record holds the fingerprint expected now, every
     file it wrote is intact, every input is itself reusable and is the very commit it read (an input recomputed
-    since makes it stale), and ``extra`` (e.g. the executed notebook the book shows), if given, exists. The
-    runner and ``status`` both decide with this function, inputs first (``upstream``: the inputs' states)."""
+    since makes it stale), and ``extra`` (the executed notebook the book shows), if given, is a readable page
+    executed for this very commit (:func:`page_problem`). The runner and ``status`` both decide with this function,
+    inputs first (``upstream``: the inputs' states)."""
     if inst.stage.always_run:
         return State(False, "always runs")
     path = folder(study, inst)
@@ -109,8 +137,9 @@ def state(study: str, inst: Instance, expected: str, upstream: dict[tuple[str, s
     broken = damage(path, record)
     if broken:
         return State(False, f"damaged: {broken} (in {path})")
-    if extra is not None and not extra.exists():
-        return State(False, f"stale: {extra.name} is missing")
+    wrong = page_problem(extra, record.get("commit")) if extra is not None else None
+    if wrong:
+        return State(False, f"stale: {wrong}")
     return State(True, "up to date", record.get("commit"))
 
 

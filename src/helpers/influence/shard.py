@@ -8,10 +8,20 @@ Why the result is identical to one process's: a training row's scores depend onl
 the same plan every row is computed by the same operations on the same operands, whichever process computes it.
 The merge checks that every row was scored exactly once and that all shards share one plan, checkpoint list and
 parameter subset. ``tests/test_tracin_shard.py`` compares a 2-process gloo run with a 1-process run bit for bit.
+
+What a shard belongs to (:data:`RUN_KEYS`, recorded in its ``.json``): the fine-tuning it scored
+(:func:`finetune_identity`: its stage commit and a digest of its small record files, the same on every machine
+that holds a copy), the plan (world size, row blocks, test chunks), the TracIn parameters (subset, similarity, batch
+size, dtype, groups, test rows), the scoring code (:func:`code_digest`) and, under a launcher, the launch (a nonce
+rank 0 draws). The merge refuses shards that differ in any of them, naming both values: shards of two seeds, or of
+an earlier run left in the same folder, never merge into one matrix. Scoring never reads an earlier run's shards
+either: under a launcher (or alone) rank 0 empties the shard folder before any process writes; a shard scored apart
+(``--rank``) refuses to start when the folder holds its own rank already or shards of another run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -24,6 +34,76 @@ from .scores import InfluenceScores
 
 SHARDS = "shards"
 SCORES = "scores"
+#: What every shard of one run shares, besides the scores' own layout (checkpoints, shape, subset): a shard that
+#: differs in one of them, or lacks it, belongs to another run.
+RUN_KEYS = ("finetune", "world", "plan", "params", "similarity", "batch_size", "dtype", "groups", "test_per_language",
+            "code", "launch")
+#: The fine-tuning stage's small files that record what it trained (its checkpoints and their learning rates, its
+#: accuracy per epoch, its settings): a digest of them tells two fine-tunings apart without reading the weights.
+_FINETUNE_RECORDS = ("checkpoints.json", "info.json", "accuracy.csv", "stage.json")
+
+
+class ShardError(ValueError):
+    """Shards that do not belong together, or a shard folder that holds another run's."""
+
+
+def finetune_identity(folder: Path | str) -> dict[str, Any]:
+    """What tells a fine-tuning stage folder apart from another (another seed, a recomputation in the same place),
+    read from the folder itself so that a copy on another machine has the same identity: its stage commit (None for
+    a folder written outside the runner) and a SHA-256 of its record files (:data:`_FINETUNE_RECORDS`)."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for name in _FINETUNE_RECORDS:
+        f = folder / name
+        digest.update(name.encode() + b"\0" + (f.read_bytes() if f.is_file() else b"(none)") + b"\0")
+    try:
+        commit = json.loads((folder / "stage.json").read_text()).get("commit")
+    except (OSError, ValueError, AttributeError):
+        commit = None
+    return {"commit": commit, "records": digest.hexdigest()[:16]}
+
+
+def code_digest() -> str:
+    """A SHA-256 of the scoring code (this package's ``influence`` modules and the TracIn stage): shards scored by
+    different versions of it are not parts of one matrix."""
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for f in [*sorted(here.glob("*.py")), here.parent / "compute" / "tracin.py"]:
+        digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _differences(meta: dict[str, Any], other: dict[str, Any], keys: tuple[str, ...], here: str = "this shard",
+                 there: str = "rank 0's") -> list[str]:
+    """``key: value (here) vs value (there)`` for each of ``keys`` that differs or that one of them lacks."""
+    return [f"{k}: {meta.get(k, '(not recorded)')!r} ({here}) vs {other.get(k, '(not recorded)')!r} ({there})"
+            for k in keys if k not in meta or k not in other or meta[k] != other[k]]
+
+
+def clear(folder: Path) -> None:
+    """Empty a shard folder (rank 0, before any process of a launch writes): an earlier run's shards are never read."""
+    for f in folder.glob("*"):
+        if f.is_file() and (f.name.startswith(("shard-", ".shard-")) or f.suffix == ".parquet"):
+            f.unlink()
+
+
+def check_free(folder: Path, rank: int, world: int, meta: dict[str, Any]) -> None:
+    """Before a shard scored apart (``--rank``) starts its work: refuse when ``folder`` holds this rank's shard
+    already (of an earlier run: remove it to score again) or a shard of another run (:data:`RUN_KEYS` differ)."""
+    name = _shard_name(rank, world)
+    if (folder / f"{name}.json").exists() or (folder / f"{name}.npz").exists():
+        raise ShardError(f"{folder} already holds {name} (of an earlier run): a shard is written once; remove it "
+                         "(or the whole folder) and score again")
+    for other in sorted(folder.glob("shard-*-of-*.json")):
+        try:
+            theirs = json.loads(other.read_text())
+        except (OSError, ValueError):
+            raise ShardError(f"{other} cannot be read: remove it and score its rank again") from None
+        known = tuple(k for k in RUN_KEYS if k in meta or k == "world")  # (groups: known once scored)
+        differ = _differences({**meta, "world": world}, theirs, known, "this run", other.stem)
+        if differ:
+            raise ShardError(f"{folder} holds {other.stem}, a shard of another run ({'; '.join(differ)}): remove "
+                             "the folder's shards, or score into another --out")
 
 
 def _shard_name(rank: int, world: int) -> str:
@@ -42,6 +122,8 @@ def write_shard(folder: Path, rank: int, world: int, scores: InfluenceScores, ro
         arrays[f"group/{g}/train_sq"] = v["train_sq"][:, rows]
         arrays[f"group/{g}/test_sq"] = v["test_sq"]
     name = _shard_name(rank, world)
+    if (folder / f"{name}.json").exists():
+        raise ShardError(f"{folder} already holds {name}: a shard is written once (remove it to score again)")
     tmp = folder / f".{name}.tmp-{os.getpid()}.npz"
     np.savez(tmp, **arrays)
     info = {**meta, "rank": rank, "world": world, "n_rows": int(len(rows)),
@@ -49,33 +131,47 @@ def write_shard(folder: Path, rank: int, world: int, scores: InfluenceScores, ro
             "similarity": scores.similarity, "params": scores.params,
             "groups": {g: v["spec"] for g, v in scores.groups.items()}, "shape": list(scores.per_checkpoint.shape)}
     (folder / f".{name}.tmp.json").write_text(json.dumps(info, indent=2))
-    tmp.rename(folder / f"{name}.npz")
-    (folder / f".{name}.tmp.json").rename(folder / f"{name}.json")
-    if rank == 0:
+    if rank == 0:  # before the shard itself: rank 0's shard never stands beside an earlier run's id tables
         scores.train_ids.to_parquet(folder / "train_ids.parquet", index=False)
         scores.test_ids.to_parquet(folder / "test_ids.parquet", index=False)
+    tmp.rename(folder / f"{name}.npz")
+    (folder / f".{name}.tmp.json").rename(folder / f"{name}.json")
     return folder / f"{name}.npz"
 
 
-def merge(folder: Path | str) -> InfluenceScores:
+def merge(folder: Path | str, expect: dict[str, Any] | None = None) -> InfluenceScores:
     """Assemble the shards in ``folder`` into one :class:`~.scores.InfluenceScores` (numpy only), checking that
-    they come from one run (same world size, plan, checkpoints, subset, shape) and cover every row exactly once."""
+    they come from one run (the same :data:`RUN_KEYS`: fine-tuning, plan, parameters, code, launch; the same
+    checkpoints, subset and shape) and cover every row exactly once. ``expect``: values of :data:`RUN_KEYS` every
+    shard must hold (rank 0 of a launch passes its own: a shard of another run is refused even when it is alone)."""
     folder = Path(folder)
-    metas = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("shard-*-of-*.json"))}
+    metas = {}
+    for p in sorted(folder.glob("shard-*-of-*.json")):
+        try:
+            metas[p.stem] = json.loads(p.read_text())
+        except (OSError, ValueError):
+            raise ShardError(f"{p} cannot be read (damaged?): remove it and score its rank again") from None
     if not metas:
         raise FileNotFoundError(f"no shard-*-of-*.json in {folder}: run the score command first")
-    first = next(iter(metas.values()))
+    rank0 = metas.get(_shard_name(0, next(iter(metas.values())).get("world", 0)))
+    first = rank0 if rank0 is not None else next(iter(metas.values()))
+    shared = (*RUN_KEYS, "checkpoints", "learning_rates", "shape")
+    for name, meta in metas.items():
+        if expect is not None:
+            differ = _differences(meta, expect, tuple(expect), name, "this run")
+            if differ:
+                raise ShardError(f"{folder}/{name} is a shard of another run ({'; '.join(differ)}); remove the "
+                                 "folder's shards and score again")
+        differ = _differences(meta, first, shared, name)
+        if differ:
+            raise ShardError(f"{folder}/{name} and rank 0's shard come from different runs ({'; '.join(differ)}); "
+                             "remove the folder's shards and score again (shards scored apart: give every process "
+                             "the same --finetune, --train-block, --test-chunk and parameters)")
     world = first["world"]
     missing = [r for r in range(world) if _shard_name(r, world) not in metas]
     if missing or len(metas) != world:
-        raise ValueError(f"{folder}: {len(metas)} shard(s) for a world of {world}; missing ranks {missing} (or shards "
-                         "of another run: remove the folder and score again)")
-    shared = ("world", "plan", "checkpoints", "learning_rates", "similarity", "params", "groups", "shape", "dtype")
-    for name, meta in metas.items():
-        differ = [k for k in shared if meta.get(k) != first.get(k)]
-        if differ:
-            raise ValueError(f"{folder}/{name}: {differ} differ from rank 0's; the shards come from different runs "
-                             f"(e.g. different plans: give every process --train-block and --test-chunk)")
+        raise ShardError(f"{folder}: {len(metas)} shard(s) for a world of {world}; missing ranks {missing} (score "
+                         "them with the same settings, then merge)")
     c, n_train, n_test = first["shape"]
     out = np.zeros((c, n_train, n_test), dtype=np.float32)
     groups = {g: {"spec": spec, "dot": np.zeros_like(out), "train_sq": np.zeros((c, n_train), np.float32),
