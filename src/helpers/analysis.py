@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from .influence.scores import InfluenceScores, top_rows
+from .influence.scores import InfluenceScores, checkpoint_epoch, top_rows
 
 
 def load_scores(folder: Path) -> InfluenceScores:
@@ -51,15 +51,6 @@ def matrix(scores: InfluenceScores, checkpoint: str | None = None, cumulative: b
     if cumulative:
         return scores.per_checkpoint[: c + 1].sum(0, dtype=np.float64)
     return scores.per_checkpoint[c]
-
-
-def checkpoint_epoch(name: str) -> float:
-    """Epochs done at a checkpoint, from its name (``step0`` -> 0, ``epoch0.5`` -> 0.5, ``epoch3`` -> 3)."""
-    if name == "step0":
-        return 0.0
-    if name.startswith("epoch"):
-        return float(name[5:])
-    raise ValueError(f"checkpoint name {name!r} is neither 'step0' nor 'epoch<e>'")
 
 
 def own_language_auc(values: np.ndarray, train_language: np.ndarray, train_label: np.ndarray,

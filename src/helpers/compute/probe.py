@@ -33,9 +33,9 @@ import numpy as np
 import pandas as pd
 
 from .. import claims, data
-from ..analysis import checkpoint_epoch
 from ..corpora import bible
 from ..flow.stage import Stage
+from ..influence.scores import checkpoint_epoch
 from ..neurons import overlap, probing
 from . import finetune
 

@@ -22,6 +22,16 @@ SIMILARITIES = ("dot", "cosine")
 KINDS = ("proponents", "opponents")
 
 
+def checkpoint_epoch(name: str) -> float:
+    """Epochs done at a checkpoint, from the name fine-tuning gives it (``step0`` -> 0, ``epoch0.5`` -> 0.5,
+    ``epoch3`` -> 3)."""
+    if name == "step0":
+        return 0.0
+    if name.startswith("epoch"):
+        return float(name[5:])
+    raise ValueError(f"checkpoint name {name!r} is neither 'step0' nor 'epoch<e>'")
+
+
 def top_rows(values: np.ndarray, k: int, kind: str = "proponents") -> np.ndarray:
     """(k, n_test) training rows of the ``k`` highest (proponents) or lowest (opponents) scores of each column of a
     (n_train, n_test) matrix, strongest first; ties broken by the lower training row. The one definition of "the
