@@ -297,3 +297,71 @@ def test_an_emptied_page_makes_its_stage_stale_and_is_never_published(copy_of_bu
     with pytest.raises(runner.StageFailed, match="is not published: .* is empty or not a notebook"):
         runner.publish(s, graph.plan(s))
     assert not paths.EXECUTED.exists()
+
+
+# --- a local model copy checked before any work ---------------------------------------------------------------
+
+
+@pytest.fixture
+def local_copy(tmp_path):
+    """A tiny XLM-R-shaped checkpoint of 300 embedding rows with an 18-piece tokenizer of its own, as save_pretrained
+    writes it: what ``model_dir`` names."""
+    from helpers import models
+
+    folder = tmp_path / "xlmr-copy"
+    models.tiny_xlmr_model(300, num_labels=2, seed=0).roberta.save_pretrained(folder)
+    models.train_smoke_tokenizer(["a b c", "d e f"], vocab_size=40).save_pretrained(folder)
+    return folder
+
+
+def _edit_config(folder, **changes):
+    path = folder / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_a_fitting_local_copy_passes(local_copy):
+    from helpers import models
+
+    models.check_local_copy("xlm-roberta-base", local_copy)  # raises on any mismatch
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("no weights", r"holds config\.json but no weights"),
+    ("tokenizer of another model", r"tokenizer has 18 pieces but the model embeds 3000 .*another model"),
+    ("tokenizer larger than the embedding", r"tokenizer has 18 pieces but config\.json's vocab_size is 10"),
+    ("special tokens of another model", r"config\.json's pad_token_id is 7 but the tokenizer's is 1"),
+    ("config of another model", r"stored word embedding has 300 rows but config\.json's vocab_size is 320"),
+    ("no tokenizer", r"whose tokenizer does not load"),
+])
+def test_a_local_model_copy_that_cannot_work_is_refused_before_any_work(local_copy, breakage, message):
+    """Each used to pass the checks: training at chance without a word (another model's tokenizer), or failing
+    minutes into fine-tuning (no weights, ids beyond the embedding)."""
+    from helpers import models
+
+    if breakage == "no weights":
+        (local_copy / "model.safetensors").unlink()
+    elif breakage == "tokenizer of another model":
+        models.tiny_xlmr_model(3000, num_labels=2, seed=0).roberta.save_pretrained(local_copy)
+    elif breakage == "tokenizer larger than the embedding":
+        models.tiny_xlmr_model(10, num_labels=2, seed=0).roberta.save_pretrained(local_copy)
+    elif breakage == "special tokens of another model":
+        _edit_config(local_copy, pad_token_id=7)
+    elif breakage == "config of another model":
+        _edit_config(local_copy, vocab_size=320)
+    else:
+        for file in local_copy.iterdir():
+            if file.name.startswith(("tokenizer", "special_tokens")):
+                file.unlink()
+    with pytest.raises(models.ModelUnavailableError, match=message):
+        models.check_local_copy("xlm-roberta-base", local_copy)
+
+
+def test_the_runner_refuses_a_mismatched_model_dir_naming_the_run(local_copy, tmp_path):
+    from helpers.flow import feasible
+
+    _edit_config(local_copy, pad_token_id=7)
+    profile = write(tmp_path, ONE)
+    s = study.resolve(str(profile), ["model=xlm-roberta-base", f"model_dir={local_copy}", "tracin_params=classifier",
+                                     "attribution_groups=[classifier]"])
+    with pytest.raises(ConfigError, match=r"run 'main': parameter 'model_dir' is .*pad_token_id is 7"):
+        feasible.check(s)

@@ -75,7 +75,8 @@ def test_paper_profile_offline_names_model_dir_then_corpus_dir(tmp_path, monkeyp
     local_model = tmp_path / "xlmr"
     from helpers import models
 
-    models.tiny_xlmr_model(100, 3, 0, layers=6).roberta.save_pretrained(local_model)  # fits last_layers:6
+    # fits last_layers:6 and XLM-R's tokenizer (250,002 pieces)
+    models.tiny_xlmr_model(250002, 3, 0, hidden=16, layers=6).roberta.save_pretrained(local_model)
     models.xlmr_tokenizer().save_pretrained(local_model)
     with pytest.raises(config.ConfigError, match=r"set the parameter corpus_dir=DIR"):
         feasible.check(study.resolve("paper-xnli", [f"model_dir={local_model}"]))

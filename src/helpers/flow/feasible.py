@@ -47,11 +47,13 @@ def check_runs(runs: dict[str, Run], grouped: set[str] | None = None) -> None:
         key = json.dumps([p["model"], n_labels, p["model_dir"], p["pretrain_layers"] if inhouse else 0,
                           p["pretrain_hidden"] if inhouse else 0])
         if key not in skeletons:
-            if models.get(p["model"]).source == "hub":
-                try:  # fails fast, naming model_dir, when the hub is out of reach and nothing is cached
-                    models.require_available(p["model"], p["model_dir"])
-                except models.ModelUnavailableError as err:
-                    raise ConfigError(f"run {run.variant!r}: {err}") from None
+            try:
+                if p["model_dir"] != "none":  # a local copy: weights present, a tokenizer that fits them
+                    models.check_local_copy(p["model"], p["model_dir"])
+                elif models.get(p["model"]).source == "hub":  # fails fast, naming model_dir, when the hub is
+                    models.require_available(p["model"], p["model_dir"])  # out of reach and nothing is cached
+            except (models.ModelUnavailableError, ValueError) as err:
+                raise ConfigError(f"run {run.variant!r}: {err}") from None
             skeletons[key] = models.skeleton(p["model"], n_labels, p["model_dir"], params=p)
         model = skeletons[key]  # None: a hub model whose architecture is not known here
         if model is not None and p["reinit_top_layers"]:

@@ -150,6 +150,87 @@ def checkpoint(name: str, cache_dir: Path | str | None = None, model_dir: str | 
     raise ValueError(f"model {name!r} has no checkpoint: it is initialised at random (initial_classifier)")
 
 
+#: Weight files a local copy may hold (``save_pretrained`` / ``huggingface-cli download`` write one of them).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+#: Vocabulary files of a tokenizer (one of them must be there: without, transformers builds an empty tokenizer).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "sentencepiece.bpe.model", "spiece.model", "vocab.json",
+                   "vocab.txt")
+#: How many rows a model's word embedding may have beyond its tokenizer's vocabulary: models pad it to a multiple
+#: (Qwen2 271 rows, Phi-2 905); a larger gap means the tokenizer belongs to another model.
+EMBEDDING_PADDING = 1024
+_EMBEDDING_KEYS = ("word_embeddings.weight", "embed_tokens.weight", "wte.weight", "shared.weight")
+
+
+def _embedding_rows(folder: Path) -> int | None:
+    """Rows of the word embedding stored in a local copy's safetensors weights, read from the file headers (no
+    tensor is loaded); None when the weights are not safetensors or name no word embedding."""
+    import json
+
+    from safetensors import safe_open
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = {key: folder / file for key, file in weight_map.items()}
+    elif (folder / "model.safetensors").is_file():
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+            files = {key: folder / "model.safetensors" for key in f.keys()}
+    else:
+        return None
+    for key, file in files.items():
+        if key.endswith(_EMBEDDING_KEYS):
+            with safe_open(str(file), framework="pt") as f:
+                return int(f.get_slice(key).get_shape()[0])
+    return None
+
+
+def check_local_copy(name: str, model_dir: str | Path) -> None:
+    """Before any work: the ``model_dir`` of a pretrained model holds a checkpoint that fine-tuning can use, with
+    a tokenizer that fits its weights. Raises :class:`ModelUnavailableError` naming the parameter, the folder and
+    the mismatch: no ``config.json`` or weights; a tokenizer that does not load; a tokenizer with more pieces than
+    the embedding has rows (ids out of range), or far fewer (:data:`EMBEDDING_PADDING`: another model's tokenizer,
+    which trains at chance without an error); special-token ids that differ between ``config.json`` and the
+    tokenizer; stored embedding rows that differ from ``config.json``'s ``vocab_size``."""
+    from transformers import AutoConfig
+
+    local = Path(checkpoint(name, model_dir=model_dir))  # config.json present, model pretrained
+    where = f"parameter {MODEL_DIR_PARAM!r} is {str(model_dir)!r}"
+    if not any((local / f).is_file() for f in WEIGHT_FILES):
+        raise ModelUnavailableError(f"{where}, which holds config.json but no weights (one of {list(WEIGHT_FILES)}); "
+                                    f"download the whole checkpoint, e.g. `huggingface-cli download "
+                                    f"{get(name).hub_id or name} --local-dir DIR`")
+    config = AutoConfig.from_pretrained(str(local))
+    try:
+        if not any((local / f).is_file() for f in TOKENIZER_FILES):  # transformers would build an empty one
+            raise OSError(f"none of {list(TOKENIZER_FILES)} is there")
+        tokenizer = load_tokenizer(local)
+    except (OSError, ValueError, TypeError) as err:
+        raise ModelUnavailableError(f"{where}, whose tokenizer does not load ({type(err).__name__}: "
+                                    f"{str(err).splitlines()[0][:200] if str(err) else ''}); the folder needs the "
+                                    "tokenizer files of the same model (tokenizer.json or sentencepiece.bpe.model "
+                                    "with tokenizer_config.json)") from None
+    vocab, pieces = int(config.vocab_size), len(tokenizer)
+    if pieces > vocab:
+        raise ModelUnavailableError(f"{where}: its tokenizer has {pieces} pieces but config.json's vocab_size is "
+                                    f"{vocab}, so some ids have no embedding; the tokenizer belongs to another model")
+    if pieces < vocab - EMBEDDING_PADDING:
+        raise ModelUnavailableError(f"{where}: its tokenizer has {pieces} pieces but the model embeds {vocab} "
+                                    f"(more than {EMBEDDING_PADDING} rows of padding): the tokenizer belongs to "
+                                    "another model, and fine-tuning would run at chance without an error")
+    for token in ("pad", "bos", "eos"):
+        ours, theirs = getattr(config, f"{token}_token_id", None), getattr(tokenizer, f"{token}_token_id", None)
+        if isinstance(ours, list):
+            ours = theirs if theirs in ours else ours
+        if ours is not None and theirs is not None and ours != theirs:
+            raise ModelUnavailableError(f"{where}: config.json's {token}_token_id is {ours} but the tokenizer's is "
+                                        f"{theirs}; the tokenizer belongs to another model")
+    rows = _embedding_rows(local)
+    if rows is not None and rows != vocab:
+        raise ModelUnavailableError(f"{where}: its stored word embedding has {rows} rows but config.json's "
+                                    f"vocab_size is {vocab}; the weights and config.json belong to different models")
+
+
 def require_available(name: str, model_dir: str | Path | None = None) -> str:
     """:func:`checkpoint`, after checking that a hub model can be loaded here (from the local cache, or the hub when
     online); raises :class:`ModelUnavailableError` naming the ``model_dir`` parameter otherwise."""
