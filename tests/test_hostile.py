@@ -365,3 +365,26 @@ def test_the_runner_refuses_a_mismatched_model_dir_naming_the_run(local_copy, tm
                                      "attribution_groups=[classifier]"])
     with pytest.raises(ConfigError, match=r"run 'main': parameter 'model_dir' is .*pad_token_id is 7"):
         feasible.check(s)
+
+
+# --- relative folders resolved once, against the caller's directory -----------------------------------------
+
+
+def test_a_relative_artifacts_folder_means_the_same_folder_in_the_notebooks(tmp_path):
+    """``HELPERS_ARTIFACTS=out`` used to pass the runner's checks from the caller's directory, then name
+    ``notebooks/out`` inside the notebooks (they run from ``notebooks/``): the variable is made absolute on import,
+    so the kernels inherit the caller's folder."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HELPERS_ARTIFACTS": "out", "HELPERS_CACHE": "cache-here", "HELPERS_EXECUTED": "~/pages"}
+    code = ("import os, subprocess, sys; from helpers import paths; "
+            "print(paths.artifacts_root()); print(os.environ['HELPERS_CACHE']); print(os.environ['HELPERS_EXECUTED']); "
+            "print(subprocess.run([sys.executable, '-c', 'from helpers import paths; print(paths.artifacts_root())'], "
+            f"cwd={str(paths.NOTEBOOKS)!r}, capture_output=True, text=True, check=True).stdout.strip())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    home = os.path.expanduser("~")
+    assert out == [str(tmp_path / "out"), str(tmp_path / "cache-here"), os.path.join(home, "pages"),
+                   str(tmp_path / "out")]

@@ -13,6 +13,14 @@ import os
 import re
 from pathlib import Path
 
+#: Environment variables that move a folder; a relative value is made absolute, once, against the directory of the
+#: process that first imports this module (the runner, or pytest), so that the notebooks, which run from
+#: ``notebooks/`` and inherit the environment, read the same folder as the runner checked.
+FOLDER_VARIABLES = ("HELPERS_ARTIFACTS", "HELPERS_CACHE", "HELPERS_EXECUTED")
+for _variable in FOLDER_VARIABLES:
+    if os.environ.get(_variable):
+        os.environ[_variable] = str(Path(os.environ[_variable]).expanduser().resolve())
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO_ROOT / "notebooks"
 PARAMS = REPO_ROOT / "params"
