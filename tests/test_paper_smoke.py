@@ -22,7 +22,6 @@ from helpers.influence.scores import InfluenceScores
 def sandbox(tmp_path, monkeypatch):
     monkeypatch.setenv("HELPERS_ARTIFACTS", str(tmp_path / "artifacts"))
     monkeypatch.setenv("HELPERS_CACHE", str(paths.cache_dir()))
-    monkeypatch.setattr(paths, "EXECUTED", tmp_path / "executed")
     return tmp_path
 
 

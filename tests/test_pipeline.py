@@ -26,7 +26,6 @@ def sandbox(tmp_path, monkeypatch):
     """Artifacts and executed notebooks in a temporary folder; a small profile."""
     monkeypatch.setenv("HELPERS_ARTIFACTS", str(tmp_path / "artifacts"))
     monkeypatch.setenv("HELPERS_CACHE", str(paths.cache_dir()))  # keep sharing the real model cache
-    monkeypatch.setattr(paths, "EXECUTED", tmp_path / "executed")
     profile = tmp_path / "mini.yaml"
     profile.write_text(yaml.safe_dump(MINI, sort_keys=False))
     return profile
@@ -109,8 +108,8 @@ def test_run_skip_resume_and_partial_outputs(copy_of_built):
     assert statuses() and all(v == "ran" for v in statuses().values())  # the first run computed everything
     runner.run(profile, build=False)  # same parameters: only the reproducibility page runs
     assert {k for k, v in statuses().items() if v == "ran"} == {"reproducibility"}
-    assert {p.name for p in paths.EXECUTED.iterdir()} == {st.notebook for st in all_stages().values()}
-    executed = nbformat.read(paths.EXECUTED / "10_language_shares.ipynb", as_version=4)
+    assert {p.name for p in paths.pages_dir("one").iterdir()} == {st.notebook for st in all_stages().values()}
+    executed = nbformat.read(paths.pages_dir("one") / "10_language_shares.ipynb", as_version=4)
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert "top_k = 10" in injected[0].source and "hide-input" in injected[0].metadata.tags  # the study's value
 

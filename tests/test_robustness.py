@@ -31,7 +31,6 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DAT
 def profile(tmp_path, monkeypatch):
     monkeypatch.setenv("HELPERS_ARTIFACTS", str(tmp_path / "artifacts"))
     monkeypatch.setenv("HELPERS_CACHE", str(paths.cache_dir()))
-    monkeypatch.setattr(paths, "EXECUTED", tmp_path / "executed")
     path = tmp_path / "one.yaml"
     path.write_text(yaml.safe_dump(ONE_RUN, sort_keys=False))
     return path

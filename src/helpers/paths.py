@@ -1,4 +1,5 @@
-"""Where things live: the repository, the artifacts of a run, the model cache, the executed notebooks.
+"""Where things live: the repository, the artifacts of a run, the model cache, the executed notebooks, each study's
+book.
 
 Every path is absolute and derived from the repository root, so notebooks work the same whether papermill runs
 them from the repository root or nbval runs them from ``notebooks/``. Stage outputs are addressed by an identity
@@ -16,7 +17,7 @@ from pathlib import Path
 #: Environment variables that move a folder; a relative value is made absolute, once, against the directory of the
 #: process that first imports this module (the runner, or pytest), so that the notebooks, which run from
 #: ``notebooks/`` and inherit the environment, read the same folder as the runner checked.
-FOLDER_VARIABLES = ("HELPERS_ARTIFACTS", "HELPERS_CACHE", "HELPERS_EXECUTED")
+FOLDER_VARIABLES = ("HELPERS_ARTIFACTS", "HELPERS_CACHE")
 for _variable in FOLDER_VARIABLES:
     if os.environ.get(_variable):
         os.environ[_variable] = str(Path(os.environ[_variable]).expanduser().resolve())
@@ -24,8 +25,8 @@ for _variable in FOLDER_VARIABLES:
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO_ROOT / "notebooks"
 PARAMS = REPO_ROOT / "params"
-#: Where the runner publishes the pages the book shows (``HELPERS_EXECUTED`` moves it: the tests publish elsewhere).
-EXECUTED = Path(os.environ.get("HELPERS_EXECUTED") or REPO_ROOT / "book" / "executed").resolve()
+#: The book's sources in the checkout, copied into each study's book folder (:func:`book_dir`) when it publishes.
+BOOK_SOURCES = ("_config.yml", "_toc.yml", "book/*.md")
 
 
 def artifacts_root() -> Path:
@@ -59,6 +60,23 @@ def stage_dir(study: str, stage: str, identity: str) -> Path:
 def executed_notebook(study: str, stage: str, identity: str) -> Path:
     """Where the runner keeps the executed notebook of one stage instance."""
     return study_dir(study) / "executed" / f"{stage}-{identity}.ipynb"
+
+
+def book_dir(study: str) -> Path:
+    """``artifacts/<study>/book/``: the study's own book, a Jupyter Book source folder laid out like the checkout
+    (:data:`BOOK_SOURCES`, the executed pages in ``book/executed/``), built into ``_build/html/`` inside it. Each
+    study publishes here, so two studies (or ``make test``) never replace each other's pages or book."""
+    return study_dir(study) / "book"
+
+
+def pages_dir(study: str) -> Path:
+    """Where the runner publishes the study's executed pages: ``artifacts/<study>/book/book/executed/``."""
+    return book_dir(study) / "book" / "executed"
+
+
+def book_index(study: str) -> Path:
+    """The built book's front page: ``artifacts/<study>/book/_build/html/index.html``."""
+    return book_dir(study) / "_build" / "html" / "index.html"
 
 
 def cache_dir() -> Path:

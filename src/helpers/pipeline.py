@@ -46,12 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         if cmd == "run":
             p.add_argument("--force", action="store_true", help="recompute every stage")
             p.add_argument("--no-book", action="store_true", help="do not build the HTML book at the end")
-    sub.add_parser("book", help="build the HTML book from book/executed")
+    p = sub.add_parser("book", help="build a study's HTML book from its published pages (artifacts/<study>/book)")
+    p.add_argument("--study", default="embedded", help="the study's folder in artifacts/ (default: embedded)")
     args = parser.parse_args(argv)
 
     try:
         if args.command == "book":
-            build_book()
+            build_book(args.study)
             return 0
         if args.command == "status":
             study = resolve(args.profile, args.param, seeds=_seeds(args.seeds), name=args.study)

@@ -7,7 +7,8 @@ committed folder records the fingerprint expected now (:mod:`.fingerprint`). Sta
 once. ``force`` recomputes everything. Executed notebooks are written under a temporary name and renamed when
 complete, recording in their metadata the stage commit they show: a page of another commit (a run stopped between
 a stage's commit and the rename of its page), or an empty or unreadable one, makes its stage stale and is never
-published. The book's folder (``book/executed/``) receives the study stages and the first main run's run stages. A
+published. The study's book folder (``artifacts/<study>/book/``, :func:`helpers.paths.book_dir`) receives the
+book's sources, the study stages and the first main run's run stages, and is built there. A
 failing cell stops the run with a non-zero exit naming the notebook; Ctrl-C keeps every completed stage.
 """
 
@@ -28,7 +29,7 @@ import nbformat
 from nbclient.exceptions import DeadKernelError
 
 from .. import artifacts, paths
-from ..study import Study, resolve
+from ..study import MissingStudyError, Study, resolve
 from . import feasible
 from .fingerprint import expected as expected_fingerprints
 from .fingerprint import lineage, uncovered
@@ -232,7 +233,7 @@ def run(profile: str, overrides: list[str] | None = None, force: bool = False, b
             artifacts.write_json(runlog_path(study.name), runlog)
         publish(study, instances)
     if build:
-        build_book()
+        build_book(study.name)
     return runlog
 
 
@@ -250,7 +251,8 @@ def _check_writable(folder: Path) -> None:
 
 
 def publish(study: Study, instances: list[Instance]) -> None:
-    """Make ``book/executed`` hold the chapters' executed notebooks and the run stages of the study's first run (of
+    """Make the study's book folder (:func:`helpers.paths.book_dir`) hold the book's sources and, in ``book/executed``,
+    the chapters' executed notebooks and the run stages of the study's first run (of
     the first run that has it, for a stage that run lacks: pre-training). Every page must be readable and executed
     for its stage's current commit (:func:`helpers.flow.store.page_problem`), or nothing is published: the book never
     shows a page of outputs other than the committed ones, nor an empty page that breaks its build."""
@@ -271,33 +273,47 @@ def publish(study: Study, instances: list[Instance]) -> None:
         if wrong:
             raise StageFailed(f"page {notebook} of stage {inst.label} is not published: {wrong}; run the study again "
                               "(it recomputes the stage)")
-    if paths.EXECUTED.exists():
-        shutil.rmtree(paths.EXECUTED)
-    paths.EXECUTED.mkdir(parents=True)
+    book, pages = paths.book_dir(study.name), paths.pages_dir(study.name)
+    staging = pages.with_name(f".executed-{os.getpid()}")  # complete before it replaces the published pages
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     for notebook, inst in chosen.items():
-        shutil.copy2(paths.executed_notebook(study.name, inst.stage.name, inst.identity), paths.EXECUTED / notebook)
+        shutil.copy2(paths.executed_notebook(study.name, inst.stage.name, inst.identity), staging / notebook)
     for stage in all_stages().values():  # a stage no run of this study has: a page that says so (the TOC
         if stage.notebook not in chosen:        # lists every stage)
             page = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
                 f"# {stage.title}\n\nNo run of study `{study.name}` has this stage (for instance, pre-training runs "
                 "only for runs with `model: inhouse-mlm`; see [Re-running](../reproduce)).")])
-            nbformat.write(page, paths.EXECUTED / stage.notebook)
+            nbformat.write(page, staging / stage.notebook)
+    for pattern in paths.BOOK_SOURCES:
+        for source in paths.REPO_ROOT.glob(pattern):
+            target = book / source.relative_to(paths.REPO_ROOT)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    if pages.exists():
+        shutil.rmtree(pages)
+    staging.rename(pages)
 
 
-def build_book() -> Path:
-    """``jupyter-book build`` (the book never executes anything: papermill did), with Vega shipped inside the book
-    for the interactive charts."""
+def build_book(study: str) -> Path:
+    """``jupyter-book build`` of the study's book folder (the book never executes anything: papermill did), with
+    Vega shipped inside the book for the interactive charts; returns the front page."""
     from .. import charts
 
-    charts.write_bundle(paths.REPO_ROOT / "book" / "_static")
+    book = paths.book_dir(study)
+    if not paths.pages_dir(study).is_dir():
+        raise MissingStudyError(f"study {study!r} has published no pages ({paths.pages_dir(study)} does not exist): "
+                                "run it first, e.g. python -m helpers.pipeline run --profile <profile> --study "
+                                f"{study}")
+    charts.write_bundle(book / "book" / "_static")
     exe = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", "-q", str(paths.REPO_ROOT)]  # warnings only
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", "-q", str(book)]  # warnings only
     print("Building the book:", " ".join(cmd), flush=True)
-    done = subprocess.run(cmd, cwd=paths.REPO_ROOT, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=book, capture_output=True, text=True)
     sys.stderr.write(done.stderr)  # sphinx's warnings; its banner (stdout) is shown only when the build fails
     if done.returncode:
         sys.stdout.write(done.stdout)
         raise subprocess.CalledProcessError(done.returncode, cmd)
-    index = paths.REPO_ROOT / "_build" / "html" / "index.html"
+    index = paths.book_index(study)
     print(f"Book: {index}")
     return index
