@@ -46,19 +46,20 @@ def test_hub_loader_reads_the_hub_schema_from_a_local_copy(fixture_dirs, name):
     assert ("text_pair" in en) == (name in ("xnli", "pawsx"))
     if corpus.parallel:  # translations share their id (XNLI: the row; PAWS-X: the id column)
         assert list(en["pair_id"]) == list(de["pair_id"])
-        assert (en["pair_id"] == [str(5000 + i) for i in range(12)]).all() if name == "pawsx" else \
-            (en["pair_id"] == [str(i) for i in range(12)]).all()
+        assert (en["pair_id"] == [f"test-{5000 + i}" for i in range(12)]).all() if name == "pawsx" else \
+            (en["pair_id"] == [f"test-{i}" for i in range(12)]).all()
     else:  # MARC: ids are per language, so no two languages' reviews look like translations
-        assert not set(en["pair_id"]) & set(de["pair_id"]) and en["pair_id"].iloc[0] == "en-0"
+        assert not set(en["pair_id"]) & set(de["pair_id"]) and en["pair_id"].iloc[0] == "en-test-0"
 
 
-def test_xnli_rows_without_gold_label_are_left_out(tmp_path):
+def test_xnli_rows_without_gold_label_are_left_out_and_counted(tmp_path):
     corpus_fixtures.write("xnli", tmp_path, n_train=6, n_test=6, languages=("en",))
     path = tmp_path / "en" / "test.jsonl"
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:-1] + [lines[-1].replace('"label": 2', '"label": -1')]) + "\n")
-    frame = corpora.get("xnli").load_split("en", "test", str(tmp_path))
-    assert len(frame) == 5 and frame["pair_id"].tolist() == ["0", "1", "2", "3", "4"]
+    loaded = corpora.get("xnli").read("en", "test", str(tmp_path))
+    assert len(loaded.frame) == 5 and loaded.frame["pair_id"].tolist() == [f"test-{i}" for i in range(5)]
+    assert loaded.rows == 6 and loaded.left_out == {"no gold label (-1)": 1}
 
 
 @pytest.mark.parametrize("name", HUB)
