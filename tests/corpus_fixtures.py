@@ -3,7 +3,8 @@
 ``write(name, root)`` writes ``root/<language>/<split>.<ext>`` for every language of corpus ``name`` with the hub's
 column names (XNLI: premise, hypothesis, label; PAWS-X: id, sentence1, sentence2, label; MARC: text, label), as a
 ``corpus_dir`` the loaders read. Parallel corpora get the same items (ids, labels) in every language, with text that
-differs by language; the words are made up from small per-language lists, never taken from the real data sets.
+differs by language (and by split: no training item has a test item's text); the words are made up from small
+per-language lists, never taken from the real data sets.
 
 ``layout`` imitates the ways a copy is saved: ``file`` (``<split>.<fmt>``), ``hub`` (a hub download's
 ``<split>-00000-of-00001.<fmt>``), ``shards`` (``<split>/*.parquet``, two shards), ``save_to_disk``.
@@ -54,7 +55,7 @@ def rows_of(name: str, lang: str, split: str, n: int, languages: tuple[str, ...]
     n_labels = len(next(iter(corpus.labels.values())).names)
     rows = []
     for i in range(n):
-        item = i if corpus.parallel else i + 1000 * languages.index(lang)
+        item = (i if corpus.parallel else i + 1000 * languages.index(lang)) + (500 if split == "train" else 0)
         label = i % n_labels
         if name == "xnli":
             rows.append({"premise": text(lang, item, label, 0), "hypothesis": text(lang, item, label, 1),
@@ -65,7 +66,7 @@ def rows_of(name: str, lang: str, split: str, n: int, languages: tuple[str, ...]
         else:
             rows.append({"text": text(lang, item, label, 0), "label": label})
     if quirks and name == "xnli" and split == "train":
-        rows.append({"premise": text(lang, n, 0, 0), "hypothesis": text(lang, n, 0, 1), "label": -1})
+        rows.append({"premise": text(lang, 500 + n, 0, 0), "hypothesis": text(lang, 500 + n, 0, 1), "label": -1})
     if quirks and name == "pawsx":
         if lang != "en" and split == "test":
             rows[1]["sentence2"] = "NS"
