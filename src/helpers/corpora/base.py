@@ -193,7 +193,11 @@ def _text(value: Any) -> str:
 
 
 def _shown(values: list, wheres: list[str], n: int = 3) -> str:
-    return ", ".join(f"{v!r} ({w})" for v, w in list(zip(values, wheres))[:n])
+    """The first ``n`` values with their places: ``'neutral' (line 2), null (line 5)``."""
+    def show(v: Any) -> str:
+        return "null" if v is None or (isinstance(v, float) and np.isnan(v)) else repr(v)
+
+    return ", ".join(f"{show(v)} ({w})" for v, w in list(zip(values, wheres))[:n])
 
 
 @dataclass(frozen=True)

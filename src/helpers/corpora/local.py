@@ -158,7 +158,7 @@ def _read_json(path: Path, kind: str) -> pd.DataFrame:
             raise CorpusFormatError(f"{path}: a JSON array must hold one object per row")
         return pd.DataFrame.from_records(rows)
     try:
-        return pd.read_json(path, lines=True, dtype=False, encoding="utf-8")
+        return pd.read_json(path, lines=True, dtype=False, precise_float=True, encoding="utf-8")
     except ValueError:
         pass
     with open(path, encoding="utf-8-sig") as fh:  # find the line pandas could not read
