@@ -9,6 +9,7 @@ import os
 
 import corpus_fixtures
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -123,10 +124,14 @@ def test_smoke_pipeline_on_a_fixture_with_a_tiny_xlmr(sandbox, task):
     if task != "marc":
         assert list(train["text_pair"])
         assert test.groupby("language")["pair_id"].apply(frozenset).nunique() == 1  # a parallel test set
-        assert (test.groupby(["language", "label"]).size() == spec["test_per_language"] // 2 if task == "pawsx"
-                else 1).all()  # balanced in every language
+        assert (test.groupby(["language", "label"]).size() == 1).all()  # balanced in every language, not only the first
     if task == "pawsx":
         assert not (test[["text", "text_pair"]] == "NS").any().any() and "test-5009" not in set(test["pair_id"])
+        report = pd.read_csv(folders["data"] / "corpus_report.csv", index_col=["language", "split"])
+        assert report["NS or empty sentence"].to_dict() == {("en", "test"): 0, ("de", "test"): 1, ("fr", "test"): 1,
+                                                            ("ja", "test"): 1, ("en", "train"): 0, ("de", "train"): 1,
+                                                            ("fr", "train"): 1}
+        assert report.loc[("de", "test"), "label differs from en's (id left out in every language)"] == 1
     ft = finetune_stage.load(folders["finetune"])
     assert ft.info["full_vocab_size"] == 250002 and ft.info["vocab_size"] < 2000  # XLM-R's tokenizer, trimmed
     first = ft.train[0]["input_ids"]
