@@ -35,7 +35,7 @@ import os
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -137,10 +137,10 @@ def _read_hub(hub_id: str, config: str, split: str) -> pd.DataFrame:
 
 
 @lru_cache(maxsize=64)
-def _read_local(source: local.Source, stamp: tuple) -> pd.DataFrame:
-    """The rows of a local source, read once per process while its files are unchanged (``stamp``: their sizes and
-    modification times)."""
-    return local.read(source)
+def _read_local(corpus: HubCorpus, language: str, split: str, source: local.Source, stamp: tuple) -> Loaded:
+    """A local split, read and checked once per process while its files are unchanged (``stamp``: their sizes and
+    modification times): the runner's check, the data stage's sampling and its report read it alike."""
+    return _checked(corpus, language, split, source.shown, source.where, local.read(source))
 
 
 def _stamp(source: local.Source) -> tuple:
@@ -213,6 +213,12 @@ class Loaded:
     rows: int
     left_out: dict[str, int]
     where: Any  # row (0-based) -> its place in words ("line 3")
+
+    @cached_property
+    def keys(self) -> np.ndarray:
+        """Each usable row's :func:`text_key` (computed once: the same split is sampled several times)."""
+        pairs = self.frame["text_pair"] if "text_pair" in self.frame else [None] * len(self.frame)
+        return np.array([text_key(t, p) for t, p in zip(self.frame["text"], pairs)], dtype=object)
 
 
 @dataclass(frozen=True, eq=False)
@@ -287,7 +293,7 @@ class HubCorpus(Corpus):
         root = given_dir(corpus_dir)
         if root is not None:
             source = self._local_source(root, language, split)
-            return _checked(self, language, split, source.shown, source.where, _read_local(source, _stamp(source)))
+            return _read_local(self, language, split, source, _stamp(source))
         config = self.configs.get(language, language)
         try:
             raw = _read_hub(self.hub_id, config, split)
@@ -306,7 +312,7 @@ class HubCorpus(Corpus):
         """One split of one language: ``pair_id`` (str), ``label`` (int), ``text`` (and ``text_pair``), in the
         corpus's order, the rows left out by :meth:`read` removed. From ``corpus_dir`` when given, else from the hub
         (``datasets`` caches it)."""
-        return self.read(language, split, corpus_dir).frame
+        return self.read(language, split, corpus_dir).frame.copy()
 
     # -- alignment ----------------------------------------------------------------------------------------------
 
@@ -377,12 +383,10 @@ class HubCorpus(Corpus):
                 test_keys[lang] = balanced(tests[lang].frame, n_test, n_labels, rng, f"language {lang!r}, test split")
         pools = {}
         for lang in ft:  # no training item equal to a test item of the same language
-            pool = trains[lang].frame
             seen = set(map(text_key, test_keys[lang]["text"], test_keys[lang].get("text_pair", [None] * n_test)))
-            same = np.array([text_key(t, p) in seen for t, p in zip(pool["text"], pool.get(
-                "text_pair", [None] * len(pool)))], dtype=bool)
+            same = np.array([key in seen for key in trains[lang].keys], dtype=bool)
             report[lang, "train"]["equal to a chosen test item (left out)"] = int(same.sum())
-            pools[lang] = pool[~same]
+            pools[lang] = trains[lang].frame[~same]
         sizes, base = train_sizes(cfg), cfg["train_per_language"]
         train_keys: dict[str, pd.DataFrame] = {}
         if cfg.get("parallel_train"):
