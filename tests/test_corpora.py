@@ -3,6 +3,8 @@ text), their sampling, the offline errors that name ``corpus_dir``, and the one 
 
 from __future__ import annotations
 
+import json
+
 import corpus_fixtures
 import pandas as pd
 import pytest
@@ -46,19 +48,20 @@ def test_hub_loader_reads_the_hub_schema_from_a_local_copy(fixture_dirs, name):
     assert ("text_pair" in en) == (name in ("xnli", "pawsx"))
     if corpus.parallel:  # translations share their id (XNLI: the row; PAWS-X: the id column)
         assert list(en["pair_id"]) == list(de["pair_id"])
-        assert (en["pair_id"] == [str(5000 + i) for i in range(12)]).all() if name == "pawsx" else \
-            (en["pair_id"] == [str(i) for i in range(12)]).all()
+        assert (en["pair_id"] == [f"test-{5000 + i}" for i in range(12)]).all() if name == "pawsx" else \
+            (en["pair_id"] == [f"test-{i}" for i in range(12)]).all()
     else:  # MARC: ids are per language, so no two languages' reviews look like translations
-        assert not set(en["pair_id"]) & set(de["pair_id"]) and en["pair_id"].iloc[0] == "en-0"
+        assert not set(en["pair_id"]) & set(de["pair_id"]) and en["pair_id"].iloc[0] == "en-test-0"
 
 
-def test_xnli_rows_without_gold_label_are_left_out(tmp_path):
+def test_xnli_rows_without_gold_label_are_left_out_and_counted(tmp_path):
     corpus_fixtures.write("xnli", tmp_path, n_train=6, n_test=6, languages=("en",))
     path = tmp_path / "en" / "test.jsonl"
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:-1] + [lines[-1].replace('"label": 2', '"label": -1')]) + "\n")
-    frame = corpora.get("xnli").load_split("en", "test", str(tmp_path))
-    assert len(frame) == 5 and frame["pair_id"].tolist() == ["0", "1", "2", "3", "4"]
+    loaded = corpora.get("xnli").read("en", "test", str(tmp_path))
+    assert len(loaded.frame) == 5 and loaded.frame["pair_id"].tolist() == [f"test-{i}" for i in range(5)]
+    assert loaded.rows == 6 and loaded.left_out == {"no gold label (-1)": 1}
 
 
 @pytest.mark.parametrize("name", HUB)
@@ -158,3 +161,155 @@ def test_the_bible_behind_the_same_interface():
         bible.load_split("en", "test")
     with pytest.raises(ValueError, match="corpus_dir"):
         bible.load_split("en", corpus_dir="/data/bible")
+
+
+# --- the real files' layouts and quirks (issue 22) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout, fmt", [("hub", "parquet"), ("hub", "jsonl"), ("shards", "parquet"),
+                                         ("save_to_disk", "parquet"), ("file", "json"), ("file", "csv")])
+def test_hub_download_layouts_are_read(tmp_path, layout, fmt):
+    corpus_fixtures.write("pawsx", tmp_path, n_train=4, n_test=6, fmt=fmt, languages=("en",), layout=layout)
+    loaded = corpora.get("pawsx").read("en", "test", str(tmp_path))
+    assert loaded.rows == 6 and loaded.frame["pair_id"].tolist() == [f"test-{5000 + i}" for i in range(6)]
+    assert loaded.frame["text"].tolist() == [corpus_fixtures.text("en", i, i % 2, 0) for i in range(6)]
+
+
+def test_two_layouts_of_one_split_are_refused(tmp_path):
+    corpus_fixtures.write("marc", tmp_path, n_train=4, n_test=5, languages=("en",))
+    corpus_fixtures.write("marc", tmp_path, n_train=4, n_test=5, languages=("en",), layout="hub", fmt="parquet")
+    with pytest.raises(corpora.CorpusFormatError, match=r"en: split 'test' is there in 2 layouts .*keep one"):
+        corpora.get("marc").read("en", "test", str(tmp_path))
+
+
+def rewrite(path, old, new):
+    path.write_text(path.read_text().replace(old, new, 1))
+
+
+@pytest.mark.parametrize("name, old, new, message", [
+    ("xnli", '"label": 1}', '"label": "neutral"}', r"column 'label' has 1 values that are not whole class numbers, "
+     r"first 'neutral' \(line 2\); XNLI's 'label' must be 0 entailment, 1 neutral, 2 contradiction"),
+    ("xnli", '"label": 1}', '"label": 3}', r"column 'label' has 1 class numbers outside 0\.\.2, first 3 \(line 2\)"),
+    ("marc", '"label": 4}', '"label": 5}', r"column 'label' has 1 class numbers outside 0\.\.4, first 5 \(line 5\); "
+     r"MARC \(Amazon reviews\)'s 'label' must be the star rating minus one"),
+    ("pawsx", '"label": 1}', '"label": true}', r"column 'label' has 1 values that are not whole class numbers, first "
+     r"True \(line 2\)"),
+])
+def test_labels_out_of_range_or_not_numbers_are_refused_with_file_line_and_value(tmp_path, name, old, new, message):
+    corpus_fixtures.write(name, tmp_path, n_train=5, n_test=5, languages=("en",))
+    rewrite(tmp_path / "en" / "test.jsonl", old, new)
+    with pytest.raises(corpora.CorpusFormatError, match=rf"en/test\.jsonl: {message}"):
+        corpora.get(name).read("en", "test", str(tmp_path))
+
+
+def test_marc_in_its_original_columns_gets_the_mapping(tmp_path):
+    (tmp_path / "en").mkdir()
+    pd.DataFrame({"review_body": ["good", "bad"], "stars": [5, 1]}).to_parquet(tmp_path / "en" / "test.parquet")
+    with pytest.raises(corpora.CorpusFormatError, match=r"columns \['text', 'label'\] missing.*original schema "
+                                                        r"\(review_body, stars 1-5\): write text = review_body and "
+                                                        r"label = stars - 1"):
+        corpora.get("marc").read("en", "test", str(tmp_path))
+
+
+def test_empty_texts_are_refused_naming_column_and_line(tmp_path):
+    corpus_fixtures.write("xnli", tmp_path, n_train=5, n_test=5, languages=("en",))
+    path = tmp_path / "en" / "test.jsonl"
+    lines = path.read_text().splitlines()
+    lines[3] = json.dumps({**json.loads(lines[3]), "hypothesis": "  "})
+    lines[4] = json.dumps({**json.loads(lines[4]), "hypothesis": None})
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(corpora.CorpusFormatError, match=r"column 'hypothesis' is empty \(or null\) in 2 rows, first "
+                                                        r"line 4, line 5"):
+        corpora.get("xnli").read("en", "test", str(tmp_path))
+
+
+def test_pawsx_ns_rows_are_left_out_and_counted_per_language(tmp_path):
+    corpus_fixtures.write("pawsx", tmp_path, n_train=12, n_test=12, fmt="tsv", languages=("en", "de", "fr"),
+                          quirks=True)
+    pawsx = corpora.get("pawsx")
+    de = pawsx.read("de", "train", str(tmp_path))
+    assert de.left_out == {"NS or empty sentence": 1} and "NS" not in set(de.frame["text"]) | set(de.frame["text_pair"])
+    assert de.frame["text"].iloc[0].startswith('"')  # unquoted TSV: a leading quote is text
+    cfg = run_cfg(dataset="pawsx", label="paraphrase", fine_tune_languages=["en", "de"], zero_shot_languages=["fr"],
+                  train_per_language=4, test_per_language=4, corpus_dir=str(tmp_path))
+    report = data.corpus_report(cfg)
+    assert report.loc[("de", "train"), "NS or empty sentence"] == 1
+    assert report.loc[("en", "train"), "NS or empty sentence"] == 0
+    assert report.loc[("fr", "test"), "NS or empty sentence"] == 1 and report.loc[("fr", "test"), "rows"] == 12
+    _, test = data.build_splits(cfg)
+    assert not test[["text", "text_pair"]].isin(["NS"]).any().any()
+
+
+def test_pawsx_label_disagreements_are_reported_and_left_out(tmp_path):
+    corpus_fixtures.write("pawsx", tmp_path, n_train=12, n_test=12, languages=("en", "de", "fr"), quirks=True)
+    cfg = run_cfg(dataset="pawsx", label="paraphrase", fine_tune_languages=["en", "de"], zero_shot_languages=["fr"],
+                  train_per_language=4, test_per_language=8, corpus_dir=str(tmp_path))
+    column = "label differs from en's (id left out in every language)"
+    report = data.corpus_report(cfg)
+    assert report[column].xs("test", level="split").to_dict() == {"en": 0, "de": 1, "fr": 0}
+    _, test = data.build_splits(cfg)
+    assert "test-5011" not in set(test["pair_id"])  # the disputed id (and the NS one, test-5001)
+    assert (test.groupby(["language", "label"]).size() == 4).all()  # balanced in every language, not only the first
+    with pytest.raises(data.SizeError, match=r"label class 1 has 4 samples left in the test split's items usable in "
+                                             r"every test language \(10 items\)"):
+        data.sample_keys({**cfg, "test_per_language": 10})
+
+
+def test_a_parallel_test_split_that_is_not_aligned_is_refused(tmp_path):
+    corpus_fixtures.write("xnli", tmp_path, n_train=6, n_test=9, languages=("en", "de", "ru"))
+    corpus_fixtures.write("xnli", tmp_path / "dev", n_train=6, n_test=6, languages=("ru",))
+    (tmp_path / "ru" / "test.jsonl").write_text((tmp_path / "dev" / "ru" / "validation.jsonl").read_text())
+    cfg = run_cfg(dataset="xnli", label="nli", fine_tune_languages=["en", "de"], zero_shot_languages=["ru"],
+                  train_per_language=3, test_per_language=3, corpus_dir=str(tmp_path))
+    with pytest.raises(corpora.CorpusFormatError, match=r"the test split is not aligned across the test languages "
+                                                        r"\(row number.*\): ru has 6 rows \(.*ru/test\.jsonl\), en "
+                                                        r"has 9"):
+        data.sample_keys(cfg)
+    corpus_fixtures.write("xnli", tmp_path, n_train=6, n_test=9, languages=("ru",))
+    path = tmp_path / "ru" / "test.jsonl"
+    lines = path.read_text().splitlines()
+    lines[1], lines[2] = lines[2], lines[1]  # another order
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(corpora.CorpusFormatError, match=r"2 of 9 items have another label in ru .* than in en .*, "
+                                                        r"first line 2: label 2 in ru, 1 in en"):
+        data.sample_keys(cfg)
+
+
+def test_a_pawsx_language_lacking_test_ids_is_refused(tmp_path):
+    corpus_fixtures.write("pawsx", tmp_path, n_train=6, n_test=6, languages=("en", "de"))
+    rewrite(tmp_path / "de" / "test.jsonl", '"id": 5003', '"id": 7003')
+    cfg = run_cfg(dataset="pawsx", label="paraphrase", fine_tune_languages=["en"], zero_shot_languages=["de"],
+                  train_per_language=2, test_per_language=2, corpus_dir=str(tmp_path))
+    with pytest.raises(corpora.CorpusFormatError, match=r"de \(.*\) lacks 1 ids of en \(.*\), first 'test-5003' "
+                                                        r"\(line 4\)"):
+        data.sample_keys(cfg)
+
+
+@pytest.mark.parametrize("name", HUB)
+def test_pair_ids_are_unique_across_splits(fixture_dirs, name):
+    corpus = corpora.get(name)
+    train = corpus.load_split("en", "train", str(fixture_dirs[name]))
+    test = corpus.load_split("en", "test", str(fixture_dirs[name]))
+    assert not set(train["pair_id"]) & set(test["pair_id"])  # old code: both were row numbers (XNLI) or ids
+
+
+def test_no_item_in_both_train_and_test_of_a_language(tmp_path):
+    corpus_fixtures.write("marc", tmp_path, n_train=11, n_test=5, languages=("en", "de"), quirks=True)
+    cfg = run_cfg(dataset="marc", label="stars", fine_tune_languages=["en", "de"], zero_shot_languages=[],
+                  train_per_language=10, test_per_language=5, corpus_dir=str(tmp_path))
+    train, test = data.build_splits(cfg)
+    def keys(frame, lang):
+        return {corpora.base.text_key(t) for t in frame[frame["language"] == lang]["text"]}
+
+    for lang in ("en", "de"):
+        assert not keys(train, lang) & keys(test, lang)
+    report = data.corpus_report(cfg)
+    assert report["equal to a chosen test item (left out)"].xs("train", level="split").tolist() == [1, 1]
+
+
+def test_a_shortage_names_the_language_and_split(fixture_dirs):
+    cfg = run_cfg(dataset="marc", label="stars", fine_tune_languages=["en", "de"], zero_shot_languages=[],
+                  train_per_language=50, test_per_language=5, corpus_dir=str(fixture_dirs["marc"]))
+    with pytest.raises(data.SizeError, match=r"label class 0 has 5 samples left in language 'en', train split, 10 "
+                                             "needed"):
+        data.sample_keys(cfg)

@@ -11,9 +11,12 @@ and where; stale or foreign pieces are never taken for a result.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
+from pathlib import Path
 
+import corpus_fixtures
 import nbformat
 import numpy as np
 import pandas as pd
@@ -21,10 +24,11 @@ import pytest
 import yaml
 from studies import ONE_RUN
 
-from helpers import config, paths, pipeline, study
+from helpers import config, corpora, paths, pipeline, study
 from helpers.compute import tracin as tracin_stage
 from helpers.config import ConfigError
-from helpers.flow import graph, runner, store
+from helpers.corpora import local
+from helpers.flow import feasible, graph, runner, store
 from helpers.influence import shard
 from helpers.influence.scores import InfluenceScores
 
@@ -242,6 +246,78 @@ def test_a_shard_scored_apart_refuses_a_folder_holding_its_rank_or_another_run(t
             fake_finetune(tmp_path / "seed1", 1))})
     with pytest.raises(shard.ShardError, match="already holds shard-0000-of-0003"):
         write_fake_shards(tmp_path / "shards", ft, world=3, ranks=[0])
+
+
+# --- local corpus files read at a bounded cost, checked before any work (issue 23, item 4) ------------------------
+
+
+def xnli_copy(tmp_path, **kw):
+    return corpus_fixtures.write("xnli", tmp_path / "xnli", n_train=6, n_test=6, languages=("en",), **kw)
+
+
+def test_a_fifo_in_place_of_a_corpus_file_is_refused_before_reading(tmp_path):
+    root = xnli_copy(tmp_path)
+    (root / "en" / "test.jsonl").unlink()
+    os.mkfifo(root / "en" / "test.jsonl")  # a reader would block forever
+    with pytest.raises(corpora.CorpusFormatError, match=r"en/test\.jsonl: is a FIFO \(named pipe\), not a regular "
+                                                        "file"):
+        corpora.get("xnli").read("en", "test", str(root))
+
+
+def test_a_corpus_file_beyond_the_stated_size_is_refused_before_reading(tmp_path, monkeypatch):
+    root = xnli_copy(tmp_path)
+    size = (root / "en" / "test.jsonl").stat().st_size
+    monkeypatch.setattr(local, "MAX_FILE_BYTES", size - 1)
+    monkeypatch.setattr(local, "_read_one", lambda *a: pytest.fail("the file was read"))
+    with pytest.raises(corpora.CorpusFormatError, match=rf"en/test\.jsonl: {size:,} bytes, more than the "
+                                                        rf"{size - 1:,} this loader reads"):
+        corpora.get("xnli").read("en", "test", str(root))
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "tsv"])
+def test_invalid_utf8_names_the_file_and_line(tmp_path, fmt):
+    root = corpus_fixtures.write("pawsx", tmp_path / "p", n_train=4, n_test=4, languages=("en",), fmt=fmt)
+    path = root / "en" / f"test.{fmt}"
+    lines = path.read_bytes().split(b"\n")
+    lines[2] = lines[2][:8] + b"\xe4" + lines[2][8:]  # Latin-1's a-umlaut, not UTF-8
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(corpora.CorpusFormatError, match=rf"en/test\.{fmt}, line 3: not UTF-8 text \(byte 0xe4"):
+        corpora.get("pawsx").read("en", "test", str(root))
+
+
+@pytest.mark.parametrize("value, shown", [('"1"', None), ("1.0", None), ("0.7", "0.7"), ("null", "null"),
+                                          ('"2.0"', "'2.0'"), ('"one"', "'one'")])
+def test_labels_are_checked_by_type_before_any_work(tmp_path, value, shown):
+    """"1" and 1.0 are the class 1 (a CSV or a float column writes them so); a fraction is not truncated (0.7 was
+    read as 0), a null not dropped, text not read as a missing class."""
+    root = xnli_copy(tmp_path)
+    path = root / "en" / "test.jsonl"
+    lines = path.read_text().splitlines()
+    lines[4] = lines[4].replace('"label": 1', f'"label": {value}')
+    path.write_text("\n".join(lines) + "\n")
+    if shown is None:
+        assert corpora.get("xnli").read("en", "test", str(root)).frame["label"].tolist() == [0, 1, 2, 0, 1, 2]
+        return
+    with pytest.raises(corpora.CorpusFormatError, match=rf"column 'label' has 1 values that are not whole class "
+                                                        rf"numbers, first {re.escape(shown)} \(line 5\)"):
+        corpora.get("xnli").read("en", "test", str(root))
+    cfg = {**config.defaults("run"), "dataset": "xnli", "label": "nli", "corpus_dir": str(root),
+           "model": "tiny-random", "attribution_groups": ["classifier"], "fine_tune_languages": ["en"],
+           "zero_shot_languages": [], "train_per_language": 3, "test_per_language": 3}
+    with pytest.raises(ConfigError, match="not whole class numbers"):  # the runner's check before any work
+        feasible.check_runs({"main-s0": study.Run("main-s0", "main", 0, cfg)})
+
+
+def test_a_relative_corpus_dir_is_resolved_once_against_the_callers_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = study.resolve("paper-xnli", ["corpus_dir=copies/xnli", "model_dir=~/models/xlmr"])
+    for run in s.runs.values():
+        assert run.params["corpus_dir"] == str(tmp_path / "copies" / "xnli")
+        assert run.params["model_dir"] == str(Path("~/models/xlmr").expanduser())
+    assert study.resolve("paper-xnli").first.params["corpus_dir"] == "none"
+    xnli_copy(tmp_path / "copies")
+    monkeypatch.chdir(tmp_path / "copies")  # a notebook runs from another directory: the recorded path still reads
+    assert len(corpora.get("xnli").load_split("en", "test", s.first.params["corpus_dir"])) == 6
 
 
 # --- a page belongs to the commit of its stage ----------------------------------------------------------------------

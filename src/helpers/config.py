@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -288,6 +290,23 @@ def unknown_parameter(name: str) -> ConfigError:
     if name in ("study", "run_name", "name", "study_name"):
         hint = " (a study's folder name is the runner's --study option, not a parameter)"
     return ConfigError(f"unknown parameter {name!r}{hint}; allowed: {sorted(PARAMETERS)}")
+
+
+#: Parameters naming a local folder: a relative one is made absolute against the caller's directory once, when a study
+#: is resolved (:func:`absolute_paths`), so the notebooks (run from notebooks/) read the same folder.
+PATH_PARAMETERS = ("corpus_dir", "model_dir")
+
+
+def absolute_paths(params: dict[str, Any], base: str | Path | None = None) -> dict[str, Any]:
+    """``params`` with each of :data:`PATH_PARAMETERS` that names a folder made absolute (``~`` expanded, relative to
+    ``base``, by default the current directory) and normalised; ``none`` stays ``none``."""
+    out = dict(params)
+    for key in PATH_PARAMETERS:
+        value = out.get(key)
+        if isinstance(value, str) and value.strip() not in ("", "none"):
+            path = Path(value).expanduser()
+            out[key] = os.path.normpath(path if path.is_absolute() else Path(base or Path.cwd()) / path)
+    return out
 
 
 def check(params: dict[str, Any], keys: list[str] | tuple[str, ...] | None = None) -> dict[str, Any]:

@@ -25,8 +25,8 @@ DATASETS = tuple(corpora.CORPORA)
 LABELS: dict[str, Label] = {k: v for c in corpora.CORPORA.values() for k, v in c.labels.items()}
 
 __all__ = ["COLUMNS", "DATASETS", "LABELS", "LANGUAGES", "CorpusUnavailableError", "SizeError", "bible_path",
-           "build_splits", "describe_sampling", "label_counts", "load_splits", "parallel_examples", "permute",
-           "read_verses", "sample_keys", "save_splits", "verse_keys"]
+           "build_splits", "corpus_report", "describe_sampling", "label_counts", "load_splits", "parallel_examples",
+           "permute", "read_verses", "sample_keys", "save_splits", "verse_keys"]
 
 
 def build_splits(cfg: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -40,6 +40,13 @@ def sample_keys(cfg: Mapping[str, Any]):
     """Which items each language trains and tests on (the runner calls it to check sample sizes before any work;
     :class:`SizeError` when the corpus has too few, :class:`CorpusUnavailableError` when it cannot be read)."""
     return corpora.get(cfg["dataset"]).sample_keys(cfg)
+
+
+def corpus_report(cfg: Mapping[str, Any]) -> pd.DataFrame:
+    """Per language and split read (rows), where it was read from, how many rows it has and how many were left out
+    and why: rows without gold label, untranslated placeholders, ids whose labels differ across languages, training
+    rows equal to a test item (:meth:`helpers.corpora.base.HubCorpus.report`; empty for the Bible)."""
+    return corpora.get(cfg["dataset"]).report(cfg)
 
 
 def label_counts(frame: pd.DataFrame) -> pd.DataFrame:

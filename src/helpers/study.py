@@ -229,6 +229,7 @@ def resolve(profile: str | Path, overrides: list[str] | dict[str, Any] | None = 
             params.update(run_base)
             params.update(variant_overrides)
             params["seed"] = seed
+            params = config.absolute_paths(params)  # recorded absolute: notebooks run from another directory
             try:
                 params = config.check(params, keys=config.RUN_PARAMETERS)
             except ConfigError as err:

@@ -230,6 +230,16 @@ def compute(runs: list, cfg: dict[str, Any]) -> dict[str, pd.DataFrame]:
             "starts": starts(runs, points), "verses": verses[["book", "chapter", "verse", "label"]]}
 
 
+def describe(tables: dict[str, pd.DataFrame], probe_neurons: int, dataset: str = "bible") -> str:
+    """What was measured, in one sentence (the probe stage's page and the probing chapter), or why nothing was: the
+    axis needs the Bible's held-out verses, so on another corpus the chapter says "not tested here"."""
+    if tables["points"].empty:
+        return (f"**Not tested here**: the alignment axis needs the Bible corpus's parallel held-out verses and its "
+                f"encoders; this study's corpus is {dataset!r}, so nothing was measured.")
+    return (f"{len(tables['points'])} encoder states measured on {len(tables['verses'])} held-out verses in each of "
+            f"{tables['pairs']['language_a'].nunique() + 1} languages, {probe_neurons} neurons per probe.")
+
+
 def save(tables: dict[str, pd.DataFrame], folder: Path) -> None:
     for name, frame in tables.items():
         frame.to_csv(Path(folder) / f"{name}.csv", index=False)

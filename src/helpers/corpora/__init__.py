@@ -11,6 +11,7 @@ from .base import (
     COLUMNS,
     CORPUS_DIR_PARAM,
     Corpus,
+    CorpusFormatError,
     CorpusUnavailableError,
     HubCorpus,
     Label,
@@ -26,5 +27,5 @@ def get(name: str) -> Corpus:
     return CORPORA[name]
 
 
-__all__ = ["COLUMNS", "CORPORA", "CORPUS_DIR_PARAM", "Corpus", "CorpusUnavailableError", "HubCorpus", "Label",
-           "SizeError", "get"]
+__all__ = ["COLUMNS", "CORPORA", "CORPUS_DIR_PARAM", "Corpus", "CorpusFormatError", "CorpusUnavailableError",
+           "HubCorpus", "Label", "SizeError", "get"]

@@ -8,40 +8,51 @@ items each language trains and tests on (the run's ``data`` stage parameters) an
 the two frames every later stage reads (columns :data:`COLUMNS`, plus ``text_pair`` for sentence pairs).
 
 The hub corpora (XNLI, PAWS-X, MARC: :class:`HubCorpus`) load through ``datasets`` by their hub id, or, when the
-``corpus_dir`` parameter names a directory, from local files in the same schema (the hub's column names)::
+``corpus_dir`` parameter names a directory, from local files in the same schema (the hub's column names), one folder
+per language: ``<corpus_dir>/<language>/<split>.jsonl`` (or .json, .parquet, .csv, .tsv), a hub download's
+``<split>-00000-of-00001.parquet``, ``<split>/*.parquet`` or a ``save_to_disk`` folder (:mod:`.local`), with
+``<split>`` one of ``train``, ``validation``, ``test``.
 
-    <corpus_dir>/<language>/<split>.jsonl     (or .json, .parquet, .csv, .tsv)
-    <corpus_dir>/<language>/<split>/*.parquet  (the hub's own parquet export)
+Everything a run reads is checked before any work (the runner samples the splits first,
+:func:`helpers.flow.feasible.check`), each error naming the file, the column and the values:
 
-with ``<split>`` one of ``train``, ``validation``, ``test``. Such a copy is written where a network exists with, e.g.,
-``datasets.load_dataset("facebook/xnli", "de", split="test").to_json("<corpus_dir>/de/test.jsonl")``.
+* labels must be whole class numbers ``0..n-1`` (the corpus's :attr:`HubCorpus.label_hint` says which is which);
+  text, nulls, fractions and numbers out of range are refused, not dropped (XNLI's ``-1``, no gold label, is left out
+  and counted);
+* every text column must be there and non-empty (PAWS-X: rows whose sentence is its ``NS`` placeholder or empty are
+  left out and counted, per language);
+* a parallel corpus's test split must be aligned across the test languages (same number of rows, same ids; for XNLI
+  the same label for the same item). PAWS-X's gold labels differ across languages for a few ids: those ids are left
+  out of the parallel test set and counted per language (:meth:`HubCorpus.report`);
+* ``pair_id`` is namespaced by split (``test-17``), so a training item and a test item never share it, and a training
+  row whose text (normalised: NFKC, case-folded, whitespace collapsed) equals a chosen test item's in the same
+  language is never drawn.
 """
 
 from __future__ import annotations
 
+import os
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from . import local
+from .errors import CorpusFormatError, CorpusUnavailableError, SizeError
+
 #: The parameter that names a local copy of a hub corpus.
 CORPUS_DIR_PARAM = "corpus_dir"
 #: The columns of the frames the data stage writes (sentence-pair corpora add ``text_pair``).
 COLUMNS = ["uid", "split", "language", "pair_id", "book", "label", "label_name", "permuted", "text"]
 SPLITS = ("train", "validation", "test")
-_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "csv"}
 
-
-class SizeError(ValueError):
-    """The corpus has too few samples for the requested sample sizes."""
-
-
-class CorpusUnavailableError(RuntimeError):
-    """A hub corpus can be loaded neither from the hub nor from ``corpus_dir``; the message says what to set."""
+__all__ = ["COLUMNS", "CORPUS_DIR_PARAM", "SPLITS", "Corpus", "CorpusFormatError", "CorpusUnavailableError",
+           "HubCorpus", "Label", "Loaded", "SizeError", "balanced", "given_dir", "permute", "train_sizes"]
 
 
 @dataclass(frozen=True)
@@ -56,19 +67,18 @@ def given_dir(corpus_dir: str | Path | None) -> Path | None:
     return None if corpus_dir in (None, "", "none") else Path(corpus_dir).expanduser()
 
 
-def balanced(pool: pd.DataFrame, n: int, n_labels: int, rng: np.random.Generator) -> pd.DataFrame:
-    """``n`` rows of ``pool`` with the labels as even as possible (the first ``n % n_labels`` labels get one more)."""
+def balanced(pool: pd.DataFrame, n: int, n_labels: int, rng: np.random.Generator, where: str = "") -> pd.DataFrame:
+    """``n`` rows of ``pool`` with the labels as even as possible (the first ``n % n_labels`` labels get one more).
+    ``where`` (e.g. "language 'de', train split") names the pool in the shortage message."""
     parts = []
     for cls in range(n_labels):
         want = n // n_labels + (1 if cls < n % n_labels else 0)
         rows = pool[pool["label"] == cls]
         if len(rows) < want:
-            raise SizeError(f"label class {cls} has {len(rows)} samples left, {want} needed; lower "
-                            "train_per_language, test_per_language or imbalance_factor")
+            raise SizeError(f"label class {cls} has {len(rows)} samples left{f' in {where}' if where else ''}, "
+                            f"{want} needed; lower train_per_language, test_per_language or imbalance_factor")
         parts.append(rows.iloc[rng.choice(len(rows), size=want, replace=False)])
     return pd.concat(parts)
-
-
 def train_sizes(cfg: Mapping[str, Any]) -> dict[str, int]:
     """Training samples per fine-tuning language (the imbalance language gets ``imbalance_factor`` times more)."""
     return {lang: cfg["train_per_language"] * (cfg.get("imbalance_factor", 1)
@@ -112,14 +122,11 @@ class Corpus:
     def build_splits(self, cfg: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
         raise NotImplementedError
 
+    def report(self, cfg: Mapping[str, Any]) -> pd.DataFrame:
+        """Per language and split read: where from, rows read, rows left out and why (empty: nothing to say)."""
+        return pd.DataFrame()
 
-@lru_cache(maxsize=64)
-def _read_local(path: str, fmt: str, delimiter: str | None) -> pd.DataFrame:
-    import datasets
 
-    kwargs = {"delimiter": delimiter} if delimiter else {}
-    ds = datasets.load_dataset(fmt, data_files=path, split="train", **kwargs)
-    return ds.to_pandas()
 
 
 @lru_cache(maxsize=64)
@@ -127,6 +134,91 @@ def _read_hub(hub_id: str, config: str, split: str) -> pd.DataFrame:
     import datasets
 
     return datasets.load_dataset(hub_id, config, split=split).to_pandas()
+
+
+@lru_cache(maxsize=64)
+def _read_local(corpus: HubCorpus, language: str, split: str, source: local.Source, stamp: tuple) -> Loaded:
+    """A local split, read and checked once per process while its files are unchanged (``stamp``: their sizes and
+    modification times): the runner's check, the data stage's sampling and its report read it alike."""
+    return _checked(corpus, language, split, source.shown, source.where, local.read(source))
+
+
+def _stamp(source: local.Source) -> tuple:
+    out = []
+    for path in source.files:
+        try:
+            info = os.stat(path)
+            out.append((str(path), info.st_size, info.st_mtime_ns))
+        except OSError:
+            out.append((str(path), -1, -1))
+    return tuple(out)
+
+
+def text_key(text: str, text_pair: str | None = None) -> str:
+    """A sample's text, normalised (NFKC, case-folded, whitespace collapsed): two samples with the same key are the
+    same item."""
+    joined = text if text_pair is None else f"{text}\t{text_pair}"
+    return " ".join(unicodedata.normalize("NFKC", joined).casefold().split())
+
+
+def _class_numbers(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Each value as an int, and a mask of the values that are not whole numbers: nulls, text other than digits,
+    fractions, booleans."""
+    out = np.zeros(len(values), dtype=np.int64)
+    bad = np.zeros(len(values), dtype=bool)
+    for i, v in enumerate(values.tolist()):
+        if isinstance(v, (bool, np.bool_)) or v is None:
+            bad[i] = True
+        elif isinstance(v, (int, np.integer)):
+            out[i] = int(v)
+        elif isinstance(v, (float, np.floating)):
+            if np.isfinite(v) and float(v).is_integer():
+                out[i] = int(v)
+            else:
+                bad[i] = True
+        elif isinstance(v, str) and v.strip().lstrip("+-").isdigit() and v.strip().lstrip("+-").isascii():
+            out[i] = int(v.strip())
+        else:
+            bad[i] = True
+    return out, bad
+
+
+def _text(value: Any) -> str:
+    """A text cell, whitespace collapsed; a null is empty."""
+    if isinstance(value, str):
+        return " ".join(value.split())
+    if value is None or (np.ndim(value) == 0 and pd.isna(value)):
+        return ""
+    return " ".join(str(value).split())
+
+
+def _shown(values: list, wheres: list[str], n: int = 3) -> str:
+    """The first ``n`` values with their places: ``'neutral' (line 2), null (line 5)``."""
+    def show(v: Any) -> str:
+        return "null" if v is None or (isinstance(v, float) and np.isnan(v)) else repr(v)
+
+    return ", ".join(f"{show(v)} ({w})" for v, w in list(zip(values, wheres))[:n])
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One split of one language, read and checked: ``frame`` (the usable rows: ``pair_id``, ``label``, ``text``,
+    ``text_pair``), every row's ``ids`` and ``labels`` as read (for the alignment check), where it came from and how
+    many rows were left out, by reason."""
+
+    frame: pd.DataFrame
+    ids: pd.Series
+    labels: np.ndarray
+    source: str
+    rows: int
+    left_out: dict[str, int]
+    where: Any  # row (0-based) -> its place in words ("line 3")
+
+    @cached_property
+    def keys(self) -> np.ndarray:
+        """Each usable row's :func:`text_key` (computed once: the same split is sampled several times)."""
+        pairs = self.frame["text_pair"] if "text_pair" in self.frame else [None] * len(self.frame)
+        return np.array([text_key(t, p) for t, p in zip(self.frame["text"], pairs)], dtype=object)
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,10 +235,23 @@ class HubCorpus(Corpus):
     label_column: str
     parallel: bool
     parallel_by: str
+    #: The label encoding in words ("0 entailment, 1 neutral, 2 contradiction"), for messages and the docs.
+    label_hint: str = ""
     text_pair_column: str | None = None
     id_column: str | None = None
     #: The hub's configuration of each language, when it is not the language code.
     configs: dict[str, str] = field(default_factory=dict)
+    #: A label value that marks a row without gold label: left out and counted (XNLI: -1).
+    no_gold_label: int | None = None
+    #: Text that stands for a missing translation (PAWS-X: NS): a row with it, or with an empty text, is left out and
+    #: counted; without it an empty text is refused.
+    untranslated: tuple[str, ...] = ()
+    #: For a parallel corpus: an item has the same gold label in every language (XNLI), so a difference means the
+    #: files are not aligned and is refused; False (PAWS-X): differences are real, counted and left out of the
+    #: parallel test set.
+    labels_agree: bool = True
+    #: Columns of another schema of the same corpus -> how to map them (said when a needed column is missing).
+    column_hints: dict[str, str] = field(default_factory=dict)
 
     @property
     def pairs(self) -> bool:  # type: ignore[override]
@@ -156,108 +261,151 @@ class HubCorpus(Corpus):
     def columns(self) -> list[str]:
         return [c for c in (self.id_column, self.text_column, self.text_pair_column, self.label_column) if c]
 
+    @property
+    def n_labels(self) -> int:
+        return len(next(iter(self.labels.values())).names)
+
     # -- loading ------------------------------------------------------------------------------------------------
 
-    def _local_file(self, root: Path, language: str, split: str) -> tuple[str, str, str | None]:
+    def _local_source(self, root: Path, language: str, split: str) -> local.Source:
         if not root.is_dir():
             raise CorpusUnavailableError(
                 f"parameter {CORPUS_DIR_PARAM!r} is {str(root)!r}, which is not a directory; expected a local copy of "
                 f"{self.hub_id} laid out as <{CORPUS_DIR_PARAM}>/<language>/<split>.jsonl (or .json, .parquet, .csv, "
-                f".tsv, or <split>/*.parquet) with the columns {self.columns}")
-        for suffix, fmt in _FORMATS.items():
-            path = root / language / f"{split}{suffix}"
-            if path.is_file():
-                return str(path), fmt, "\t" if suffix == ".tsv" else None
-        shards = sorted((root / language / split).glob("*.parquet"))
-        if shards:
-            return str(root / language / split / "*.parquet"), "parquet", None
-        raise CorpusUnavailableError(
-            f"parameter {CORPUS_DIR_PARAM!r} is {str(root)!r}, but it has no {language}/{split}.jsonl (nor .json, "
-            f".parquet, .csv, .tsv, {split}/*.parquet): corpus {self.name!r} needs split {split!r} of language "
-            f"{language!r} there, with the columns {self.columns}")
+                f".tsv, <split>-NNNNN-of-NNNNN.parquet, <split>/*.parquet or a save_to_disk folder) with the "
+                f"columns {self.columns}")
+        source = local.find(root / language, split)
+        if source is None:
+            raise CorpusUnavailableError(
+                f"parameter {CORPUS_DIR_PARAM!r} is {str(root)!r}, but it has no {language}/{split}.jsonl (nor .json, "
+                f".parquet, .csv, .tsv, {split}-NNNNN-of-NNNNN.parquet, {split}/*.parquet, a save_to_disk folder "
+                f"{split}/): corpus {self.name!r} needs split {split!r} of language {language!r} there, with the "
+                f"columns {self.columns}")
+        return source
 
-    def load_split(self, language: str, split: str, corpus_dir: str | None = None) -> pd.DataFrame:
-        """One split of one language: ``pair_id`` (str), ``label`` (int), ``text`` (and ``text_pair``), in the
-        corpus's order. From ``corpus_dir`` when given, else from the hub (``datasets`` caches it)."""
+    def read(self, language: str, split: str, corpus_dir: str | None = None) -> Loaded:
+        """One split of one language, read and checked (see the module docstring); :class:`CorpusFormatError`
+        names the file, the column and the values when it cannot be used."""
         if language not in self.languages:
             raise ValueError(f"corpus {self.name!r} has no language {language!r}; allowed: {list(self.languages)}")
         if split not in SPLITS:
             raise ValueError(f"split {split!r}; allowed: {list(SPLITS)}")
         root = given_dir(corpus_dir)
         if root is not None:
-            raw = _read_local(*self._local_file(root, language, split))
-            where = f"{CORPUS_DIR_PARAM} {str(root)!r}"
-        else:
-            config = self.configs.get(language, language)
-            try:
-                raw = _read_hub(self.hub_id, config, split)
-            except Exception as err:  # datasets raises ConnectionError, OSError, DatasetNotFoundError, ValueError...
-                raise CorpusUnavailableError(
-                    f"corpus {self.name!r} ({self.hub_id}, configuration {config!r}, split {split!r}) cannot be "
-                    f"loaded from the Hugging Face hub or its cache ({type(err).__name__}: "
-                    f"{str(err).splitlines()[0][:160] if str(err) else ''}). Where a network is available, save it "
-                    f"with datasets.load_dataset({self.hub_id!r}, {config!r}, split={split!r}).to_json("
-                    f"'DIR/{language}/{split}.jsonl') (one file per language and split) and set the parameter "
-                    f"{CORPUS_DIR_PARAM}=DIR (e.g. -p {CORPUS_DIR_PARAM}=/data/{self.name})") from None
-            where = f"{self.hub_id} ({config})"
-        missing = [c for c in self.columns if c not in raw.columns]
-        if missing:
-            raise CorpusUnavailableError(f"{where}, {language}/{split}: columns {missing} missing (found "
-                                         f"{list(raw.columns)}); corpus {self.name!r} needs {self.columns}")
-        n_labels = len(next(iter(self.labels.values())).names)
-        labels = pd.to_numeric(raw[self.label_column], errors="coerce")
-        keep = labels.between(0, n_labels - 1)  # XNLI marks a few items -1 (no gold label): left out
-        raw, labels = raw[keep], labels[keep].astype(int)
-        ids = raw[self.id_column].astype(str) if self.id_column else pd.Series(raw.index.astype(str), index=raw.index)
-        if not self.parallel:  # ids are per language: never let two languages' items look like translations
-            ids = language + "-" + ids
-        out = pd.DataFrame({"pair_id": ids.to_numpy(), "label": labels.to_numpy(),
-                            "text": [" ".join(str(t).split()) for t in raw[self.text_column]]})
-        if self.pairs:
-            out["text_pair"] = [" ".join(str(t).split()) for t in raw[self.text_pair_column]]
-        if out["pair_id"].duplicated().any():
-            raise CorpusUnavailableError(f"{where}, {language}/{split}: column {self.id_column!r} has duplicate ids")
-        return out
+            source = self._local_source(root, language, split)
+            return _read_local(self, language, split, source, _stamp(source))
+        config = self.configs.get(language, language)
+        try:
+            raw = _read_hub(self.hub_id, config, split)
+        except Exception as err:  # datasets raises ConnectionError, OSError, DatasetNotFoundError, ValueError...
+            raise CorpusUnavailableError(
+                f"corpus {self.name!r} ({self.hub_id}, configuration {config!r}, split {split!r}) cannot be "
+                f"loaded from the Hugging Face hub or its cache ({type(err).__name__}: "
+                f"{str(err).splitlines()[0][:160] if str(err) else ''}). Where a network is available, save it "
+                f"with datasets.load_dataset({self.hub_id!r}, {config!r}, split={split!r}).to_json("
+                f"'DIR/{language}/{split}.jsonl') (one file per language and split) and set the parameter "
+                f"{CORPUS_DIR_PARAM}=DIR (e.g. -p {CORPUS_DIR_PARAM}=/data/{self.name})") from None
+        return _checked(self, language, split, f"{self.hub_id} ({config}, {split})", lambda row: f"row {row + 1}",
+                        raw)
+
+    def load_split(self, language: str, split: str, corpus_dir: str | None = None) -> pd.DataFrame:
+        """One split of one language: ``pair_id`` (str), ``label`` (int), ``text`` (and ``text_pair``), in the
+        corpus's order, the rows left out by :meth:`read` removed. From ``corpus_dir`` when given, else from the hub
+        (``datasets`` caches it)."""
+        return self.read(language, split, corpus_dir).frame.copy()
+
+    # -- alignment ----------------------------------------------------------------------------------------------
+
+    def aligned(self, loaded: dict[str, Loaded], split: str) -> tuple[set[str], dict[str, int]]:
+        """Check that ``split`` is aligned across the languages of ``loaded`` (a parallel corpus): the same number of
+        rows and the same ids, and, where :attr:`labels_agree`, the same label for the same id, else
+        :class:`CorpusFormatError` naming the language and the first mismatching rows. Returns the ids whose labels
+        differ across the languages (to leave out) and, per language, how many differ from the first language's."""
+        (ref_lang, ref), *others = loaded.items()
+        ref_labels = pd.Series(ref.labels, index=ref.ids.to_numpy())
+        disputed: set[str] = set()
+        differ = {ref_lang: 0}
+        for lang, cur in others:
+            head = (f"corpus {self.name!r}: the {split} split is not aligned across the test languages "
+                    f"({self.parallel_by})")
+            if cur.rows != ref.rows:
+                raise CorpusFormatError(f"{head}: {lang} has {cur.rows} rows ({cur.source}), {ref_lang} has "
+                                        f"{ref.rows} ({ref.source}); both must hold the same items")
+            if self.id_column:
+                missing = ~ref.ids.isin(set(cur.ids))
+                if missing.any():
+                    rows = np.flatnonzero(missing.to_numpy())
+                    raise CorpusFormatError(
+                        f"{head}: {lang} ({cur.source}) lacks {int(missing.sum())} ids of {ref_lang} ({ref.source}), "
+                        f"first {_shown(ref.ids.iloc[rows].tolist(), [ref.where(r) for r in rows])}")
+            labels = ref_labels.reindex(cur.ids.to_numpy()).to_numpy()
+            rows = np.flatnonzero(labels != cur.labels)
+            differ[lang] = len(rows)
+            if len(rows) and self.labels_agree:
+                shown = "; ".join(f"{cur.where(r)}: label {cur.labels[r]} in {lang}, {labels[r]} in {ref_lang}"
+                                  for r in rows[:3])
+                raise CorpusFormatError(
+                    f"{head}: {len(rows)} of {cur.rows} items have another label in {lang} ({cur.source}) than in "
+                    f"{ref_lang} ({ref.source}), first {shown}; {self.title}'s items have the same label in every "
+                    "language, so these files do not hold the same items (another split, or another order?)")
+            disputed |= set(cur.ids.iloc[rows])
+        return disputed, differ
 
     # -- sampling -----------------------------------------------------------------------------------------------
 
-    def sample_keys(self, cfg: Mapping[str, Any]) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame],
-                                                          np.random.Generator]:
-        """Which items each language trains and tests on, with their texts.
-
-        Test: ``test_per_language`` items per test language from the ``test`` split, balanced over labels; for a
-        parallel corpus the same items (by ``pair_id``) in every test language (a parallel test set), otherwise
-        drawn per language. Training: from the ``train`` split, ``train_per_language`` items per fine-tuning language
-        (``imbalance_factor`` times more for the ``imbalance_language``), balanced over labels; ``parallel_train``
-        (parallel corpora only) takes the same items in every language, otherwise items are disjoint across
-        languages (for a parallel corpus no item is trained on in two languages)."""
+    def _draw(self, cfg: Mapping[str, Any]) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame],
+                                                    np.random.Generator, pd.DataFrame]:
         corpus_dir = cfg.get(CORPUS_DIR_PARAM, "none")
         ft, zs = list(cfg["fine_tune_languages"]), list(cfg["zero_shot_languages"])
         n_labels = len(self.labels[cfg["label"]].names)
         rng = np.random.default_rng(cfg["seed"])
         n_test = cfg["test_per_language"]
+        tests = {lang: self.read(lang, "test", corpus_dir) for lang in ft + zs}
+        trains = {lang: self.read(lang, "train", corpus_dir) for lang in ft}
+        report = {(lang, split): {"source": loaded.source, "rows": loaded.rows, **loaded.left_out}
+                  for split, group in (("test", tests), ("train", trains)) for lang, loaded in group.items()}
         test_keys: dict[str, pd.DataFrame] = {}
         if self.parallel:
-            frames = {lang: self.load_split(lang, "test", corpus_dir).set_index("pair_id") for lang in ft + zs}
-            common = sorted(set.intersection(*(set(f.index) for f in frames.values())))
+            disputed, differ = self.aligned(tests, "test")
+            if not self.labels_agree:
+                ref = ft[0] if ft else zs[0]
+                for lang, n in differ.items():
+                    report[lang, "test"][f"label differs from {ref}'s (id left out in every language)"] = n
+            frames = {lang: t.frame.set_index("pair_id") for lang, t in tests.items()}
+            common = sorted(set.intersection(*(set(f.index) for f in frames.values())) - disputed)
             first = frames[(ft + zs)[0]].loc[common]
-            chosen = balanced(first.reset_index()[["pair_id", "label"]], n_test, n_labels, rng)["pair_id"]
+            chosen = balanced(first.reset_index()[["pair_id", "label"]], n_test, n_labels, rng,
+                              f"the test split's items usable in every test language ({len(common)} items)")["pair_id"]
             for lang, frame in frames.items():
                 test_keys[lang] = frame.loc[chosen.to_numpy()].reset_index()
         else:
             for lang in ft + zs:
-                test_keys[lang] = balanced(self.load_split(lang, "test", corpus_dir), n_test, n_labels, rng)
+                test_keys[lang] = balanced(tests[lang].frame, n_test, n_labels, rng, f"language {lang!r}, test split")
+        pools = {}
+        for lang in ft:  # no training item equal to a test item of the same language
+            seen = set(map(text_key, test_keys[lang]["text"], test_keys[lang].get("text_pair", [None] * n_test)))
+            same = np.array([key in seen for key in trains[lang].keys], dtype=bool)
+            report[lang, "train"]["equal to a chosen test item (left out)"] = int(same.sum())
+            pools[lang] = trains[lang].frame[~same]
         sizes, base = train_sizes(cfg), cfg["train_per_language"]
-        pools = {lang: self.load_split(lang, "train", corpus_dir) for lang in ft}
         train_keys: dict[str, pd.DataFrame] = {}
         if cfg.get("parallel_train"):
             common = set.intersection(*(set(p["pair_id"]) for p in pools.values()))
-            first = pools[ft[0]][pools[ft[0]]["pair_id"].isin(common)]
-            shared = balanced(first, base, n_labels, rng)["pair_id"]
+            labels = pd.DataFrame({lang: p.set_index("pair_id")["label"].reindex(sorted(common))
+                                   for lang, p in pools.items()})
+            agree = set(labels.index[labels.nunique(axis=1) == 1])
+            if not self.labels_agree:
+                for lang in ft:
+                    report[lang, "train"][f"label differs from {ft[0]}'s (not shared)"] = int(
+                        (labels[lang] != labels[ft[0]]).sum())
+            first = pools[ft[0]][pools[ft[0]]["pair_id"].isin(agree)]
+            shared = balanced(first, base, n_labels, rng, f"the items of the train split usable in every "
+                                                          f"fine-tuning language ({len(agree)} items)")["pair_id"]
             used = set(shared)
             for lang in ft:
                 pool = pools[lang].set_index("pair_id", drop=False)
-                extra = (balanced(pools[lang][~pools[lang]["pair_id"].isin(used)], sizes[lang] - base, n_labels, rng)
+                extra = (balanced(pools[lang][~pools[lang]["pair_id"].isin(used)], sizes[lang] - base, n_labels, rng,
+                                  f"language {lang!r}, train split")
                          if sizes[lang] > base else pool.iloc[:0])
                 used |= set(extra["pair_id"])
                 train_keys[lang] = pd.concat([pool.loc[shared.to_numpy()], extra]).reset_index(drop=True)
@@ -265,10 +413,32 @@ class HubCorpus(Corpus):
             used: set[str] = set()
             for lang in ft:
                 pool = pools[lang][~pools[lang]["pair_id"].isin(used)] if self.parallel else pools[lang]
-                train_keys[lang] = balanced(pool, sizes[lang], n_labels, rng)
+                train_keys[lang] = balanced(pool, sizes[lang], n_labels, rng, f"language {lang!r}, train split")
                 if self.parallel:
                     used |= set(train_keys[lang]["pair_id"])
-        return train_keys, test_keys, rng
+        table = pd.DataFrame.from_dict(report, orient="index").rename_axis(["language", "split"])
+        left = [c for c in table.columns if c not in ("source", "rows")]
+        table[left] = table[left].fillna(0).astype(int)
+        return train_keys, test_keys, rng, table
+
+    def sample_keys(self, cfg: Mapping[str, Any]) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame],
+                                                          np.random.Generator]:
+        """Which items each language trains and tests on, with their texts.
+
+        Test: ``test_per_language`` items per test language from the ``test`` split, balanced over labels; for a
+        parallel corpus the same items (by ``pair_id``) in every test language (a parallel test set, checked to be
+        aligned, :meth:`aligned`), otherwise drawn per language. Training: from the ``train`` split, never an item
+        whose text equals a chosen test item's of the same language, ``train_per_language`` items per fine-tuning
+        language (``imbalance_factor`` times more for the ``imbalance_language``), balanced over labels;
+        ``parallel_train`` (parallel corpora only) takes the same items in every language (ids whose labels agree),
+        otherwise items are disjoint across languages (for a parallel corpus no item is trained on in two
+        languages)."""
+        return self._draw(cfg)[:3]
+
+    def report(self, cfg: Mapping[str, Any]) -> pd.DataFrame:
+        """Per language and split read: where from, rows read and rows left out by reason (the data chapter shows
+        it)."""
+        return self._draw(cfg)[3]
 
     def build_splits(self, cfg: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
         train_keys, test_keys, rng = self.sample_keys(cfg)
@@ -291,3 +461,57 @@ class HubCorpus(Corpus):
             return out[COLUMNS + (["text_pair"] if self.pairs else [])]
 
         return frame("train", train_keys), frame("test", test_keys)
+
+
+def _checked(corpus: HubCorpus, language: str, split: str, source: str, where, raw: pd.DataFrame) -> Loaded:
+    """The rows of one split as read (``raw``, the hub's columns) checked and turned into a :class:`Loaded`."""
+    missing = [c for c in corpus.columns if c not in raw.columns]
+    if missing:
+        hints = [hint for column, hint in corpus.column_hints.items() if column in raw.columns]
+        raise CorpusFormatError(
+            f"{source}: columns {missing} missing (found {list(raw.columns)}); corpus {corpus.name!r} needs "
+            f"{corpus.columns}" + (f". {hints[0]}" if hints else ""))
+    raw = raw.reset_index(drop=True)
+    n_labels = corpus.n_labels
+    labels, bad = _class_numbers(raw[corpus.label_column])
+    allowed = list(range(n_labels)) + ([corpus.no_gold_label] if corpus.no_gold_label is not None else [])
+    outside = ~bad & ~np.isin(labels, allowed)
+    for mask, what in ((bad, "values that are not whole class numbers"),
+                       (outside, f"class numbers outside 0..{n_labels - 1}")):
+        if mask.any():
+            rows = np.flatnonzero(mask)
+            values = raw[corpus.label_column].iloc[rows].tolist()
+            raise CorpusFormatError(
+                f"{source}: column {corpus.label_column!r} has {len(rows)} {what}, first "
+                f"{_shown(values, [where(r) for r in rows])}; {corpus.title}'s {corpus.label_column!r} must be "
+                f"{corpus.label_hint}")
+    ids = raw[corpus.id_column].astype(str) if corpus.id_column else pd.Series(raw.index.astype(str))
+    if ids.duplicated().any():
+        rows = np.flatnonzero(ids.duplicated(keep=False).to_numpy())
+        raise CorpusFormatError(f"{source}: column {corpus.id_column!r} has duplicate ids, first "
+                                f"{_shown(ids.iloc[rows].tolist(), [where(r) for r in rows])}")
+    ids = (f"{language}-{split}-" if not corpus.parallel else f"{split}-") + ids  # never shared across splits
+    texts = {}
+    for key, column in (("text", corpus.text_column), ("text_pair", corpus.text_pair_column)):
+        if column:
+            texts[key] = pd.Series([_text(t) for t in raw[column]], dtype=object)
+    keep = pd.Series(True, index=raw.index)
+    left_out: dict[str, int] = {}
+    if corpus.no_gold_label is not None:
+        gold = labels != corpus.no_gold_label
+        left_out[f"no gold label ({corpus.no_gold_label})"] = int((~gold).sum())
+        keep &= gold
+    empty = pd.Series(False, index=raw.index)
+    for key, text in texts.items():
+        if corpus.untranslated:
+            empty |= (text == "") | text.isin(corpus.untranslated)
+        elif (text == "").any():
+            rows = np.flatnonzero((text == "").to_numpy())
+            column = corpus.text_column if key == "text" else corpus.text_pair_column
+            raise CorpusFormatError(f"{source}: column {column!r} is empty (or null) in {len(rows)} rows, first "
+                                    f"{', '.join(where(r) for r in rows[:3])}; every sample needs its text")
+    if corpus.untranslated:
+        left_out[f"{' or '.join(corpus.untranslated)} or empty sentence"] = int((empty & keep).sum())
+        keep &= ~empty
+    out = pd.DataFrame({"pair_id": ids.to_numpy(), "label": labels, **{k: v.to_numpy() for k, v in texts.items()}})
+    return Loaded(out[keep.to_numpy()].reset_index(drop=True), ids, labels, source, len(raw), left_out, where)
