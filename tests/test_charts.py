@@ -83,3 +83,12 @@ def test_vega_is_shipped_inside_the_book(tmp_path):
     assert path.stat().st_mtime_ns == stamp - 10**9
     cfg = yaml.safe_load((paths.REPO_ROOT / "_config.yml").read_text())["sphinx"]["config"]
     assert cfg["html_js_files"] == [charts.BUNDLE] and cfg["html_static_path"] == ["book/_static"]
+
+
+def test_checkpoints_are_drawn_in_training_order_not_alphabetically():
+    """The dynamics chart put step0 after epoch2 (an ordinal axis sorts its labels alphabetically): the x axis keeps
+    the frame's order."""
+    frame = pd.DataFrame({"checkpoint": ["step0", "epoch0.5", "epoch1", "epoch2", "epoch10"],
+                          "value": [0.4, 0.3, 0.25, 0.22, 0.2], "low": 0.1, "high": 0.5, "view": "own checkpoint"})
+    spec = chapter_charts.lines(frame, "checkpoint", "t", color="view").to_dict()
+    assert spec["layer"][0]["encoding"]["x"]["sort"] == ["step0", "epoch0.5", "epoch1", "epoch2", "epoch10"]

@@ -61,9 +61,11 @@ def estimates(frame: pd.DataFrame, category: str, title: str, color: str | None 
 
 def lines(frame: pd.DataFrame, x: str, title: str, color: str, value: str = "value", low: str | None = "low",
           high: str | None = "high", axis_title: str = "share", baseline: float | None = None) -> alt.LayerChart:
-    """Lines over ``x`` (e.g. checkpoints), one per ``color``, with a shaded interval band when ``low``/``high``
-    are given."""
-    base = alt.Chart(frame).encode(x=alt.X(f"{x}:O", title=x.replace("_", " "), axis=alt.Axis(labelAngle=0)),
+    """Lines over ``x`` (e.g. checkpoints, in the frame's order: step0 before epoch0.5, epoch2 before epoch10), one
+    per ``color``, with a shaded interval band when ``low``/``high`` are given."""
+    order = list(dict.fromkeys(frame[x]))
+    base = alt.Chart(frame).encode(x=alt.X(f"{x}:O", title=x.replace("_", " "), sort=order,
+                                           axis=alt.Axis(labelAngle=0)),
                                    color=alt.Color(f"{color}:N", title=color.replace("_", " ")))
     y = alt.Y(f"{value}:Q", title=axis_title, axis=alt.Axis(format=".0%"))
     layers = [base.mark_line(point=True).encode(y=y, tooltip=tooltips(frame))]
