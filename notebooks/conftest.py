@@ -13,4 +13,4 @@ def pytest_sessionstart(session):
         raise RuntimeError("run nbval through `make test` (it points HELPERS_ARTIFACTS at a temporary folder), so "
                            "that your own artifacts/ are left alone")
     if not (paths.study_dir("smoke") / study.MANIFEST).exists():
-        runner.run("smoke", build=False)
+        runner.run("smoke", build=False, jobs=2)  # its stages are short: two at a time halve the kernels' start-up

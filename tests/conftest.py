@@ -35,7 +35,7 @@ def built(tmp_path_factory):
         mp.setenv("HELPERS_ARTIFACTS", str(root / "artifacts"))
         mp.setenv("HELPERS_CACHE", str(paths.cache_dir()))
         (root / "one.yaml").write_text(yaml.safe_dump(ONE_RUN, sort_keys=False))
-        runner.run(str(root / "one.yaml"), build=False)
+        runner.run(str(root / "one.yaml"), build=False, jobs=2)
     return root
 
 

@@ -142,3 +142,83 @@ def test_failing_cell_exits_nonzero_naming_the_notebook(sandbox, tmp_path, monke
     assert "01_data.ipynb" in err and "planted failure" in err
     s = study.resolve(sandbox)
     assert store.read_record(store.folder("mini", graph.plan(s)[0])) is None  # the stage never committed
+
+
+class FakeStages:
+    """Stands in for papermill and the stage store: ``execute`` sleeps a little and "commits" the instance, ``state``
+    says an instance is up to date once it has been executed. Records the order of starts and ends."""
+
+    def __init__(self, monkeypatch, fail: str | None = None):
+        import threading
+        import time
+
+        self.lock, self.events, self.done, self.running, self.most = threading.Lock(), [], set(), 0, 0
+        self.fail = fail
+
+        def execute(study_name, inst, bars=True):
+            with self.lock:
+                self.events.append(("start", inst.key))
+                self.running += 1
+                self.most = max(self.most, self.running)
+            time.sleep(0.02)
+            with self.lock:
+                self.running -= 1
+                self.events.append(("end", inst.key))
+                if inst.label == self.fail:
+                    raise runner.StageFailed(f"stage {inst.label} failed")
+                self.done.add(inst.key)
+
+        def state(study_name, inst, expected, upstream, extra=None):
+            fresh = inst.key in self.done
+            return store.State(fresh, "up to date" if fresh else "missing", "c" if fresh else None)
+
+        monkeypatch.setattr(runner, "execute", execute)
+        monkeypatch.setattr(runner, "state", state)
+        monkeypatch.setattr(runner, "uncovered", lambda lineage, loaded: [])
+
+
+def schedule(jobs):
+    s = study.resolve("smoke")
+    instances = graph.plan(s)
+    return runner._Schedule(s, instances, {i.key: "x" for i in instances}, {"stages": {}}, False, jobs), instances
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 3])
+def test_stages_run_at_once_only_after_their_inputs(sandbox, monkeypatch, jobs):
+    fake = FakeStages(monkeypatch)
+    sched, instances = schedule(jobs)
+    sched.run()
+    assert fake.done == {i.key for i in instances}  # every stage ran, once each
+    starts = [key for what, key in fake.events if what == "start"]
+    assert len(starts) == len(set(starts)) == len(instances)
+    ended: set = set()
+    for what, key in fake.events:
+        if what == "start":  # every input ended before the stage started
+            inst = sched.planned[key]
+            assert {(i.stage, i.identity) for i in inst.inputs} <= ended, inst.label
+        else:
+            ended.add(key)
+    assert fake.most == jobs  # never more than jobs at once, and the smoke study's graph lets that many run
+    if jobs == 1:
+        assert starts == [i.key for i in instances]  # one after the other, in the plan's order
+
+
+def test_a_failing_stage_stops_new_starts_and_the_running_ones_finish(sandbox, monkeypatch):
+    fake = FakeStages(monkeypatch, fail="finetune[main-s0]")
+    sched, instances = schedule(2)
+    with pytest.raises(runner.StageFailed, match=r"finetune\[main-s0\] failed"):
+        sched.run()
+    failed = next(i.key for i in instances if i.label == "finetune[main-s0]")
+    at = fake.events.index(("end", failed))
+    assert all(what == "end" for what, _ in fake.events[at + 1:])  # nothing started after the failure
+    starts = {key for what, key in fake.events if what == "start"}
+    assert starts - {failed} <= fake.done  # the stage running beside it was completed, not abandoned
+    assert not any(failed_input in {(i.stage, i.identity) for i in sched.planned[k].inputs} for k in starts
+                   for failed_input in [failed])  # nothing that reads the failed stage started
+
+
+@pytest.mark.parametrize("jobs", [0, -1, 17, 1.5, True, "2"])
+def test_jobs_out_of_range_are_refused_before_any_work(sandbox, jobs):
+    with pytest.raises(ValueError, match=r"jobs must be an integer from 1 to 16"):
+        runner.run(str(sandbox), jobs=jobs, build=False)
+    assert not paths.study_dir("mini").exists()

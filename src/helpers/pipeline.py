@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         if cmd == "run":
             p.add_argument("--force", action="store_true", help="recompute every stage")
             p.add_argument("--no-book", action="store_true", help="do not build the HTML book at the end")
+            p.add_argument("--jobs", type=int, default=1, metavar="N",
+                           help="run up to N stages at once, each as soon as its inputs are complete (default 1: "
+                                "one after the other, with progress bars). Worth it for many short stages; a "
+                                "training stage already uses every core")
     p = sub.add_parser("book", help="build a study's HTML book from its published pages (artifacts/<study>/book)")
     p.add_argument("--study", default="embedded", help="the study's folder in artifacts/ (default: embedded)")
     args = parser.parse_args(argv)
@@ -72,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{row['stage']:<{width}}  {row['state']:<11}  {row['runs']:<28}  {row['folder']}{why}")
             return 0
         run(args.profile, args.param, force=args.force, build=not args.no_book, seeds=_seeds(args.seeds),
-            name=args.study)
+            name=args.study, jobs=args.jobs)
         return 0
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -18,9 +18,11 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ import nbformat
 from nbclient.exceptions import DeadKernelError
 
 from .. import artifacts, paths
+from ..config import ConfigError
 from ..study import MissingStudyError, Study, resolve
 from . import feasible
 from .fingerprint import expected as expected_fingerprints
@@ -117,24 +120,58 @@ class _ProgressBars:
             self.bar = None
 
 
-def _kernel_manager(log: Path) -> type:
-    """A kernel manager whose kernel writes its own messages (its start-up warnings, the tracebacks of a kernel
-    stopped by Ctrl-C) to ``log`` instead of the terminal."""
+class _Discard:
+    """A notebook's stderr stream when several stages run at once: their progress bars would overwrite each other's
+    line (the executed notebooks keep every output)."""
+
+    def write(self, text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+#: The process ids of the kernels running now (several when stages run at once): Ctrl-C interrupts them all.
+_KERNELS: set[int] = set()
+
+
+def _interrupt_kernels() -> None:
+    for pid in list(_KERNELS):
+        try:
+            os.kill(pid, signal.SIGINT)
+        except OSError:
+            pass
+
+
+def _kernel_manager(log: Path, started: list[int]) -> type:
+    """A kernel manager whose kernel starts in ``notebooks/`` (where the notebooks expect to run) and writes its own
+    messages (its start-up warnings, the tracebacks of a kernel stopped by Ctrl-C) to ``log`` instead of the
+    terminal. The kernel's process id is appended to ``started`` and to :data:`_KERNELS`."""
     from jupyter_client.manager import AsyncKernelManager
 
     class QuietKernelManager(AsyncKernelManager):
         async def start_kernel(self, **kw: Any) -> None:
+            kw["cwd"] = str(paths.NOTEBOOKS)
             with open(log, "ab") as handle:  # the kernel keeps its own copy of the descriptor
                 kw.setdefault("stdout", handle)
                 kw.setdefault("stderr", handle)
                 await super().start_kernel(**kw)
+            pid = getattr(getattr(self.provisioner, "process", None), "pid", None)
+            if pid:
+                started.append(pid)
+                _KERNELS.add(pid)
 
     return QuietKernelManager
 
 
-def execute(study: str, inst: Instance) -> Path:
+def execute(study: str, inst: Instance, bars: bool = True) -> Path:
     """Run one stage instance's notebook with papermill; returns the executed notebook. The terminal shows the
-    notebook's progress bars; the kernel's own messages go to ``artifacts/<study>/executed/<stage>-<id>.kernel.log``."""
+    notebook's progress bars (unless ``bars`` is false: several stages running at once); the kernel's own messages go
+    to ``artifacts/<study>/executed/<stage>-<id>.kernel.log``. Safe to call from several threads at once: the kernel
+    starts in ``notebooks/`` without changing the runner's working directory (papermill's ``cwd`` would)."""
     import papermill
 
     source = inst.stage.path
@@ -144,14 +181,12 @@ def execute(study: str, inst: Instance) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     kernel_log.unlink(missing_ok=True)
     parameters = {"study": study, **({"run": inst.run.name} if inst.run else {}), **inst.params}
-    bars = _ProgressBars()
-    quiet = logging.getLogger("papermill")  # its messages repeat what the runner reports itself
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)
+    stderr = _ProgressBars() if bars else _Discard()
+    started: list[int] = []
     try:
-        papermill.execute_notebook(str(source), str(partial), parameters=parameters, cwd=str(paths.NOTEBOOKS),
-                                   log_output=False, stderr_file=bars, progress_bar=False,
-                                   kernel_name="python3", kernel_manager_class=_kernel_manager(kernel_log))
+        papermill.execute_notebook(str(source), str(partial), parameters=parameters,
+                                   log_output=False, stderr_file=stderr, progress_bar=False,
+                                   kernel_name="python3", kernel_manager_class=_kernel_manager(kernel_log, started))
     except papermill.PapermillExecutionError as err:
         hint = _os_hint(err.ename, err.evalue)
         raise StageFailed(f"stage {inst.label} failed in notebook notebooks/{source.name} "
@@ -162,8 +197,8 @@ def execute(study: str, inst: Instance) -> Path:
                           f"memory? The partly executed notebook is {partial}, the kernel's messages are in "
                           f"{kernel_log}") from None
     finally:
-        bars.close()
-        quiet.setLevel(level)
+        stderr.close()
+        _KERNELS.difference_update(started)
     record = read_record(folder(study, inst)) or {}  # the commit the notebook just made: the page shows it
     _tag_parameter_cells(partial, {"stage": inst.stage.name, "identity": inst.identity,
                                    "commit": record.get("commit")})
@@ -181,10 +216,19 @@ def _os_hint(ename: str, evalue: str) -> str:
     return ""
 
 
+#: The most stages ``run`` executes at once (``jobs``): each is a kernel of its own, with the model in its memory.
+MAX_JOBS = 16
+
+
 def run(profile: str, overrides: list[str] | None = None, force: bool = False, build: bool = True,
-        seeds: list[int] | None = None, name: str | None = None) -> dict:
+        seeds: list[int] | None = None, name: str | None = None, jobs: int = 1) -> dict:
     """Run every stage of the study (skipping up-to-date ones), publish the book's notebooks, build the book.
-    One runner per study at a time (a second one stops with :class:`helpers.flow.store.BusyError`)."""
+    One runner per study at a time (a second one stops with :class:`helpers.flow.store.BusyError`). ``jobs`` stages
+    whose inputs are complete run at once, each in its own kernel (worth it where stages are short and a kernel's
+    start-up dominates, as in the smoke study; a stage that trains already uses every core); with ``jobs`` 1 they
+    run one after the other in the plan's order, and the terminal shows their progress bars."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= MAX_JOBS:
+        raise ConfigError(f"jobs must be an integer from 1 to {MAX_JOBS} (stages run at once), got {jobs!r}")
     study = resolve(profile, overrides, seeds=seeds, name=name)
     feasible.check(study)
     instances = plan(study)
@@ -193,48 +237,109 @@ def run(profile: str, overrides: list[str] | None = None, force: bool = False, b
     with study_lock(study.name):
         study.save()
         print(f"Study {study.name!r} (profile {profile}): {len(study.runs)} run(s) "
-              f"[{', '.join(study.runs)}], {len(instances)} stage(s); outputs in {paths.study_dir(study.name)}",
-              flush=True)
+              f"[{', '.join(study.runs)}], {len(instances)} stage(s); outputs in {paths.study_dir(study.name)}"
+              + (f"; up to {jobs} stages at once" if jobs > 1 else ""), flush=True)
         runlog = read_runlog(study.name)
         runlog["profile"] = str(profile)
-        log = runlog["stages"] = {k: v for k, v in (runlog.get("stages") or {}).items() if isinstance(v, dict)}
-        found: dict[tuple[str, str], State] = {}
-        planned = {inst.key: inst for inst in instances}
-        for i, inst in enumerate(instances, 1):
-            header = f"[{i}/{len(instances)}] {inst.label} ({inst.stage.notebook})"
-            entry_key = f"{inst.stage.name}-{inst.identity}"
-            notebook = paths.executed_notebook(study.name, inst.stage.name, inst.identity)
-            current = state(study.name, inst, expected[inst.key], found, extra=notebook)
-            if not force and current.fresh:
-                print(f"{header}: up to date, skipped", flush=True)
-                log.setdefault(entry_key, {})["status"] = "reused"
-            else:
-                why = "" if force or current.reason in ("missing", "always runs") else f" ({current.reason})"
-                print(f"{header}: running{why}", flush=True)
-                start = time.perf_counter()
-                execute(study.name, inst)
-                seconds = time.perf_counter() - start
-                log[entry_key] = {"status": "ran", "seconds": round(seconds, 1),
-                                  "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-                current = state(study.name, inst, expected[inst.key], found, extra=notebook)
-                loaded = (read_record(folder(study.name, inst)) or {}).get("loaded", [])
-                missed = [] if inst.stage.always_run else uncovered(lineage(inst, planned), loaded)
-                if missed:
-                    raise StageFailed(f"stage {inst.label} loaded {missed}, which its fingerprint does not cover "
-                                      "(helpers.flow.fingerprint.code_modules): declare them in its Stage.modules")
-                if current.reason.startswith("stale: its parameters, code"):
-                    raise StageFailed(f"stage {inst.label}: its notebook or the code it imports changed while it ran; "
-                                      "run the same command again")
-                if not current.fresh and not inst.stage.always_run:
-                    raise StageFailed(f"stage {inst.label} ran but its outputs are not complete: {current.reason}")
-                print(f"{header}: done in {seconds:.0f} s", flush=True)
-            found[inst.key] = current
-            log[entry_key].update(stage=inst.stage.name, run=inst.run.name if inst.run else None)
-            artifacts.write_json(runlog_path(study.name), runlog)
+        runlog["stages"] = {k: v for k, v in (runlog.get("stages") or {}).items() if isinstance(v, dict)}
+        _Schedule(study, instances, expected, runlog, force, jobs).run()
         publish(study, instances)
     if build:
         build_book(study.name)
     return runlog
+
+
+class _Schedule:
+    """Executes the planned instances that are not up to date, at most ``jobs`` at a time, each as soon as every
+    input has been run or found up to date. The first failure stops new starts; the stages already running finish
+    (their commits are kept), then it is raised. Ctrl-C interrupts the running kernels."""
+
+    def __init__(self, study: Study, instances: list[Instance], expected: dict, runlog: dict, force: bool,
+                 jobs: int) -> None:
+        self.study, self.instances, self.expected = study, instances, expected
+        self.runlog, self.log, self.force, self.jobs = runlog, runlog["stages"], force, jobs
+        self.planned = {inst.key: inst for inst in instances}
+        self.number = {inst.key: i for i, inst in enumerate(instances, 1)}
+        self.found: dict[tuple[str, str], State] = {}
+
+    def header(self, inst: Instance) -> str:
+        return f"[{self.number[inst.key]}/{len(self.instances)}] {inst.label} ({inst.stage.notebook})"
+
+    def notebook(self, inst: Instance) -> Path:
+        return paths.executed_notebook(self.study.name, inst.stage.name, inst.identity)
+
+    def state(self, inst: Instance) -> State:
+        return state(self.study.name, inst, self.expected[inst.key], self.found, extra=self.notebook(inst))
+
+    def run(self) -> None:
+        pending = list(self.instances)  # in the plan's order, inputs first
+        running: dict[Future, tuple[Instance, float]] = {}
+        failure: BaseException | None = None
+        quiet = logging.getLogger("papermill")  # its messages repeat what the runner reports itself
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
+        pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="stage")
+        try:
+            while pending or running:
+                for inst in list(pending):
+                    if failure is not None or len(running) >= self.jobs:
+                        break
+                    if any((i.stage, i.identity) not in self.found for i in inst.inputs):
+                        continue  # an input is still running
+                    pending.remove(inst)
+                    current = self.state(inst)
+                    if not self.force and current.fresh:
+                        print(f"{self.header(inst)}: up to date, skipped", flush=True)
+                        self.log.setdefault(self.entry(inst), {})["status"] = "reused"
+                        self.settle(inst, current)
+                        continue
+                    why = "" if self.force or current.reason in ("missing", "always runs") else f" ({current.reason})"
+                    print(f"{self.header(inst)}: running{why}", flush=True)
+                    running[pool.submit(execute, self.study.name, inst, self.jobs == 1)] = (inst, time.perf_counter())
+                if not running:
+                    break  # nothing can start: a failure stopped the schedule
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    inst, start = running.pop(future)
+                    try:
+                        future.result()
+                        self.settle(inst, self.check(inst, time.perf_counter() - start))
+                    except Exception as err:  # the first failure is raised once the running stages end
+                        failure = failure or err
+        except KeyboardInterrupt:
+            _interrupt_kernels()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            quiet.setLevel(level)
+        if failure is not None:
+            raise failure
+
+    def entry(self, inst: Instance) -> str:
+        return f"{inst.stage.name}-{inst.identity}"
+
+    def check(self, inst: Instance, seconds: float) -> State:
+        """What a stage that just ran left behind: complete, covered by its fingerprint, unchanged while it ran."""
+        self.log[self.entry(inst)] = {"status": "ran", "seconds": round(seconds, 1),
+                                      "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        current = self.state(inst)
+        loaded = (read_record(folder(self.study.name, inst)) or {}).get("loaded", [])
+        missed = [] if inst.stage.always_run else uncovered(lineage(inst, self.planned), loaded)
+        if missed:
+            raise StageFailed(f"stage {inst.label} loaded {missed}, which its fingerprint does not cover "
+                              "(helpers.flow.fingerprint.code_modules): declare them in its Stage.modules")
+        if current.reason.startswith("stale: its parameters, code"):
+            raise StageFailed(f"stage {inst.label}: its notebook or the code it imports changed while it ran; "
+                              "run the same command again")
+        if not current.fresh and not inst.stage.always_run:
+            raise StageFailed(f"stage {inst.label} ran but its outputs are not complete: {current.reason}")
+        print(f"{self.header(inst)}: done in {seconds:.0f} s", flush=True)
+        return current
+
+    def settle(self, inst: Instance, current: State) -> None:
+        self.found[inst.key] = current
+        self.log[self.entry(inst)].update(stage=inst.stage.name, run=inst.run.name if inst.run else None)
+        artifacts.write_json(runlog_path(self.study.name), self.runlog)
 
 
 def _check_writable(folder: Path) -> None:
