@@ -234,9 +234,10 @@ def test_the_degradation_claim_reads_the_pretraining_trajectory():
                              "retrieval_low": [v - 0.02 for v in values], "retrieval_high": [v + 0.02 for v in values]})
 
     dropped = probing.degradation_claim(trajectory([0.1, 0.5, 0.2, 0.6]))
-    assert dropped.verdict == "supports" and abs(dropped.value - 0.3) < 1e-9 and "step-1 to step-2" in dropped.statistic
+    assert dropped.verdict == "conditional on one run" and dropped.low > 0  # one pre-training run
+    assert abs(dropped.value - 0.3) < 1e-9 and "step-1 to step-2" in dropped.statistic
     steady = probing.degradation_claim(trajectory([0.1, 0.2, 0.3, 0.4]))
-    assert steady.verdict != "supports" and steady.value < 0
+    assert steady.high < 0 and steady.value < 0
     assert probing.degradation_claim(trajectory([0.1, 0.2])).verdict == "not tested"
 
 

@@ -200,8 +200,9 @@ PARAMETERS: dict[str, Param] = {
               scope="study", minimum=1, maximum=10000),
         Param("influence_kind", str, "proponents", "proponents (most positive scores) or opponents (most negative)",
               scope="study", choices=_kinds),
-        Param("n_bootstrap", int, 1000, "bootstrap resamples behind every interval", scope="study", minimum=100,
-              maximum=100000),
+        Param("n_bootstrap", int, 1000, "bootstrap resamples behind the alignment chapter's correlation intervals "
+              "(the claims' intervals are t-intervals over runs, or over verses within one run)", scope="study",
+              minimum=100, maximum=100000),
         Param("confidence", float, 0.95, "coverage of every interval", scope="study", minimum=0.5, maximum=0.999),
         Param("examples_per_language", int, 2, "test samples per language shown with their proponents and opponents",
               scope="study", minimum=1, maximum=25),

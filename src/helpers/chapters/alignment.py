@@ -51,7 +51,7 @@ def axis_table(runs: list, starts: pd.DataFrame, cfg: dict[str, Any]) -> pd.Data
     rows = []
     for start in starts.itertuples():
         group = [r for r in runs if r.run.variant == start.variant]
-        own, low, high = claims.interval(_own(group, cfg), "own", cfg["n_bootstrap"], cfg["confidence"])
+        own, low, high = claims.interval(_own(group, cfg), "own", cfg["confidence"])
         ft = group[0].params["fine_tune_languages"]
         blind = analysis.language_blind(analysis.load_scores(group[0]["tracin"]))
         history = pd.concat([finetune.load(r["finetune"]).history.assign(run=r.name) for r in group])
@@ -131,11 +131,11 @@ def compute(probing_folder, runs: list, cfg: dict[str, Any]) -> Result:
                      correlation_claim("AL2", SHARING, correlations.iloc[0],
                                        f"Spearman correlation of neuron overlap and TracIn's share of the other "
                                        f"language in the top-{cfg['top_k']} (ordered language pair x encoder)",
-                                       claims.METHOD),
+                                       claims.METHOD, cfg["confidence"]),
                      correlation_claim("W1", TRANSFER, correlations.iloc[1],
                                        "Spearman correlation of a test language's neuron overlap with the "
                                        "fine-tuning languages and its accuracy (language x encoder)",
-                                       claims.RELATED)]
+                                       claims.RELATED, cfg["confidence"])]
     return result
 
 
@@ -151,27 +151,33 @@ def axis_claim(runs: list, axis: pd.DataFrame, cfg: dict[str, Any]) -> claims.Cl
     most = ranked[ranked["retrieval"] == ranked["retrieval"].iloc[-1]].iloc[0]
     diff = claims.difference(_own([r for r in runs if r.run.variant == least["variant"]], cfg),
                              _own([r for r in runs if r.run.variant == most["variant"]], cfg), "own",
-                             n_boot=cfg["n_bootstrap"], confidence=cfg["confidence"])
+                             confidence=cfg["confidence"])
     claim = claims.claim("AL1", STAGE.name, statement, claims.METHOD,
                          f"own-language share of the top-{cfg['top_k']} {cfg['influence_kind']}: {least['encoder']} "
                          f"(retrieval {least['retrieval']:.0%}) minus {most['encoder']} ({most['retrieval']:.0%})",
-                         diff, 0.0, "no difference", "above")
+                         diff, 0.0, "no difference", "above", confidence=cfg["confidence"])
     n_labels = len(data.LABELS[runs[0].params["label"]].names)
     if least["accuracy"] < finetune.learning_threshold(n_labels):
-        return replace(claim, verdict="inconclusive", note=(
+        return replace(claim, verdict="not tested", note=(
             f"The least aligned encoder's fine-tuned model did not learn the task (accuracy {least['accuracy']:.0%} "
             f"against a chance level of {1 / n_labels:.0%}): its TracIn rankings come from a model near chance, so "
             "the difference says nothing about alignment."))
     return claim
 
 
-def correlation_claim(claim_id: str, statement: str, stat: pd.Series, statistic: str, source: str) -> claims.Claim:
+def correlation_claim(claim_id: str, statement: str, stat: pd.Series, statistic: str, source: str,
+                      confidence: float) -> claims.Claim:
+    """A correlation over points of every encoder's runs, with a bootstrap over the points: it rests on one set of
+    training runs (one per encoder and seed), so it reads "conditional on one run"."""
     if not np.isfinite(stat["spearman"]):
         return claims.not_tested(claim_id, STAGE.name, statement, source, statistic,
                                  f"too few points or a constant variable (n = {int(stat['n'])})")
-    return claims.claim(claim_id, STAGE.name, statement, source, f"{statistic}, n = {int(stat['n'])}",
-                        (stat["spearman"], stat["spearman_low"], stat["spearman_high"]), 0.0, "no correlation",
-                        "above", percent=False)
+    estimate = claims.Estimate(stat["spearman"], stat["spearman_low"], stat["spearman_high"], runs=1,
+                               samples=int(stat["n"]))
+    return claims.claim(claim_id, STAGE.name, statement, source, f"{statistic}, n = {int(stat['n'])}", estimate,
+                        0.0, "no correlation", "above", percent=False, confidence=confidence,
+                        rests_on=f"{int(stat['n'])} points of one set of training runs (a bootstrap over the "
+                                 "points, which share runs and languages)")
 
 
 def axis_display(axis: pd.DataFrame) -> pd.DataFrame:

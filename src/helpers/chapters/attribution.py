@@ -20,7 +20,7 @@ from ..flow.stage import Stage
 from . import Result
 
 STAGE = Stage("attribution", "16_attribution.ipynb", "Which gradients?", reads=(("tracin_groups", "first"),),
-              params=("top_k", "influence_kind", "n_bootstrap", "confidence"),
+              params=("top_k", "influence_kind", "confidence"),
               modules=("chapters/attribution", "analysis", "claims"))
 
 
@@ -39,7 +39,7 @@ def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int, kind: str) -> np.ndarray
 
 def compute(run, cfg: dict[str, Any]) -> Result:
     k, kind = cfg["top_k"], cfg["influence_kind"]
-    opts = dict(n_boot=cfg["n_bootstrap"], confidence=cfg["confidence"])
+    opts = dict(confidence=cfg["confidence"])
     scores = analysis.load_scores(run["tracin_groups"])
     names = list(scores.groups)
     reference = scores.group(names[0], "dot")
@@ -56,7 +56,7 @@ def compute(run, cfg: dict[str, Any]) -> Result:
             samples.append(table)
             seen = table[table["own"].notna()]
             own = claims.interval(seen, "own", **opts)
-            rows.append({"group": name, "similarity": similarity, "own": own[0], "low": own[1], "high": own[2],
+            rows.append({"group": name, "similarity": similarity, "own": own.value, "low": own.low, "high": own.high,
                          "language_blind": float(seen["test_language"].map(blind).mean()),
                          "same_label": table["same_label"].mean(), "spearman_vs_reference": table["spearman"].mean(),
                          "top_k_overlap_vs_reference": table["overlap"].mean()})
@@ -81,15 +81,18 @@ def compute(run, cfg: dict[str, Any]) -> Result:
         else:
             result.claims.append(claims.claim(claim_id, STAGE.name, statement, claims.METHOD, stat,
                                               claims.interval(seen(group), "own", **opts), blind_own,
-                                              "a language-blind ranking", "above"))
+                                              "a language-blind ranking", "above", **opts))
     statement = (f"The book's reference subset ({names[0]}) ranks training samples like exact full-model TracIn: "
                  "their top-k overlap more than chance.")
     stat = f"share of the full-model top-{k} also in the '{names[0]}' top-{k}"
     if "all" in names and names[0] != "all":
         part = samples[(samples["group"] == "all") & (samples["similarity"] == "dot")]
+        per_label = scores.train_ids["label"].value_counts()
+        chance = float(np.minimum(1.0, k / part["test_label"].map(per_label)).mean())
         result.claims.append(claims.claim("AT3", STAGE.name, statement, claims.METHOD, stat,
-                                          claims.interval(part, "overlap", **opts), k / n_train,
-                                          "chance (k / training samples)", "above"))
+                                          claims.interval(part, "overlap", **opts), chance,
+                                          f"label-matched chance (k / training samples of the test sample's label; "
+                                          f"k / all {n_train} would be {k / n_train:.1%})", "above", **opts))
     else:
         result.claims.append(claims.not_tested("AT3", STAGE.name, statement, claims.METHOD, stat,
                                                "needs 'all' among attribution_groups, after the reference"))

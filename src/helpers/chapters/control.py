@@ -19,7 +19,7 @@ from . import Result
 
 STAGE = Stage("control", "15_control.ipynb", "Positive control",
               reads=(("tracin", "control"), ("finetune", "control"), ("tracin", "main")),
-              params=("top_k", "influence_kind", "n_bootstrap", "confidence"),
+              params=("top_k", "influence_kind", "confidence"),
               modules=("chapters/control", "analysis", "claims"))
 
 
@@ -29,7 +29,7 @@ def _n_train(run, lang: str) -> int:
 
 def compute(control: list, main: list, cfg: dict[str, Any]) -> Result:
     k, kind = cfg["top_k"], cfg["influence_kind"]
-    opts = dict(n_boot=cfg["n_bootstrap"], confidence=cfg["confidence"])
+    opts = dict(confidence=cfg["confidence"])
     statement = ("Positive control: when a language's labels can only be learned from its own data, its own share "
                  "of the top-k exceeds the language-blind value.")
     stat = f"own-language share of the permuted language's top-{k} {kind}"
@@ -55,7 +55,7 @@ def compute(control: list, main: list, cfg: dict[str, Any]) -> Result:
                             "accuracy": last.rename("accuracy").reset_index()})
     result.claims = [claims.claim(
         "PC1", STAGE.name, statement, claims.METHOD, f"{data.LANGUAGES[lang].name} (labels shifted): {stat}",
-        claims.interval(target, "own", **opts), float(blind[lang]), "a language-blind ranking", "above",
+        claims.interval(target, "own", **opts), float(blind[lang]), "a language-blind ranking", "above", **opts,
         note=(f"Strength of the control: {control[0].params['permuted_share']:.0%} of "
               f"{data.LANGUAGES[lang].name}'s {_n_train(control[0], lang)} training samples shifted, "
               f"{control[0].params['epochs']} epochs; its test accuracy in the control run: "

@@ -16,7 +16,7 @@ from ..flow.stage import Stage
 from . import Result
 
 STAGE = Stage("language_shares", "10_language_shares.ipynb", "Language shares", reads=(("tracin", "central"),),
-              params=("top_k", "influence_kind", "n_bootstrap", "confidence"),
+              params=("top_k", "influence_kind", "confidence"),
               modules=("chapters/language_shares", "analysis", "claims"))
 
 #: Values of k shown in the sensitivity table (those up to the training set's size).
@@ -34,7 +34,7 @@ def cells(table: pd.DataFrame, blind: pd.Series, cfg: dict[str, Any]) -> pd.Data
     for lang in dict.fromkeys(table["test_language"]):
         part = table[table["test_language"] == lang]
         for col in analysis.share_columns(table):
-            value, low, high = claims.interval(part, col, cfg["n_bootstrap"], cfg["confidence"])
+            value, low, high = claims.interval(part, col, cfg["confidence"])
             train = col.removeprefix("share_")
             rows.append({"test_language": lang, "train_language": train, "share": value, "low": low, "high": high,
                          "language_blind": float(blind[train]),
@@ -67,19 +67,27 @@ def compute(runs: list, cfg: dict[str, Any]) -> Result:
     seen = table[table["own"].notna()].copy()
     seen["cross"] = 1 - seen["own"]
     seen["blind_own"] = seen["test_language"].map(blind)
-    opts = dict(n_boot=cfg["n_bootstrap"], confidence=cfg["confidence"])
     blind_cross = float((1 - seen["blind_own"]).mean())
     result = Result(tables={"samples": table, "cells": cells(table, blind, cfg),
                             "k_sensitivity": k_sensitivity(runs, kind)})
+    conf = cfg["confidence"]
     result.claims = [
         claims.claim("LS1", STAGE.name, "Models rely on data from multiple languages during fine-tuning: a test "
-                     "language's top-k draws substantially on other languages' training data.", claims.ABSTRACT,
+                     "language's top-k draws substantially on other languages' training data.", claims.METHOD,
                      f"cross-lingual share of the top-{k} {kind} (fine-tuned test languages)",
-                     claims.interval(seen, "cross", **opts), RELIANCE_FRACTION * blind_cross,
-                     f"{RELIANCE_FRACTION:.0%} of the language-blind share ({blind_cross:.0%})", "above"),
-        claims.claim("LS2", STAGE.name, "The test language's own training data is preferred: its share of the "
-                     "top-k exceeds what a language-blind ranking gives it.", claims.METHOD,
-                     f"own-language share of the top-{k} {kind}", claims.interval(seen, "own", **opts),
-                     float(seen["blind_own"].mean()), "a language-blind ranking", "above"),
+                     claims.interval(seen, "cross", conf), RELIANCE_FRACTION * blind_cross,
+                     f"{RELIANCE_FRACTION:.0%} of the language-blind share ({blind_cross:.0%})", "above",
+                     confidence=conf, note="A check that the rankings draw on other languages at all (the abstract's "
+                     "statement, weakly): even a ranking that ignored language would pass it, so it is never "
+                     "counted as support for the paper."),
+        claims.claim("LS2", STAGE.name, "The test language's own training data is preferred: among the training "
+                     "samples with the test sample's label, its own language's rank above the other languages'.",
+                     claims.SUMMARY, "label-conditioned own-language AUC (the paper's sum over checkpoints; "
+                     "fine-tuned test languages)", claims.interval(seen, "own_auc", conf), 0.5,
+                     "a language-blind ranking (AUC 0.5)", "above", percent=False, confidence=conf,
+                     note=f"The top-{k} share it replaces as the primary statistic is descriptive here (the table "
+                          f"above): {seen['own'].mean():.1%} own-language against {seen['blind_own'].mean():.1%} "
+                          "for a language-blind ranking, squeezed toward that value because the top-k follows the "
+                          "label first."),
     ]
     return result

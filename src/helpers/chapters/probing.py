@@ -46,7 +46,9 @@ def degradation_claim(points: pd.DataFrame) -> claims.Claim:
     half = np.hypot(before["retrieval_high"] - before["retrieval"], after["retrieval"] - after["retrieval_low"])
     return claims.claim("W2", STAGE.name, statement, claims.RELATED,
                         f"{statistic} ({before['checkpoint']} to {after['checkpoint']})",
-                        (float(drops[i]), float(drops[i] - half), float(drops[i] + half)), 0.0, "no drop", "above",
+                        claims.Estimate(float(drops[i]), float(drops[i] - half), float(drops[i] + half), runs=1,
+                                        samples=len(trajectory)), 0.0, "no drop", "above",
+                        rests_on=f"one pre-training run ({len(trajectory)} checkpoints)",
                         note="Tested on the in-house encoder's few pre-training checkpoints, not on BLOOM's. A drop "
                              "from step 0 is not a degradation of learned alignment: random weights retrieve "
                              "translations through the sub-words they share (names, numbers). Wang et al.'s drops "

@@ -1,4 +1,6 @@
-"""The claims scoreboard: every claim of every chapter, with this study's value, interval and verdict.
+"""The claims scoreboard: every claim of every chapter, with this study's value, interval and verdict, in three
+sections: the paper's claims (:data:`helpers.claims.PRIMARY`, Holm-adjusted together: :func:`helpers.claims.adjust`),
+the related work's, and the checks of the method, which never count as support for the paper.
 
 Also the study's runs, with each run's accuracy, so a reader sees at a glance what the verdicts rest on.
 """
@@ -14,7 +16,27 @@ from ..compute import finetune
 from ..flow.stage import Stage, get
 
 STAGE = Stage("scoreboard", "90_scoreboard.ipynb", "Claims scoreboard", reads=(("finetune", "all"),),
-              params=("n_bootstrap", "confidence"), reads_chapters=True)
+              params=("confidence",), reads_chapters=True)
+
+
+#: The scoreboard's sections, in order: (title, which rows).
+SECTIONS = ("The paper's claims", "Related work", "Checks of the method")
+
+
+def section(row: pd.Series) -> str:
+    if bool(row["primary"]):
+        return SECTIONS[0]
+    return SECTIONS[1] if row["source"] == claims.RELATED else SECTIONS[2]
+
+
+def board(ft1: claims.Claim, chapter_folders: dict[str, Path]) -> pd.DataFrame:
+    """The learning check and every chapter's claims, Holm-adjusted over the paper's claims, each with its section
+    (:data:`SECTIONS`), sorted by section (chapter order within)."""
+    table = pd.concat([claims.table([ft1]).assign(page="02_finetune"), gather(chapter_folders)], ignore_index=True)
+    table = claims.adjust(table)
+    table["section"] = [section(row) for _, row in table.iterrows()]
+    order = {name: i for i, name in enumerate(SECTIONS)}
+    return table.sort_values("section", key=lambda col: col.map(order), kind="stable").reset_index(drop=True)
 
 
 def gather(chapter_folders: dict[str, Path]) -> pd.DataFrame:
@@ -42,10 +64,11 @@ def runs_table(runs: list) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("run")
 
 
-def learning_claim(runs: list, n_boot: int, confidence: float) -> claims.Claim:
+def learning_claim(runs: list, confidence: float) -> claims.Claim:
     """FT1: the main run learns the task: test accuracy over the fine-tuning languages at the last epoch, against
     twice chance. Per-sample outcomes are rebuilt from each language's accuracy and size (a mean of 0/1 outcomes
-    depends only on their counts), so the interval resamples seeds and test samples like every other claim."""
+    depends only on their counts); several seeds: a t-interval over the per-seed accuracies, one: over test samples
+    (without verse ids: each its own cluster)."""
     rows = []
     for run in runs:
         history = finetune.load(run["finetune"]).history
@@ -59,5 +82,6 @@ def learning_claim(runs: list, n_boot: int, confidence: float) -> claims.Claim:
     frame = pd.DataFrame(rows)
     return claims.claim("FT1", STAGE.name, "The fine-tuned model learns the task (the analyses need a model that "
                         "learned something).", claims.METHOD, "test accuracy over the fine-tuning languages, last "
-                        "epoch, main run", claims.interval(frame, "correct", n_boot, confidence),
-                        finetune.learning_threshold(n_labels), f"twice chance ({chance:.0%} x 2)", "above")
+                        "epoch, main run", claims.interval(frame, "correct", confidence),
+                        finetune.learning_threshold(n_labels), f"twice chance ({chance:.0%} x 2)", "above",
+                        confidence=confidence)

@@ -18,7 +18,7 @@ from . import Result
 
 STAGE = Stage("zero_shot", "13_zero_shot.ipynb", "Zero-shot languages",
               reads=(("tracin", "central"), ("finetune", "central")),
-              params=("top_k", "influence_kind", "n_bootstrap", "confidence"),
+              params=("top_k", "influence_kind", "confidence"),
               modules=("chapters/zero_shot", "analysis", "claims"))
 
 
@@ -29,7 +29,7 @@ def related(lang: str, train_languages: list[str], by: str) -> list[str]:
 
 def compute(runs: list, cfg: dict[str, Any]) -> Result:
     k, kind = cfg["top_k"], cfg["influence_kind"]
-    opts = dict(n_boot=cfg["n_bootstrap"], confidence=cfg["confidence"])
+    opts = dict(confidence=cfg["confidence"])
     table = analysis.runs_table(runs, k, kind)
     scores = analysis.load_scores(runs[0]["tracin"])
     blind = analysis.language_blind(scores)
@@ -54,7 +54,7 @@ def compute(runs: list, cfg: dict[str, Any]) -> Result:
         if rel:
             claim_rows.append(claims.claim(f"ZS-{lang}", STAGE.name, statement, claims.METHOD, stat,
                                            claims.interval(part, "share_same_family", **opts), float(blind[rel].sum()),
-                                           "a language-blind ranking", "above"))
+                                           "a language-blind ranking", "above", **opts))
         else:
             claim_rows.append(claims.not_tested(f"ZS-{lang}", STAGE.name, statement, claims.METHOD, stat,
                                                 f"no fine-tuning language shares the family of "

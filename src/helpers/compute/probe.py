@@ -41,7 +41,7 @@ from . import finetune
 
 STAGE = Stage("probe", "07_probe.ipynb", "Probing the encoder states",
               reads=(("pretrain", "axis"), ("finetune", "axis")),
-              params=("alignment_verses", "probe_depth", "probe_neurons", "n_bootstrap", "confidence"))
+              params=("alignment_verses", "probe_depth", "probe_neurons", "confidence"))
 
 PRETRAINING = "in-house MLM"  # the encoder name of the pre-training checkpoints
 TABLES = ("points", "layers", "pairs", "starts", "verses")
@@ -121,9 +121,8 @@ def measure(point: Point, states: dict[str, np.ndarray], labels: np.ndarray, cfg
                "probe_nmi": float(np.mean([s.dev_nmi[-1] for s in selections.values()]))}
         layer_rows.append(row)
         if layer == probed:
-            retrieval = claims.interval(pd.DataFrame({"hit": hits}), "hit", cfg["n_bootstrap"], cfg["confidence"],
-                                        strata=None, unit=None)
-            summary = {**row, "n_layers": n_layers, "retrieval_low": retrieval[1], "retrieval_high": retrieval[2],
+            retrieval = claims.interval(pd.DataFrame({"hit": hits}), "hit", cfg["confidence"])  # verses: the units
+            summary = {**row, "n_layers": n_layers, "retrieval_low": retrieval.low, "retrieval_high": retrieval.high,
                        "chance_low": float(pairs["chance_low"].iloc[0]),
                        "chance_high": float(pairs["chance_high"].iloc[0])}
             pair_rows = [{**point.__dict__, **r} for r in pairs.to_dict("records")]
