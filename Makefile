@@ -47,8 +47,8 @@ paper: $(STAMP)
 ## (smoke) parameters, in order. Everything they write goes to one temporary folder, removed at the end (artifacts,
 ## the converted-model cache, the datasets cache, the books their studies publish): the checkout's artifacts/, book/executed/ and _build/ are
 ## compared before and after, and a change fails the target. The chapters read several runs of the smoke study, so
-## nbval needs it built: it is built in the background while the unit tests run (they use about one core of two),
-## its log shown if it fails; notebooks/conftest.py then finds every stage up to date. --nbval-lax: the notebooks are
+## nbval needs it built: it is built in the background, one torch thread, while the unit tests run (they use about one
+## core of two), its log shown if it fails; notebooks/conftest.py then finds every stage up to date. --nbval-lax: the notebooks are
 ## stored without outputs, so nbval checks that every cell runs; in the same session notebooks/test_book_values.py
 ## checks what the executed pages show (accuracy table, language shares, verdicts) against values it recomputes from
 ## the stored checkpoints and scores.
@@ -58,7 +58,7 @@ test: $(STAMP)
 	@before=$$($(CHECKOUT_STATE)); tmp=$$(mktemp -d -t helpers-test.XXXXXX); smoke=; \
 	trap '[ -n "$$smoke" ] && kill $$smoke 2>/dev/null; wait; rm -rf "$$tmp"' EXIT; \
 	export HELPERS_CACHE="$$tmp/cache" HF_DATASETS_CACHE="$$tmp/datasets"; \
-	HELPERS_ARTIFACTS="$$tmp/notebooks" $(PY) -m helpers.pipeline run --profile smoke --no-book \
+	OMP_NUM_THREADS=1 HELPERS_ARTIFACTS="$$tmp/notebooks" $(PY) -m helpers.pipeline run --profile smoke --no-book \
 		> "$$tmp/smoke.log" 2>&1 & smoke=$$!; \
 	HELPERS_ARTIFACTS="$$tmp/units" $(PY) -m pytest -p no:cacheprovider tests \
 	&& { wait $$smoke || { tail -n 60 "$$tmp/smoke.log"; echo "make test: building the smoke study for nbval failed (its log above)" >&2; exit 1; }; } \

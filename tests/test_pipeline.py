@@ -153,10 +153,11 @@ class FakeStages:
         import time
 
         self.lock, self.events, self.done, self.running, self.most = threading.Lock(), [], set(), 0, 0
-        self.fail = fail
+        self.fail, self.threads = fail, set()
 
-        def execute(study_name, inst, bars=True):
+        def execute(study_name, inst, bars=True, threads=None):
             with self.lock:
+                self.threads.add(threads)
                 self.events.append(("start", inst.key))
                 self.running += 1
                 self.most = max(self.most, self.running)
@@ -185,6 +186,8 @@ def schedule(jobs):
 
 @pytest.mark.parametrize("jobs", [1, 2, 3])
 def test_stages_run_at_once_only_after_their_inputs(sandbox, monkeypatch, jobs):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 4)
     fake = FakeStages(monkeypatch)
     sched, instances = schedule(jobs)
     sched.run()
@@ -199,6 +202,8 @@ def test_stages_run_at_once_only_after_their_inputs(sandbox, monkeypatch, jobs):
         else:
             ended.add(key)
     assert fake.most == jobs  # never more than jobs at once, and the smoke study's graph lets that many run
+    # the cores shared out among the kernels running at once (4 here); one at a time: every core
+    assert fake.threads == {None if jobs == 1 else 4 // jobs}
     if jobs == 1:
         assert starts == [i.key for i in instances]  # one after the other, in the plan's order
 

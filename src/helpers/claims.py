@@ -160,11 +160,8 @@ def decide(value: float, runs: int, p: float, p_equivalent: float, baseline: flo
     return "underpowered"
 
 
-def _within_run(row: Claim | pd.Series) -> str:
+def _within_run(low: float, high: float, baseline: float) -> str:
     """For a one-run claim: what its within-run interval shows (it does not generalise to another run)."""
-    low, high, baseline = row["low"] if isinstance(row, pd.Series) else row.low, \
-        row["high"] if isinstance(row, pd.Series) else row.high, \
-        row["baseline"] if isinstance(row, pd.Series) else row.baseline
     if not (np.isfinite(low) and np.isfinite(high)):
         return "Within this one run the interval is undefined."
     where = "above" if low > baseline else "below" if high < baseline else "around"
@@ -196,7 +193,7 @@ def claim(claim_id: str, chapter: str, statement: str, source: str, statistic: s
               df=float(estimate.df), margin=float(margin), p=p, p_equivalent=p_eq, primary=head is not None,
               confidence=confidence)
     if verdict == "conditional on one run":
-        c.note = f"{_within_run(c)} {note}".strip()
+        c.note = f"{_within_run(c.low, c.high, c.baseline)} {note}".strip()
     return c
 
 

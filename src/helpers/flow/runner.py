@@ -146,15 +146,18 @@ def _interrupt_kernels() -> None:
             pass
 
 
-def _kernel_manager(log: Path, started: list[int]) -> type:
+def _kernel_manager(log: Path, started: list[int], threads: int | None = None) -> type:
     """A kernel manager whose kernel starts in ``notebooks/`` (where the notebooks expect to run) and writes its own
     messages (its start-up warnings, the tracebacks of a kernel stopped by Ctrl-C) to ``log`` instead of the
-    terminal. The kernel's process id is appended to ``started`` and to :data:`_KERNELS`."""
+    terminal. The kernel's process id is appended to ``started`` and to :data:`_KERNELS`. ``threads`` sets the
+    kernel's ``OMP_NUM_THREADS`` (:func:`helpers.runtime.set_threads` reads it)."""
     from jupyter_client.manager import AsyncKernelManager
 
     class QuietKernelManager(AsyncKernelManager):
         async def start_kernel(self, **kw: Any) -> None:
             kw["cwd"] = str(paths.NOTEBOOKS)
+            if threads is not None:
+                kw["env"] = {**os.environ, "OMP_NUM_THREADS": str(threads)}
             with open(log, "ab") as handle:  # the kernel keeps its own copy of the descriptor
                 kw.setdefault("stdout", handle)
                 kw.setdefault("stderr", handle)
@@ -167,11 +170,12 @@ def _kernel_manager(log: Path, started: list[int]) -> type:
     return QuietKernelManager
 
 
-def execute(study: str, inst: Instance, bars: bool = True) -> Path:
+def execute(study: str, inst: Instance, bars: bool = True, threads: int | None = None) -> Path:
     """Run one stage instance's notebook with papermill; returns the executed notebook. The terminal shows the
     notebook's progress bars (unless ``bars`` is false: several stages running at once); the kernel's own messages go
     to ``artifacts/<study>/executed/<stage>-<id>.kernel.log``. Safe to call from several threads at once: the kernel
-    starts in ``notebooks/`` without changing the runner's working directory (papermill's ``cwd`` would)."""
+    starts in ``notebooks/`` without changing the runner's working directory (papermill's ``cwd`` would).
+    ``threads``: the kernel's torch threads (default: every core, or ``OMP_NUM_THREADS``)."""
     import papermill
 
     source = inst.stage.path
@@ -186,7 +190,8 @@ def execute(study: str, inst: Instance, bars: bool = True) -> Path:
     try:
         papermill.execute_notebook(str(source), str(partial), parameters=parameters,
                                    log_output=False, stderr_file=stderr, progress_bar=False,
-                                   kernel_name="python3", kernel_manager_class=_kernel_manager(kernel_log, started))
+                                   kernel_name="python3",
+                                   kernel_manager_class=_kernel_manager(kernel_log, started, threads))
     except papermill.PapermillExecutionError as err:
         hint = _os_hint(err.ename, err.evalue)
         raise StageFailed(f"stage {inst.label} failed in notebook notebooks/{source.name} "
@@ -261,6 +266,10 @@ class _Schedule:
         self.planned = {inst.key: inst for inst in instances}
         self.number = {inst.key: i for i, inst in enumerate(instances, 1)}
         self.found: dict[tuple[str, str], State] = {}
+        #: each kernel's torch threads when stages run at once: the cores shared out (more threads than free cores
+        #: slows torch several-fold); the user's OMP_NUM_THREADS, when set, wins
+        self.threads = (None if jobs == 1 or os.environ.get("OMP_NUM_THREADS")
+                        else max(1, (os.cpu_count() or 1) // jobs))
 
     def header(self, inst: Instance) -> str:
         return f"[{self.number[inst.key]}/{len(self.instances)}] {inst.label} ({inst.stage.notebook})"
@@ -295,7 +304,8 @@ class _Schedule:
                         continue
                     why = "" if self.force or current.reason in ("missing", "always runs") else f" ({current.reason})"
                     print(f"{self.header(inst)}: running{why}", flush=True)
-                    running[pool.submit(execute, self.study.name, inst, self.jobs == 1)] = (inst, time.perf_counter())
+                    running[pool.submit(execute, self.study.name, inst, self.jobs == 1, self.threads)] = (
+                        inst, time.perf_counter())
                 if not running:
                     break  # nothing can start: a failure stopped the schedule
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
