@@ -296,7 +296,10 @@ def test_scoreboard_lists_every_claim_by_section_with_the_papers_claims_holm_adj
     for _, row in board.iterrows():
         columns = ("p_adjusted", "p_equivalent_adjusted") if family[_] else ("p", "p_equivalent")
         assert expected_verdict(row, *columns) == row["verdict"], row["claim_id"]
-    shown = tables_with(inst, "verdict")[0]
+    parts = tables_with(inst, "verdict")  # one table per section
+    assert [len(t) for t in parts] == board.groupby("section", sort=False).size().tolist()
+    assert "Holm p" in parts[0].columns and all("Holm p" not in t.columns for t in parts[1:])
+    shown = pd.concat(parts)
     assert list(shown.index) == board["claim_id"].tolist()
     assert shown["verdict"].tolist() == board["verdict"].tolist()
     assert shown["runs"].tolist() == [str(int(r)) for r in board["runs"].fillna(0)]

@@ -215,7 +215,9 @@ def test_a_failing_stage_stops_new_starts_and_the_running_ones_finish(sandbox, m
         sched.run()
     failed = next(i.key for i in instances if i.label == "finetune[main-s0]")
     at = fake.events.index(("end", failed))
-    assert all(what == "end" for what, _ in fake.events[at + 1:])  # nothing started after the failure
+    # the scheduler learns of the failure when it next wakes: at most one round of starts (2 slots) can come between
+    # the failed stage's end and that moment; after it, nothing starts (38 stages would otherwise follow)
+    assert sum(what == "start" for what, _ in fake.events[at + 1:]) <= 2
     starts = {key for what, key in fake.events if what == "start"}
     assert starts - {failed} <= fake.done  # the stage running beside it was completed, not abandoned
     assert not any(failed_input in {(i.stage, i.identity) for i in sched.planned[k].inputs} for k in starts

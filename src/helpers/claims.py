@@ -58,10 +58,9 @@ PRIMARY: dict[str, tuple[float, str]] = {
     "DY1": (0.03, "a change of the own-language AUC under 0.03 over fine-tuning is a tenth of what an encoder with "
                   "room (AUC about 0.9 at the start) could lose"),
     "DY2": (0.03, "as DY1, over the epochs after the second"),
-    "IM1": (0.02, "two points of excess share: one training sample of a top-50"),
-    "IM2": (0.02, "two points of excess share: one training sample of a top-50"),
-    "TR1": (0.05, "five points of the cross-lingual proponents: less than one sample per test sample at the "
-                  "default top-k"),
+    "IM1": (0.02, "two points of excess share: less than half of one sample of the default top-20"),
+    "IM2": (0.02, "two points of excess share: less than half of one sample of the default top-20"),
+    "TR1": (0.05, "five points of the cross-lingual proponents: less than one of the about 16 of a top-20"),
 }
 
 

@@ -85,9 +85,9 @@ def compute(runs: list, cfg: dict[str, Any]) -> Result:
                      claims.SUMMARY, "label-conditioned own-language AUC (the paper's sum over checkpoints; "
                      "fine-tuned test languages)", claims.interval(seen, "own_auc", conf), 0.5,
                      "a language-blind ranking (AUC 0.5)", "above", percent=False, confidence=conf,
-                     note=f"The top-{k} share it replaces as the primary statistic is descriptive here (the table "
-                          f"above): {seen['own'].mean():.1%} own-language against {seen['blind_own'].mean():.1%} "
-                          "for a language-blind ranking, squeezed toward that value because the top-k follows the "
-                          "label first."),
+                     note=f"The top-{k} share it replaces as the primary statistic is descriptive (the language-shares "
+                          f"page's tables): {seen['own'].mean():.1%} own-language against "
+                          f"{seen['blind_own'].mean():.1%} for a language-blind ranking, squeezed toward that value "
+                          "because the top-k follows the label first."),
     ]
     return result
