@@ -313,3 +313,49 @@ def test_a_shortage_names_the_language_and_split(fixture_dirs):
     with pytest.raises(data.SizeError, match=r"label class 0 has 5 samples left in language 'en', train split, 10 "
                                              "needed"):
         data.sample_keys(cfg)
+
+
+def test_duplicate_ids_are_refused_naming_the_values_and_lines(tmp_path):
+    corpus_fixtures.write("pawsx", tmp_path, n_train=4, n_test=6, languages=("en",))
+    rewrite(tmp_path / "en" / "test.jsonl", '"id": 5003', '"id": 5001')
+    with pytest.raises(corpora.CorpusFormatError,
+                       match=r"en/test\.jsonl: column 'id' has duplicate ids, first '5001' \(line 2\)"):
+        corpora.get("pawsx").read("en", "test", str(tmp_path))
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("garbage", r"test-00000-of-00001\.parquet: not a readable parquet file"),
+    ("dangling", r"test-00000-of-00001\.parquet: cannot be read \(No such file or directory\)"),
+    ("folder", r"test\.jsonl: is a folder, not a regular file"),
+])
+def test_an_unreadable_file_is_refused_naming_it(tmp_path, damage, message):
+    corpus_fixtures.write("marc", tmp_path, n_train=4, n_test=5, languages=("en",), layout="hub", fmt="parquet")
+    shard = tmp_path / "en" / "test-00000-of-00001.parquet"
+    if damage == "garbage":
+        shard.write_bytes(b"PAR1 not really parquet")
+    elif damage == "dangling":
+        shard.unlink()
+        shard.symlink_to(tmp_path / "gone.parquet")
+    else:
+        shard.unlink()
+        (tmp_path / "en" / "test.jsonl").mkdir()
+    with pytest.raises(corpora.CorpusFormatError, match=message):
+        corpora.get("marc").read("en", "test", str(tmp_path))
+
+
+def test_a_datasetdict_saved_per_language_is_read_and_one_saved_as_a_split_is_refused(tmp_path):
+    import datasets
+
+    corpus_fixtures.write("marc", tmp_path / "flat", n_train=4, n_test=5, languages=("en",))
+    frames = {split: pd.read_json(tmp_path / "flat" / "en" / f"{split}.jsonl", lines=True, dtype=False)
+              for split in ("train", "test")}
+    whole = datasets.DatasetDict({s: datasets.Dataset.from_pandas(f, preserve_index=False)
+                                  for s, f in frames.items()})
+    whole.save_to_disk(str(tmp_path / "dict" / "en"))  # dataset_dict.json + en/train/ + en/test/
+    loaded = corpora.get("marc").read("en", "test", str(tmp_path / "dict"))
+    expected = corpora.get("marc").read("en", "test", str(tmp_path / "flat"))
+    pd.testing.assert_frame_equal(loaded.frame, expected.frame)
+    whole.save_to_disk(str(tmp_path / "nested" / "en" / "test"))  # the whole dict where one split belongs
+    with pytest.raises(corpora.CorpusFormatError, match=r"en/test: holds a DatasetDict \(\['train', 'test'\]\); "
+                                                          r"point at one split's folder"):
+        corpora.get("marc").read("en", "test", str(tmp_path / "nested"))

@@ -71,8 +71,10 @@ def find(folder: Path, split: str) -> Source | None:
             found.append(_source(suffix[1:], shards, str(folder / f"{split}-*-of-*{suffix}")))
     sub = folder / split
     if sub.is_dir():
-        if (sub / "state.json").exists() or (sub / "dataset_info.json").exists():
-            found.append(Source("save_to_disk", tuple(sorted(sub.glob("*.arrow"))), str(sub), False))
+        if any((sub / name).exists() for name in ("state.json", "dataset_info.json", "dataset_dict.json")):
+            # (a DatasetDict saved where one split belongs is found too, so that reading it says what to do)
+            arrows = sorted(sub.glob("*.arrow")) or sorted(sub.glob("*/*.arrow"))
+            found.append(Source("save_to_disk", tuple(arrows), str(sub), False))
         else:
             shards = sorted(sub.glob("*.parquet"))
             if shards:
