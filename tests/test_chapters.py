@@ -91,6 +91,23 @@ def test_language_shares_detects_planted_own_language_preference_and_its_absence
     assert claims_mod.load(tmp_path / "out")["verdict"].tolist() == result.claims_table["verdict"].tolist()
 
 
+def test_each_cell_is_read_against_its_column_over_the_other_test_languages(tmp_path):
+    """On a parallel test set (the same verses in every test language): a boost of German training data for German
+    test samples makes the German-German cell stand out of its column (the other test languages' German share, on
+    the same verses); the German column's other cells lie below it. Without verse ids shared across languages there
+    is nothing to pair: n/a, not a number."""
+    train, test = frames()
+    parallel = test.assign(pair_id=[f"t{j}" for j in range(len(test) // 3)] * 3)
+    de = (train["language"].to_numpy()[:, None] == "de") & (parallel["language"].to_numpy()[None, :] == "de")
+    runs = seeded(tmp_path, "main", lambda seed: [own_language_scores(train, parallel, 0, seed) + 5 * de], train,
+                  parallel)
+    cells = language_shares.compute(runs, CFG).tables["cells"].set_index(["test_language", "train_language"])
+    assert cells.loc[("de", "de"), "share"] == 1.0 and cells.loc[("de", "de"), "vs_low"] > 0.3
+    assert cells.loc[("en", "de"), "vs_high"] < 0 and cells.loc[("fr", "de"), "vs_high"] < 0
+    unpaired = seeded(tmp_path, "own", lambda seed: [own_language_scores(train, test, 0, seed)], train, test)
+    assert language_shares.compute(unpaired, CFG).tables["cells"]["vs_others"].isna().all()
+
+
 def test_dynamics_detects_a_falling_own_language_auc_with_runs_as_the_unit(tmp_path):
     train, test = frames()
     runs = seeded(tmp_path, "main", lambda seed: [own_language_scores(train, test, s, seed) for s in (10, 3, 0)],

@@ -28,17 +28,27 @@ RELIANCE_FRACTION = 0.25
 
 
 def cells(table: pd.DataFrame, blind: pd.Series, cfg: dict[str, Any]) -> pd.DataFrame:
-    """Long (test_language, train_language, share, low, high, language_blind, count) with a bootstrap interval per
-    cell; ``count``: how many top-k samples came from that training language, over every test sample and seed."""
+    """Long (test_language, train_language, share, low, high, language_blind, count, vs_others, vs_low, vs_high) with
+    an interval per cell; ``count``: how many top-k samples came from that training language, over every test sample
+    and seed. ``vs_others``: the cell minus its column's mean over the *other* test languages, the null a cell is
+    read against (a training language can be drawn on by every test language alike: only a cell that stands out of
+    its column says something about that pair). It is paired by verse: each test sample against the same verse's
+    test samples in the other test languages of its run, with an interval over runs (one run: over verses)."""
     rows = []
+    conf = cfg["confidence"]
     for lang in dict.fromkeys(table["test_language"]):
         part = table[table["test_language"] == lang]
+        others = table[table["test_language"] != lang]
         for col in analysis.share_columns(table):
-            value, low, high = claims.interval(part, col, cfg["confidence"])
+            value, low, high = claims.interval(part, col, conf)
+            rest = others.groupby(["run", "test_pair_id"])[col].mean().rename("rest")
+            paired = part.join(rest, on=["run", "test_pair_id"])
+            vs = claims.interval(paired.assign(vs=paired[col] - paired["rest"]), "vs", conf)
             train = col.removeprefix("share_")
             rows.append({"test_language": lang, "train_language": train, "share": value, "low": low, "high": high,
                          "language_blind": float(blind[train]),
-                         "count": int(round(part[col].sum() * cfg["top_k"]))})
+                         "count": int(round(part[col].sum() * cfg["top_k"])),
+                         "vs_others": vs.value, "vs_low": vs.low, "vs_high": vs.high})
     return pd.DataFrame(rows)
 
 
