@@ -170,13 +170,13 @@ def fake_finetune(folder, seed):
     return folder
 
 
-def write_fake_shards(folder, finetune, world=2, ranks=None, **change):
+def write_fake_shards(folder, finetune, world=2, ranks=None, test_ids=None, **change):
     """What ``score --rank R --world-size W`` writes for each rank (scores: the row index, so a merge is checkable)."""
     n_train, n_test = 4 * world, 3
     rows = np.tile(np.arange(n_train, dtype=np.float32)[None, :, None], (1, 1, n_test))
     scores = InfluenceScores(per_checkpoint=rows, checkpoints=["epoch-1"], learning_rates=[1e-3],
                              train_ids=pd.DataFrame({"uid": range(n_train)}),
-                             test_ids=pd.DataFrame({"uid": range(n_test)}))
+                             test_ids=pd.DataFrame({"uid": range(n_test)}) if test_ids is None else test_ids)
     for rank in range(world) if ranks is None else ranks:
         meta = {"finetune": shard.finetune_identity(finetune), "params": "last_layers:1", "similarity": "dot",
                 "batch_size": 32, "dtype": "fp32", "test_per_language": None, "code": shard.code_digest(),
@@ -211,6 +211,21 @@ def test_a_shard_of_another_plan_parameter_set_code_or_launch_is_refused(tmp_pat
     write_fake_shards(tmp_path / "shards", ft, world=3, ranks=[1], **change)
     with pytest.raises(shard.ShardError, match=re.escape(f"{key}: {change[key]!r} (shard-0001-of-0003) vs ")):
         shard.merge(tmp_path / "shards")
+
+
+def test_shards_of_other_samples_never_merge(tmp_path):
+    """Same fine-tuning, plan and parameters, other test samples (e.g. a slice of another size or order): refused,
+    and id tables that are not the ones the shards scored are refused too."""
+    ft = fake_finetune(tmp_path / "ft", 0)
+    write_fake_shards(tmp_path / "shards", ft, ranks=[0])
+    write_fake_shards(tmp_path / "shards", ft, ranks=[1], test_ids=pd.DataFrame({"uid": [2, 1, 0]}))
+    with pytest.raises(shard.ShardError,
+                       match=r"ids: '[0-9a-f]{16}' \(shard-0001-of-0002\) vs '[0-9a-f]{16}' \(rank 0"):
+        shard.merge(tmp_path / "shards")
+    write_fake_shards(tmp_path / "alike", ft)
+    pd.DataFrame({"uid": [2, 1, 0]}).to_parquet(tmp_path / "alike" / "test_ids.parquet", index=False)
+    with pytest.raises(shard.ShardError, match=r"test_ids\.parquet are not the samples the shards scored"):
+        shard.merge(tmp_path / "alike")
 
 
 def test_a_shard_that_does_not_record_its_run_is_refused(tmp_path):

@@ -12,11 +12,12 @@ parameter subset. ``tests/test_tracin_shard.py`` compares a 2-process gloo run w
 What a shard belongs to (:data:`RUN_KEYS`, recorded in its ``.json``): the fine-tuning it scored
 (:func:`finetune_identity`: its stage commit and a digest of its small record files, the same on every machine
 that holds a copy), the plan (world size, row blocks, test chunks), the TracIn parameters (subset, similarity, batch
-size, dtype, groups, test rows), the scoring code (:func:`code_digest`) and, under a launcher, the launch (a nonce
-rank 0 draws). The merge refuses shards that differ in any of them, naming both values: shards of two seeds, or of
-an earlier run left in the same folder, never merge into one matrix. Scoring never reads an earlier run's shards
-either: under a launcher (or alone) rank 0 empties the shard folder before any process writes; a shard scored apart
-(``--rank``) refuses to start when the folder holds its own rank already or shards of another run.
+size, dtype, groups, test rows), the samples scored (:func:`ids_digest` of the training and test id tables, also
+checked against the id tables the merge reads), the scoring code (:func:`code_digest`) and, under a launcher, the
+launch (a nonce rank 0 draws). The merge refuses shards that differ in any of them, naming both values: shards of
+two seeds, or of an earlier run left in the same folder, never merge into one matrix. Scoring never reads an earlier
+run's shards either: under a launcher (or alone) rank 0 empties the shard folder before any process writes; a shard
+scored apart (``--rank``) refuses to start when the folder holds its own rank already or shards of another run.
 """
 
 from __future__ import annotations
@@ -70,6 +71,16 @@ def code_digest() -> str:
     digest = hashlib.sha256()
     for f in [*sorted(here.glob("*.py")), here.parent / "compute" / "tracin.py"]:
         digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def ids_digest(train_ids: pd.DataFrame, test_ids: pd.DataFrame) -> str:
+    """A digest of the training and test id tables a shard scored (their columns and values, in order): two shards
+    of one fine-tuning and plan but other samples (another ``test_per_language`` slice, a reordered table) differ."""
+    digest = hashlib.sha256()
+    for frame in (train_ids, test_ids):
+        digest.update(json.dumps([str(c) for c in frame.columns]).encode() + b"\0")
+        digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes() + b"\0")
     return digest.hexdigest()[:16]
 
 
@@ -129,7 +140,8 @@ def write_shard(folder: Path, rank: int, world: int, scores: InfluenceScores, ro
     info = {**meta, "rank": rank, "world": world, "n_rows": int(len(rows)),
             "checkpoints": list(scores.checkpoints), "learning_rates": [float(x) for x in scores.learning_rates],
             "similarity": scores.similarity, "params": scores.params,
-            "groups": {g: v["spec"] for g, v in scores.groups.items()}, "shape": list(scores.per_checkpoint.shape)}
+            "groups": {g: v["spec"] for g, v in scores.groups.items()}, "shape": list(scores.per_checkpoint.shape),
+            "ids": ids_digest(scores.train_ids, scores.test_ids)}
     (folder / f".{name}.tmp.json").write_text(json.dumps(info, indent=2))
     if rank == 0:  # before the shard itself: rank 0's shard never stands beside an earlier run's id tables
         scores.train_ids.to_parquet(folder / "train_ids.parquet", index=False)
@@ -155,7 +167,7 @@ def merge(folder: Path | str, expect: dict[str, Any] | None = None) -> Influence
         raise FileNotFoundError(f"no shard-*-of-*.json in {folder}: run the score command first")
     rank0 = metas.get(_shard_name(0, next(iter(metas.values())).get("world", 0)))
     first = rank0 if rank0 is not None else next(iter(metas.values()))
-    shared = (*RUN_KEYS, "checkpoints", "learning_rates", "shape")
+    shared = (*RUN_KEYS, "checkpoints", "learning_rates", "shape", "ids")
     for name, meta in metas.items():
         if expect is not None:
             differ = _differences(meta, expect, tuple(expect), name, "this run")
@@ -190,11 +202,15 @@ def merge(folder: Path | str, expect: dict[str, Any] | None = None) -> Influence
                 elif not np.array_equal(v["test_sq"], z[f"group/{g}/test_sq"]):
                     raise ValueError(f"{folder}: rank {rank}'s test gradient norms of group {g!r} differ from rank "
                                      "0's: the processes did not compute the same test bank")
+    train_ids, test_ids = pd.read_parquet(folder / "train_ids.parquet"), pd.read_parquet(folder / "test_ids.parquet")
+    if ids_digest(train_ids, test_ids) != first.get("ids"):
+        raise ShardError(f"{folder}: train_ids.parquet / test_ids.parquet are not the samples the shards scored (ids "
+                         f"{ids_digest(train_ids, test_ids)} vs {first.get('ids')!r}); remove the folder's shards and "
+                         "score again")
     if (seen != 1).any():
         bad = np.flatnonzero(seen != 1)
         raise ValueError(f"{folder}: {bad.size} training rows were scored {sorted(set(seen[bad].tolist()))} times "
                          f"instead of once, e.g. row {int(bad[0])}")
     return InfluenceScores(per_checkpoint=out, checkpoints=first["checkpoints"], learning_rates=first["learning_rates"],
-                           train_ids=pd.read_parquet(folder / "train_ids.parquet"),
-                           test_ids=pd.read_parquet(folder / "test_ids.parquet"), similarity=first["similarity"],
+                           train_ids=train_ids, test_ids=test_ids, similarity=first["similarity"],
                            params=first["params"], groups=groups)
