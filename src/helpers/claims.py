@@ -239,10 +239,16 @@ def interval(frame: pd.DataFrame, value: str, confidence: float = 0.95, unit: st
         mean = float(x.mean())
         se, clusters = _cluster_se(x, ids)
         df = clusters - 1
-    if not np.isfinite(se):
-        return Estimate(mean, float("nan"), float("nan"), runs, se, float("nan"), len(x), clusters)
+    return _t_estimate(mean, se, df, confidence, runs, len(x), clusters)
+
+
+def _t_estimate(value: float, se: float, df: float, confidence: float, runs: int, samples: int,
+                clusters: int) -> Estimate:
+    """``value`` with its ``confidence`` t-interval (undefined when ``se`` is)."""
+    if not (np.isfinite(se) and np.isfinite(df)):
+        return Estimate(value, float("nan"), float("nan"), runs, se, float("nan"), samples, clusters)
     half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
-    return Estimate(mean, mean - half, mean + half, runs, se, float(df), len(x), clusters)
+    return Estimate(value, value - half, value + half, runs, se, float(df), samples, clusters)
 
 
 def difference(a: pd.DataFrame, b: pd.DataFrame, value: str, confidence: float = 0.95, **kwargs) -> Estimate:
@@ -252,16 +258,10 @@ def difference(a: pd.DataFrame, b: pd.DataFrame, value: str, confidence: float =
     ea, eb = interval(a, value, confidence, **kwargs), interval(b, value, confidence, **kwargs)
     if not ea.runs or not eb.runs:
         return NAN
-    value_ = ea.value - eb.value
-    runs = min(ea.runs, eb.runs)
     va, vb = ea.se ** 2, eb.se ** 2
-    se = float(np.sqrt(va + vb))
     df = (va + vb) ** 2 / (va ** 2 / ea.df + vb ** 2 / eb.df) if va + vb > 0 else min(ea.df, eb.df)
-    if not np.isfinite(se):
-        return Estimate(value_, float("nan"), float("nan"), runs, se, float("nan"), ea.samples + eb.samples)
-    half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
-    return Estimate(value_, value_ - half, value_ + half, runs, se, float(df), ea.samples + eb.samples,
-                    min(ea.clusters, eb.clusters))
+    return _t_estimate(ea.value - eb.value, float(np.sqrt(va + vb)), df, confidence, min(ea.runs, eb.runs),
+                       ea.samples + eb.samples, min(ea.clusters, eb.clusters))
 
 
 def holm(p: Sequence[float]) -> np.ndarray:

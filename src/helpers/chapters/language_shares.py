@@ -1,8 +1,10 @@
 """Which languages do the most influential training samples come from? (the paper's central analysis)
 
 For every test sample, its top-k proponents (or opponents) by total TracIn score; the share of each training
-language among them, averaged over the test samples of each test language and over the main run's seeds, with a
-bootstrap interval per cell and the language-blind value (the training language's share of the data) beside it.
+language among them, averaged over the test samples of each test language and over the central runs' seeds, with
+a t-interval per cell (:func:`helpers.claims.interval`), the language-blind value (the training language's share of
+the data) and the cell's difference from its column over the other test languages beside it. The claim of own-language
+preference (LS2) is judged on the label-conditioned own-language AUC, which the top-k shares cannot carry.
 """
 
 from __future__ import annotations

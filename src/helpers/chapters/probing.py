@@ -33,7 +33,8 @@ def compute(folder: Path) -> Result:
 
 def degradation_claim(points: pd.DataFrame) -> claims.Claim:
     """Wang et al.'s second finding, on the in-house pre-training trajectory: the largest drop of retrieval between
-    successive checkpoints, with an interval from the two checkpoints' bootstrap half-widths."""
+    successive checkpoints, with an interval from the two checkpoints' retrieval interval half-widths (one
+    pre-training run: conditional on one run)."""
     statement = DEGRADATION
     trajectory = points[(points["encoder"] == PRETRAINING) & points["run"].isna()].sort_values("order")
     statistic = "largest drop of translation retrieval between successive in-house pre-training checkpoints"

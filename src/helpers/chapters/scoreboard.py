@@ -19,7 +19,7 @@ STAGE = Stage("scoreboard", "90_scoreboard.ipynb", "Claims scoreboard", reads=((
               params=("confidence",), reads_chapters=True)
 
 
-#: The scoreboard's sections, in order: (title, which rows).
+#: The scoreboard's sections, in order (:func:`section` puts each claim in one).
 SECTIONS = ("The paper's claims", "Related work", "Checks of the method")
 
 

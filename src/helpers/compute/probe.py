@@ -99,7 +99,7 @@ def held_out_verses(runs: list, n: int) -> tuple[pd.DataFrame, list[str]]:
 def measure(point: Point, states: dict[str, np.ndarray], labels: np.ndarray, cfg: dict[str, Any],
             every_layer: bool = True) -> tuple[dict[str, Any], list[dict], list[dict]]:
     """Retrieval and neuron overlap of one encoder state at every layer (or at the probed layer only): (summary row
-    at the probed layer, with a bootstrap interval over verses for retrieval; per-layer rows; per-pair rows at the
+    at the probed layer, with a t-interval over verses for retrieval; per-layer rows; per-pair rows at the
     probed layer)."""
     from ..neurons import activations
 

@@ -120,20 +120,6 @@ class _ProgressBars:
             self.bar = None
 
 
-class _Discard:
-    """A notebook's stderr stream when several stages run at once: their progress bars would overwrite each other's
-    line (the executed notebooks keep every output)."""
-
-    def write(self, text: str) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 #: The process ids of the kernels running now (several when stages run at once): Ctrl-C interrupts them all.
 _KERNELS: set[int] = set()
 
@@ -185,7 +171,7 @@ def execute(study: str, inst: Instance, bars: bool = True, threads: int | None =
     target.parent.mkdir(parents=True, exist_ok=True)
     kernel_log.unlink(missing_ok=True)
     parameters = {"study": study, **({"run": inst.run.name} if inst.run else {}), **inst.params}
-    stderr = _ProgressBars() if bars else _Discard()
+    stderr = _ProgressBars() if bars else None  # several stages at once: their bars would overwrite each other
     started: list[int] = []
     try:
         papermill.execute_notebook(str(source), str(partial), parameters=parameters,
@@ -202,7 +188,8 @@ def execute(study: str, inst: Instance, bars: bool = True, threads: int | None =
                           f"memory? The partly executed notebook is {partial}, the kernel's messages are in "
                           f"{kernel_log}") from None
     finally:
-        stderr.close()
+        if stderr is not None:
+            stderr.close()
         _KERNELS.difference_update(started)
     record = read_record(folder(study, inst)) or {}  # the commit the notebook just made: the page shows it
     _tag_parameter_cells(partial, {"stage": inst.stage.name, "identity": inst.identity,
