@@ -127,8 +127,9 @@ def test_accuracy_table_is_the_saved_checkpoints_accuracy(inst):
         assert table[f"epoch {epoch}"].iloc[:-1].tolist() == [f"{shown[lang]:.0%}" for lang in accuracy.index]
     assert glued(inst, "mean_accuracy") == f"{mean:.0%}"
     n_classes = len(data.LABELS[run["label"]].names)
-    [verdict] = [m for m in outputs(inst, "text/markdown") if "verdict" in m]
-    assert ("does **not**" not in verdict) == (mean >= 2 / n_classes), verdict
+    [summary] = [m for m in outputs(inst, "text/markdown") if "This run's accuracy" in m]
+    assert ("**below**" not in summary) == (mean >= 2 / n_classes), summary
+    assert f"is {mean:.0%} against" in summary and "FT1" in summary  # a point value; the claim is on the scoreboard
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -104,9 +104,10 @@ def test_accuracy_table_has_a_row_per_language_and_the_mean_over_fine_tuning_lan
     assert table["seen in fine-tuning"].tolist() == [True, True, False, True]
 
 
-def test_learning_verdict_threshold():
-    assert "learns the task" in finetune_stage.learning_verdict(0.34, 6, 3)
-    assert "does **not**" in finetune_stage.learning_verdict(0.32, 6, 3)
+def test_learning_summary_threshold_and_where_the_claim_is_judged():
+    above, below = finetune_stage.learning_summary(0.34, 6, 3), finetune_stage.learning_summary(0.32, 6, 3)
+    assert "34% against a chance level of 17%: at or above twice chance" in above
+    assert "**below** twice chance" in below and "(FT1) is judged on the [claims scoreboard]" in below
 
 
 def test_load_gives_tracin_each_checkpoint_with_its_own_rate_and_an_absolute_path(tmp_path):
