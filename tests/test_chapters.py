@@ -185,6 +185,40 @@ def test_translations_leaves_out_the_planted_test_translations_and_needs_an_own_
     assert translations.compute([lonely], {**CFG, "top_k": 5}).tables["samples"]["reinforcing"].isna().all()
 
 
+def test_translations_measures_tr1_without_planted_translations_and_tr2_with_them(tmp_path):
+    """A half-planted parallel run: TR1 on the test samples none of whose translations is trained on, pooled over
+    their cross-lingual proponents; TR2 on the others. Unplanted samples reinforce fully; the planted ones' own
+    translations rank first (TR2) and their other proponents never reinforce, which must not reach TR1."""
+    train, test = frames(parallel=True)
+    planted_rows = (np.arange(len(test)) % 6) < 3
+    test = test.assign(pair_id=np.where(planted_rows, [f"v{2 + j % 6}" for j in range(len(test))], test["pair_id"]))
+    same_pair = train["pair_id"].to_numpy()[:, None] == test["pair_id"].to_numpy()[None, :]
+    other = train["language"].to_numpy()[:, None] != test["language"].to_numpy()[None, :]
+    own = ~other
+    values = np.zeros((len(train), len(test)))
+    v01 = train["pair_id"].isin(["v0", "v1"]).to_numpy()[:, None]
+    values += np.where(~planted_rows[None, :], 5.0 * v01, 0.0)  # unplanted: v0, v1 in every language
+    values += np.where(planted_rows[None, :], 9.0 * (same_pair & other) + 5.0 * (own & (train["pair_id"] == "v7")
+                       .to_numpy()[:, None]) + 4.0 * (other & (train["pair_id"] == "v6").to_numpy()[:, None]), 0.0)
+    runs = seeded(tmp_path, "parallel", lambda seed: [values], train, test, parallel_train=True,
+                  test_translations_in_train=True)
+    result = translations.compute(runs, {**CFG, "top_k": 6})
+    samples = result.tables["samples"]
+    unplanted = samples[samples["translations"] == 0]
+    assert len(unplanted) == 3 * 3 * 3 and unplanted["reinforcing"].eq(1.0).all()
+    assert samples.loc[samples["translations"] > 0, "reinforcing"].eq(0.0).all()  # v6 never translates own v7
+    row = result.claims_table.set_index("claim_id").loc["TR1"]
+    expected = np.average(unplanted["excess"], weights=unplanted["n_cross"])
+    assert row["value"] == pytest.approx(expected) and row["value"] > 0.5 and row["verdict"] == "supports"
+    assert "27 test samples in all" in row["rests_on"]
+    tr2 = result.claims_table.set_index("claim_id").loc["TR2"]
+    assert tr2["value"] == 1.0 and "27 test samples in all" in tr2["rests_on"]
+    everything = seeded(tmp_path, "all", lambda seed: [values], train, test.assign(pair_id=[f"v{j % 8}" for j in
+                        range(len(test))]), parallel_train=True, test_translations_in_train=True)
+    got = verdicts(translations.compute(everything, {**CFG, "top_k": 6}))
+    assert got["TR1"] == "not tested" and got["TR2"] != "not tested"
+
+
 def test_imbalance_is_judged_beyond_the_data_share_paired_by_seed(tmp_path):
     """A language given twice the data gains influence beyond its data share: supported. A language-blind ranking
     of the same imbalanced data raises the language's share of the top-k just as much as its data share (1/3 to

@@ -71,6 +71,21 @@ def test_interval_is_a_t_interval_over_runs_or_over_verse_clusters():
     assert all(np.isnan(tuple(claims.interval(one.assign(v=np.nan), "v"))))
 
 
+def test_a_pooled_interval_weights_each_sample_and_uses_the_ratio_estimators_standard_error():
+    # One run, three verses: shares 1, 0, 0 over 3, 1 and 1 proponents: pooled 3/5 (the mean of shares: 1/3).
+    one = pd.DataFrame({"v": [1.0, 0.0, 0.0, np.nan], "n": [3, 1, 1, 4], "test_pair_id": list("abcd")})
+    est = claims.interval(one, "v", weight="n")
+    # Delta method: sqrt(g/(g-1) * sum((y - R w)^2)) / sum(w), y = w v: sqrt(1.5 * (1.2^2 + 0.6^2 + 0.6^2)) / 5
+    assert (est.value, est.samples, est.clusters) == (pytest.approx(0.6), 3, 3)
+    assert est.se == pytest.approx(np.sqrt(1.5 * (1.2 ** 2 + 0.6 ** 2 + 0.6 ** 2)) / 5)
+    assert claims.interval(one, "v").value == pytest.approx(1 / 3)
+    # Several runs: each run's pooled value is one observation.
+    runs = pd.concat([one.assign(run="a"), one.assign(run="b", v=[0.0, 1.0, 1.0, np.nan])])
+    est = claims.interval(runs, "v", weight="n")
+    assert (est.value, est.runs) == (pytest.approx((0.6 + 0.4) / 2), 2)
+    assert est.se == pytest.approx(np.std([0.6, 0.4], ddof=1) / np.sqrt(2))
+
+
 @pytest.mark.parametrize("confidence", [0.5, 0.9])
 def test_interval_width_follows_the_confidence(confidence):
     rng = np.random.default_rng(3)

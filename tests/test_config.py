@@ -107,6 +107,8 @@ def test_relations_between_parameters():
     ("top_k=10001", "'top_k' is 10001, above the maximum"),
     ("attribution_test_per_language=7", r"'attribution_test_per_language' is 7; allowed: 1\.\.6"),
     ("imbalance_factor=2", "'imbalance_factor' is set but 'imbalance_language' is none"),
+    ("planted_share=1.5", "'planted_share' is 1.5, above the maximum"),
+    ("main.planted_share=1", "'planted_share' is 1.0 but 'test_translations_in_train' is false"),
 ])
 def test_values_outside_the_declared_range_are_refused(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -118,6 +120,7 @@ def test_values_outside_the_declared_range_are_refused(override, message):
     ["train_per_language=6"],  # as many as the genre task's classes
     ["max_length=512", "pretrain_max_length=512"], ["max_length=8"], ["warmup_ratio=0"], ["warmup_ratio=1"],
     ["control.permuted_share=0"],  # (a share needs a permuted language: the control run has one)
+    ["parallel.planted_share=0"], ["parallel.planted_share=1"],  # (the parallel run plants translations)
     ["learning_rate=1e-9"], ["attribution_test_per_language=6"], ["test_per_language=1", "top_k=1",
                                                                    "attribution_test_per_language=1"],
     ["imbalance4.imbalance_factor=20"], ["n_bootstrap=100"], ["confidence=0.999"],

@@ -52,20 +52,30 @@ def test_parallel_training_flag(parallel):
         assert len(union) == sum(len(s) for s in sets)  # disjoint
 
 
-def test_planted_translations_of_every_test_sample_but_never_the_sample_itself():
-    cfg, train, test = splits(test_translations_in_train=True, parallel_train=True)
+@pytest.mark.parametrize("share", [0.5, 1.0, 0.0])
+def test_planted_translations_of_a_share_of_the_test_samples_but_never_the_sample_itself(share):
+    cfg, train, test = splits(test_translations_in_train=True, parallel_train=True, planted_share=share)
     trained = set(zip(train["language"], train["pair_id"]))
     assert not trained & set(zip(test["language"], test["pair_id"]))  # never the test sample itself
-    # Its translations in the other fine-tuning languages (all of them, except a language whose own test set drew
-    # the same verse: test sets are drawn independently from one pool).
-    for lang, pair in zip(test["language"], test["pair_id"]):
+    n_planted = round(share * cfg["test_per_language"])
+    in_training = test["pair_id"].isin(set(train["pair_id"]))
+    assert (test[in_training].groupby("language").size() == n_planted).all() or n_planted == 0
+    assert not in_training.any() or n_planted
+    # A planted verse: its translations in the other fine-tuning languages (all of them, except a language whose own
+    # test set drew the same verse: test sets are drawn independently from one pool).
+    for lang, pair in zip(test.loc[in_training, "language"], test.loc[in_training, "pair_id"]):
         others = [lg for lg in cfg["fine_tune_languages"] if lg != lang]
         testing = set(test.loc[test["pair_id"] == pair, "language"])
         assert all((lg, pair) in trained for lg in others if lg not in testing)
-        assert any((lg, pair) in trained for lg in others)
-    per_language = test.groupby("language")["pair_id"].apply(frozenset)
-    assert per_language.nunique() > 1  # each language draws its own test verses
+    # The others: the same verses in every test language, none of whose translations is trained on (TR1).
+    free = test[~in_training].groupby("language")["pair_id"].apply(frozenset)
+    assert len(free) in (0, len(cfg["fine_tune_languages"] + cfg["zero_shot_languages"])) and free.nunique() <= 1
+    assert (test[~in_training].groupby("language").size() == cfg["test_per_language"] - n_planted).all()
+    if 0 < share:
+        per_language = test[in_training].groupby("language")["pair_id"].apply(frozenset)
+        assert per_language.nunique() > 1  # each language draws its own planted test verses
     assert (train.groupby("language").size() == cfg["train_per_language"]).all()
+    assert (test.groupby(["language", "label"]).size().groupby("language").agg(lambda n: n.max() - n.min()) <= 2).all()
 
 
 def test_imbalance_gives_one_language_more_data_and_the_control_shifts_its_labels():
@@ -110,7 +120,7 @@ def test_planted_translations_never_the_test_sample_itself_in_a_small_pool(monke
     # is in its own language's training data unless it is taken out.
     small_pool(monkeypatch, 9)
     cfg, train, test = splits(label="testament", train_per_language=12, test_per_language=6, parallel_train=True,
-                              test_translations_in_train=True)
+                              test_translations_in_train=True, planted_share=1.0)
     trained = set(zip(train["language"], train["pair_id"]))
     assert not trained & set(zip(test["language"], test["pair_id"]))
     assert (train.groupby("language").size() == 12).all()
@@ -134,11 +144,14 @@ def test_parallel_texts_are_translations():
 
 
 def test_parallel_examples_are_empty_without_a_parallel_test_set_and_the_description_follows_the_flags():
-    cfg, train, test = splits(test_translations_in_train=True, parallel_train=True)
+    cfg, train, test = splits(test_translations_in_train=True, parallel_train=True, planted_share=1.0)
     assert data.parallel_examples(test).shape[1] == 0
     text = data.describe_sampling(cfg, train, test)
     assert "parallel, like XNLI" in text and "never a test sample itself" in text
     assert f"{len(test)} of the {len(test)} test samples have translations" in text
+    cfg, train, test = splits(test_translations_in_train=True, parallel_train=True)
+    assert f"{len(test) // 2} of the {len(test)} test samples have translations" in data.describe_sampling(
+        cfg, train, test)
     cfg, train, test = splits(parallel_train=True)
     assert "parallel, like XNLI" in data.describe_sampling(cfg, train, test)
 

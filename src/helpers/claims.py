@@ -217,27 +217,30 @@ def _cluster_se(values: np.ndarray, clusters: np.ndarray) -> tuple[float, int]:
 
 
 def interval(frame: pd.DataFrame, value: str, confidence: float = 0.95, unit: str = "run",
-             cluster: str = "test_pair_id") -> Estimate:
+             cluster: str = "test_pair_id", weight: str | None = None) -> Estimate:
     """The mean of ``frame[value]`` with a ``confidence`` t-interval (see the module's docstring): over the per-run
     means when ``frame[unit]`` has several runs, else over test samples clustered by ``frame[cluster]`` (a frame
-    without verse ids: every row its own cluster). Rows with a missing value are dropped."""
+    without verse ids: every row its own cluster). Rows with a missing value are dropped. ``weight``: a pooled mean
+    instead, ``sum(w * x) / sum(w)`` per run (e.g. a share pooled over test samples, each weighted by its number of
+    proponents), with a linearised (ratio-estimator) cluster-robust standard error within one run."""
     x = frame[value].to_numpy(dtype=float)
-    keep = ~np.isnan(x)
-    x = x[keep]
+    w = frame[weight].to_numpy(dtype=float) if weight else np.ones(len(x))
+    keep = ~np.isnan(x) & (w > 0)
+    x, w = x[keep], w[keep]
     if not len(x):
         return NAN
     units = frame[unit].to_numpy()[keep] if unit in frame else np.zeros(len(x))
     _, which = np.unique(units.astype(str), return_inverse=True)
     runs = int(which.max()) + 1
     if runs > 1:
-        means = np.bincount(which, weights=x) / np.bincount(which)
+        means = np.bincount(which, weights=w * x) / np.bincount(which, weights=w)
         mean, se, df, clusters = float(means.mean()), float(means.std(ddof=1) / np.sqrt(runs)), runs - 1, 0
     else:
         ids = frame[cluster].to_numpy()[keep].astype(str) if cluster in frame else None
         if ids is None or (ids == "").all():
             ids = np.arange(len(x))
-        mean = float(x.mean())
-        se, clusters = _cluster_se(x, ids)
+        mean = float(np.sum(w * x) / np.sum(w))
+        se, clusters = _cluster_se(w * (x - mean) / w.mean(), ids)
         df = clusters - 1
     return _t_estimate(mean, se, df, confidence, runs, len(x), clusters)
 

@@ -126,6 +126,9 @@ PARAMETERS: dict[str, Param] = {
         Param("test_translations_in_train", bool, False,
               "put translations of each test verse in the other languages' training data (never the test sample "
               "itself); False keeps every translation of a test verse out of training"),
+        Param("planted_share", float, 0.5, "with test_translations_in_train: the share of each test language's test "
+              "verses whose translations are planted (the translations chapter's TR2); the others are kept out of "
+              "training in every language, as in the paper (TR1)", minimum=0.0, maximum=1.0),
         Param("imbalance_language", str, "none", "a fine-tuning language given more data than the others (none: "
               "balanced)", choices=_languages_or_none),
         Param("imbalance_factor", int, 1, "how many times train_per_language the imbalance_language gets", minimum=1,
@@ -362,6 +365,10 @@ def check_relations(cfg: dict[str, Any]) -> None:
         if cfg["train_per_language"] < n_labels:
             raise ConfigError(f"parameter 'train_per_language' is {cfg['train_per_language']} but label "
                               f"{cfg['label']!r} has {n_labels} classes; allowed: >= {n_labels}")
+    if cfg.get("test_translations_in_train") is False and cfg.get("planted_share", 0.5) != 0.5:
+        raise ConfigError(f"parameter 'planted_share' is {cfg['planted_share']} but 'test_translations_in_train' is "
+                          "false: nothing is planted; set test_translations_in_train: true, or leave 'planted_share' "
+                          "at 0.5")
     if cfg.get("test_translations_in_train") and cfg.get("parallel_train") is False:
         raise ConfigError("parameter 'test_translations_in_train' needs 'parallel_train: true' (the translations of "
                           "a test verse are planted in every other fine-tuning language's training data)")

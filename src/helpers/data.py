@@ -89,9 +89,10 @@ def describe_sampling(cfg: Mapping[str, Any], train: pd.DataFrame, test: pd.Data
     text += f"Test set: {len(test)} samples, {cfg['test_per_language']} per language in {test['language'].nunique()} "
     if cfg["test_translations_in_train"]:
         overlap = int(test["pair_id"].isin(set(train["pair_id"])).sum())
-        text += (f"languages, different verses in each; the translations of test verses in the other fine-tuning "
-                 f"languages are trained on ({overlap} of the {len(test)} test samples have translations in "
-                 "training), never a test sample itself.")
+        text += (f"languages. {cfg['planted_share']:.0%} of each language's test verses are its own, and their "
+                 f"translations in the other fine-tuning languages are trained on ({overlap} of the {len(test)} test "
+                 "samples have translations in training), never a test sample itself; the other test verses are the "
+                 "same in every language and no translation of them is trained on.")
     elif corpus.single_pool:
         text += ("languages, the same verses in every language (a parallel test set, like XNLI's), none of which is "
                  "trained on in any language.")

@@ -13,10 +13,12 @@ Sampling (:func:`build_splits`):
   the ``imbalance_language``), balanced over labels; with ``parallel_train`` every language has the same verses (as
   XNLI's translated training data), otherwise disjoint ones;
 * ``test_translations_in_train=False`` (default): the test verses are the same in every language (a parallel test
-  set, as XNLI's) and no translation of them is trained on. ``True`` (needs ``parallel_train``): each test language
-  has its own test verses, taken out of its own training data only, so the other fine-tuning languages train on
-  their translations (never the test sample itself): the translations analysis asks whether a test sample draws on
-  its own translation;
+  set, as XNLI's) and no translation of them is trained on. ``True`` (needs ``parallel_train``): a ``planted_share``
+  of each test language's test verses are its own, taken out of its own training data only, so the other
+  fine-tuning languages train on their translations (never the test sample itself): the translations analysis asks
+  whether a test sample draws on its own translation (TR2). The rest are the same verses in every test language,
+  none of whose translations is trained on: on those the translations analysis measures reinforcement as the paper
+  did, without planted translations (TR1);
 * a verse whose text repeats another verse's in any test language (normalised: case, punctuation and spacing
   ignored) is never sampled (:func:`repeated_verses`), so no training sample has a test sample's text;
 * the positive control (``permuted_language``) shifts one language's labels by one class, see :func:`permute`.
@@ -190,13 +192,16 @@ def sample_keys(cfg: Mapping[str, Any]) -> tuple[dict[str, pd.DataFrame], dict[s
     test_keys: dict[str, pd.DataFrame] = {}
     train_keys: dict[str, pd.DataFrame] = {}
     if planted:
-        # Parallel training with the test verses' translations planted: one pool of base + test_per_language verses;
-        # each test language's test verses come from the pool and are removed from that language's own training
-        # data only, so every other fine-tuning language trains on their translations.
-        pool = draw(base + test_per_language, set())
+        # Parallel training with some test verses' translations planted: one pool of base + n_planted verses; each
+        # test language's planted test verses come from the pool and are removed from that language's own training
+        # data only, so every other fine-tuning language trains on their translations. The other test verses are
+        # drawn outside the pool, the same in every test language: no translation of them is trained on.
+        n_planted = int(round(cfg["planted_share"] * test_per_language))
+        free = draw(test_per_language - n_planted, set())
+        pool = draw(base + n_planted, set(free["pair_id"]))
         for lang in test_languages:
-            test_keys[lang] = draw(test_per_language, set(), pool)
-        used = set(pool["pair_id"])
+            test_keys[lang] = pd.concat([draw(n_planted, set(), pool), free])
+        used = set(pool["pair_id"]) | set(free["pair_id"])
         for lang in fine_tune_languages:
             own = pool[~pool["pair_id"].isin(set(test_keys[lang]["pair_id"]))]  # base verses
             extra = draw(sizes[lang] - base, used) if sizes[lang] > base else own.iloc[:0]
