@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from helpers import claims as claims_mod
 from helpers import config, data, study
@@ -379,56 +380,139 @@ def test_reproducibility_parameter_table_shows_where_runs_differ():
     assert table.loc["epochs", [c for c in table.columns if c.startswith("in ")]].eq("").all()
 
 
-def test_alignment_sees_the_unaligned_encoder_drawing_on_its_own_language_and_overlap_tracking_sharing(
-        tmp_path, monkeypatch):
+def _axis_runs(tmp_path, monkeypatch, train, test, encoders, accuracy, **params):
+    """Fake fine-tuned runs of several encoders: ``encoders`` maps a variant to (encoder name, seeds, scores(seed));
+    ``accuracy(run name, language)`` gives the last epoch's accuracy."""
     from types import SimpleNamespace
 
     from helpers.chapters import alignment
 
-    train, test = frames()
-    aligned = fake_run(tmp_path, "main-s0", [own_language_scores(train, test, 0)], train, test)
-    unaligned = fake_run(tmp_path, "mlm-s0", [own_language_scores(train, test, 10)], train, test,
-                         model="inhouse-mlm")
-    accuracy = {"main-s0": [0.7, 0.75, 0.8], "mlm-s0": [0.3, 0.35, 0.4]}  # rising with the overlap below
-    for run in (aligned, unaligned):
-        run.folders["finetune"] = tmp_path / run.name / "finetune"
+    runs = []
+    for variant, (_, seeds, make) in encoders.items():
+        for seed in range(seeds):
+            run = fake_run(tmp_path, f"{variant}-s{seed}", [make(seed)], train, test, seed=seed, **params)
+            run.folders["finetune"] = tmp_path / run.name / "finetune"
+            runs.append(run)
+    languages = list(test["language"].unique())
     monkeypatch.setattr(alignment.finetune, "load", lambda folder: SimpleNamespace(history=pd.DataFrame(
-        {"epoch": 3, "language": LANGS, "accuracy": accuracy[Path(folder).parent.name]})))
+        {"epoch": 3, "language": languages,
+         "accuracy": [accuracy(Path(folder).parent.name, lang) for lang in languages]})))
+    return runs
+
+
+def _probing(tmp_path, starts, pairs):
     probing = tmp_path / "probing"
-    probing.mkdir()
-    pd.DataFrame([{"variant": "main", "run": "main-s0", "encoder": "e5", "retrieval": 0.9, "retrieval_low": 0.85,
-                   "retrieval_high": 0.95, "overlap": 0.5},
-                  {"variant": "mlm", "run": "mlm-s0", "encoder": "in-house", "retrieval": 0.05, "retrieval_low": 0.02,
-                   "retrieval_high": 0.08, "overlap": 0.1}]).to_csv(probing / "starts.csv", index=False)
-    pairs = [{"encoder": encoder, "phase": "fine-tuned", "checkpoint": f"epoch{epoch}", "order": epoch, "run": run,
-              "language_a": a, "language_b": b, "overlap": base + 0.01 * i + (0.3 if epoch == 1 else 0)}
-             for run, encoder, base in (("main-s0", "e5", 0.5), ("mlm-s0", "in-house", 0.05))
-             for epoch in (1, 2) for i, (a, b) in enumerate([("en", "fr"), ("en", "de"), ("fr", "de")])]
+    probing.mkdir(exist_ok=True)
+    pd.DataFrame(starts).to_csv(probing / "starts.csv", index=False)
     pd.DataFrame(pairs).to_csv(probing / "pairs.csv", index=False)
-    result = alignment.compute(probing, [aligned, unaligned], CFG)
-    assert verdicts(result) == {"AL1": "conditional on one run", "AL2": "conditional on one run",
-                                "W1": "conditional on one run"}  # one run per encoder
-    assert (result.claims_table["low"] > 0).all()
-    axis = result.tables["axis"].set_index("encoder")
-    assert axis.loc["in-house", "own"] == 1.0 and axis.loc["e5", "own"] < 0.6
-    assert result.tables["pair_points"]["overlap"].max() < 0.6  # the last checkpoint's overlap, not the first's
-    assert len(result.tables["pair_points"]) == 2 * 6  # ordered pairs of 3 languages, per run
-    accuracy["mlm-s0"] = [0.2, 0.2, 0.2]  # below twice chance (6 genres): the unaligned model learned nothing
-    unlearned = alignment.compute(probing, [aligned, unaligned], CFG).claims_table.set_index("claim_id")
-    assert unlearned.loc["AL1", "verdict"] == "not tested" and "did not learn" in unlearned.loc["AL1", "note"]
+    return probing
+
+
+def test_alignment_compares_encoders_only_when_each_learned_the_task_on_three_seeds(tmp_path, monkeypatch):
+    from helpers.chapters import alignment
+
+    train, test = frames()
+    encoders = {"main": ("e5", 3, lambda seed: own_language_scores(train, test, 0, seed)),
+                "mlm": ("in-house", 3, lambda seed: own_language_scores(train, test, 10, seed))}
+    accuracy = {"main": 0.7, "mlm": 0.4}
+    runs = _axis_runs(tmp_path, monkeypatch, train, test, encoders,
+                      lambda run, lang: accuracy[run.split("-")[0]] + 0.01 * int(run[-1]))
+    starts = [{"variant": "main", "run": "main-s0", "encoder": "e5", "retrieval": 0.9, "overlap": 0.5},
+              {"variant": "mlm", "run": "mlm-s0", "encoder": "in-house", "retrieval": 0.05, "overlap": 0.1}]
+    pairs = [{"encoder": encoder, "phase": "fine-tuned", "checkpoint": "epoch1", "order": 1, "run": f"{v}-s0",
+              "language_a": a, "language_b": b, "overlap": 0.3} for v, (encoder, _, _) in encoders.items()
+             for a, b in [("en", "fr"), ("en", "de"), ("fr", "de")]]
+    probing = _probing(tmp_path, starts, pairs)
+    claim = alignment.compute(probing, runs, CFG).claims_table.set_index("claim_id").loc["AL1"]
+    assert claim["verdict"] == "supports" and claim["runs"] == 3 and claim["value"] > 0.3
+    # One seed each: not tested, whatever the difference (the run is the unit).
+    one = alignment.compute(probing, [r for r in runs if r.run.seed == 0], CFG).claims_table.set_index("claim_id")
+    assert one.loc["AL1", "verdict"] == "not tested" and "at least 3 seeds" in one.loc["AL1", "note"]
+    assert "e5: 1 seed" in one.loc["AL1", "note"]
+    # The unaligned encoder near chance (6 genres: 17%): its rankings say nothing about alignment.
+    accuracy["mlm"] = 0.1
+    unlearned = alignment.compute(probing, runs, CFG).claims_table.set_index("claim_id").loc["AL1"]
+    assert unlearned["verdict"] == "not tested" and "this study has 1 such encoder" in unlearned["note"]
     # An encoder measuring as aligned as e5 (layers above the probed one re-initialised) listed after it: the most
     # aligned end stays the main run's encoder.
-    accuracy["mlm-s0"] = [0.3, 0.35, 0.4]
-    tied = fake_run(tmp_path, "reinit-s0", [own_language_scores(train, test, 10)], train, test)
-    tied.folders["finetune"] = tmp_path / "reinit-s0" / "finetune"
-    accuracy["reinit-s0"] = [0.7, 0.75, 0.8]
-    starts = pd.read_csv(probing / "starts.csv")
-    tie = starts.iloc[[0]].assign(variant="reinit", run="reinit-s0", encoder="e5, top 1 re-initialised")
-    pd.concat([starts, tie]).to_csv(probing / "starts.csv", index=False)
-    claim = alignment.compute(probing, [aligned, unaligned, tied], CFG).claims_table.set_index("claim_id").loc["AL1"]
+    accuracy["mlm"] = 0.4
+    accuracy["reinit"] = 0.7
+    tied = _axis_runs(tmp_path, monkeypatch, train, test,
+                      {**encoders, "reinit": ("e5, top 1 re-initialised", 3,
+                                              lambda seed: own_language_scores(train, test, 10, seed))},
+                      lambda run, lang: accuracy[run.split("-")[0]] + 0.01 * int(run[-1]))
+    _probing(tmp_path, starts + [{**starts[0], "variant": "reinit", "run": "reinit-s0",
+                                  "encoder": "e5, top 1 re-initialised"}], pairs)
+    claim = alignment.compute(probing, tied, CFG).claims_table.set_index("claim_id").loc["AL1"]
     assert claim["statistic"].endswith("minus e5 (90%)") and claim["value"] > 0.3, claim["statistic"]
     (probing / "pairs.csv").write_text("")  # the probing chapter measured nothing (not the Bible corpus)
-    assert set(verdicts(alignment.compute(probing, [aligned, unaligned], CFG)).values()) == {"not tested"}
+    assert set(verdicts(alignment.compute(probing, runs, CFG)).values()) == {"not tested"}
+
+
+def test_alignment_correlations_are_within_one_encoder_over_unordered_pairs_and_zero_shot_languages(
+        tmp_path, monkeypatch):
+    """Planted: within each encoder, language pairs that overlap more share more data: each encoder's claim
+    supports it. Then the overlaps shuffled within each encoder: no link within either, while the encoder with more
+    overlap still shares more overall (a weaker own-language pull), so a correlation pooled over encoders leans
+    positive: the claims, within one encoder each, must not read "supports". W1 uses only the zero-shot languages:
+    with four whose accuracy follows their overlap it is tested; with two it is not."""
+    from helpers.chapters import alignment
+
+    ft, zs = ["en", "fr", "de", "es", "ru"], ["ko", "pt", "it", "ar"]
+    rng = np.random.default_rng(7)
+    pairs_all = [(a, b) for i, a in enumerate(ft + zs) for b in (ft + zs)[i + 1:]]
+    base = dict(zip(pairs_all, rng.permutation(len(pairs_all)) / len(pairs_all)))
+
+    def o(a, b):
+        return base[(a, b)] if (a, b) in base else base[(b, a)]
+
+    train = pd.DataFrame([{"uid": f"{lang}{i}", "language": lang, "label": i % 2, "pair_id": f"{lang}-v{i}"}
+                          for lang in ft for i in range(8)])
+    test = pd.DataFrame([{"uid": f"t{lang}{j}", "language": lang, "label": j % 2, "pair_id": f"t{lang}{j}"}
+                         for lang in ft + zs for j in range(4)])
+    tl, te = train["language"].to_numpy(), test["language"].to_numpy()
+    strength = np.array([[0.0 if a == b else 2.0 * o(a, b) for a in te] for b in tl])
+
+    def scores(own):
+        return lambda seed: (strength + own * (tl[:, None] == te[None, :])
+                             + np.random.default_rng(seed).normal(0, 0.3, strength.shape))
+
+    encoders = {"main": ("e5", 3, scores(4.0)), "gemma": ("gemma", 3, scores(0.0))}
+    offset = {"e5": 0.0, "gemma": 0.6}
+    zero_acc = {lang: 0.2 + 0.5 * np.mean([o(lang, b) for b in ft]) for lang in zs}
+    runs = _axis_runs(tmp_path, monkeypatch, train, test, encoders,
+                      lambda run, lang: zero_acc.get(lang, 0.8), fine_tune_languages=ft, zero_shot_languages=zs)
+    starts = [{"variant": v, "run": f"{v}-s0", "encoder": e, "retrieval": r, "overlap": 0.3}
+              for (v, (e, _, _)), r in zip(encoders.items(), (0.9, 0.4))]
+    pairs = [{"encoder": e, "phase": "fine-tuned", "checkpoint": "epoch1", "order": 1, "run": f"{v}-s{seed}",
+              "language_a": a, "language_b": b, "overlap": offset[e] + 0.3 * o(a, b)}
+             for v, (e, seeds, _) in encoders.items() for seed in range(seeds) for a, b in pairs_all]
+    result = alignment.compute(_probing(tmp_path, starts, pairs), runs, {**CFG, "top_k": 20})
+    points = result.tables["pair_points"]
+    # unordered pairs with at least one fine-tuning language, once per encoder, averaged over its 3 runs
+    assert len(points) == 2 * (10 + 5 * 4) and points["runs"].eq(3).all()
+    table = result.claims_table.set_index("claim_id")
+    for encoder in ("e5", "gemma"):
+        row = table.loc[f"AL2-{encoder}"]
+        assert row["value"] > 0.6 and row["verdict"] == "supports" and row["runs"] == 3, row
+        assert "30 points of 9 languages" in row["rests_on"] and "bootstrap over languages" in row["rests_on"]
+        w1 = table.loc[f"W1-{encoder}"]
+        assert w1["value"] == pytest.approx(1.0) and w1["verdict"] != "not tested", w1
+    # No planted link: the overlaps shuffled within each encoder: never "supports".
+    shuffled = pd.DataFrame(pairs).assign(overlap=lambda f: f.groupby("encoder")["overlap"].transform(
+        lambda x: rng.permutation(x.to_numpy())))
+    (tmp_path / "probing" / "pairs.csv").write_text(shuffled.to_csv(index=False))
+    flat = alignment.compute(tmp_path / "probing", runs, {**CFG, "top_k": 16})
+    pooled = flat.tables["pair_points"]
+    assert stats.spearmanr(pooled["overlap"], pooled["share"]).statistic > 0.15  # pooling: a link across encoders
+    flat = flat.claims_table.set_index("claim_id")
+    assert flat.loc["AL2-e5", "verdict"] != "supports" and flat.loc["AL2-gemma", "verdict"] != "supports"
+    assert abs(flat.loc["AL2-e5", "value"]) < 0.4 and abs(flat.loc["AL2-gemma", "value"]) < 0.4
+    # Two zero-shot languages: W1 is not tested (a correlation needs at least 3).
+    few = alignment.compute(_probing(tmp_path, starts, [p for p in pairs if {p["language_a"], p["language_b"]}
+                                                        <= set(ft + zs[:2])]),
+                            runs, {**CFG, "top_k": 16}).claims_table.set_index("claim_id")
+    assert few.loc["W1-e5", "verdict"] == "not tested" and "at least 3" in few.loc["W1-e5", "note"]
 
 
 def test_the_learning_claim_follows_the_study_s_confidence_and_resamples(tmp_path, monkeypatch):

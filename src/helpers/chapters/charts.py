@@ -124,12 +124,12 @@ def _two_panels(frame: pd.DataFrame, x: alt.X, line: str) -> alt.VConcatChart:
 
 
 def overlap_scatter(pairs: pd.DataFrame, transfer: pd.DataFrame) -> alt.VConcatChart:
-    """Neuron overlap against TracIn's cross-lingual share (per ordered language pair) and against accuracy (per
-    test language), coloured by encoder."""
+    """Neuron overlap against TracIn's data sharing (per encoder and unordered language pair) and against accuracy
+    (per run and test language), coloured by encoder."""
     color = alt.Color("encoder:N", title="encoder")
     left = alt.Chart(pairs).mark_point(filled=True, size=50).encode(
         x=alt.X("overlap:Q", title="neuron overlap of the two languages", axis=alt.Axis(format=".0%")),
-        y=alt.Y("share:Q", title="share of the other language in the top-k", axis=alt.Axis(format=".0%")),
+        y=alt.Y("share:Q", title="share of each other's data in the top-k", axis=alt.Axis(format=".0%")),
         color=color, tooltip=tooltips(pairs)).properties(width=420, height=220, title="Overlap and data sharing")
     right = alt.Chart(transfer).mark_point(filled=True, size=60).encode(
         x=alt.X("overlap:Q", title="mean overlap with the fine-tuning languages", axis=alt.Axis(format=".0%")),

@@ -141,3 +141,36 @@ def correlation(x: Sequence[float], y: Sequence[float], n_boot: int = 1000, conf
     result["pearson_low"], result["pearson_high"] = _percentile_interval(pearson, confidence)
     result["spearman_low"], result["spearman_high"] = _percentile_interval(spearman, confidence)
     return result
+
+
+def language_correlation(points: pd.DataFrame, x: str, y: str, languages: Sequence[str] = ("language_a",
+                         "language_b"), n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:
+    """Spearman ρ of ``points[x]`` and ``points[y]``, where each point belongs to one or two languages (the columns
+    ``languages``: a language pair, or one language), with an interval from a bootstrap **over languages**: each
+    replicate draws the languages with replacement and keeps every point with the product of its languages'
+    multiplicities, so points that share a language move together (a bootstrap over the points would treat the 21
+    pairs of 7 languages as 21 independent observations). Returns n, languages, spearman, spearman_low,
+    spearman_high and se (the replicates' standard deviation); NaN with fewer than 3 points or 3 languages, or a
+    constant x or y. Written here: scipy's bootstrap resamples observations, not the clusters they share."""
+    _check_confidence(confidence)
+    n = len(points)
+    names = sorted(set().union(*(set(points[c]) for c in languages)))
+    out = {"n": n, "languages": len(names), "spearman": np.nan, "spearman_low": np.nan, "spearman_high": np.nan,
+           "se": np.nan}
+    xv, yv = points[x].to_numpy(dtype=float), points[y].to_numpy(dtype=float)
+    if n < 3 or len(names) < 3 or np.ptp(xv) == 0 or np.ptp(yv) == 0:
+        return out
+    out["spearman"] = float(stats.spearmanr(xv, yv).statistic)
+    index = {name: i for i, name in enumerate(names)}
+    member = np.stack([points[c].map(index).to_numpy() for c in languages], axis=1)
+    rng = np.random.default_rng(seed)
+    reps = []
+    for _ in range(n_boot):
+        counts = np.bincount(rng.integers(0, len(names), len(names)), minlength=len(names))
+        rows = np.repeat(np.arange(n), counts[member].prod(axis=1))
+        if len(rows) >= 3 and np.ptp(xv[rows]) > 0 and np.ptp(yv[rows]) > 0:
+            reps.append(stats.spearmanr(xv[rows], yv[rows]).statistic)
+    reps = np.asarray(reps, dtype=float)
+    out["spearman_low"], out["spearman_high"] = _percentile_interval(reps, confidence)
+    out["se"] = float(reps.std(ddof=1)) if len(reps) > 1 else np.nan
+    return out
