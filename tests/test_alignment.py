@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import stats
 
 from helpers import config, data, finetune, models, study
 from helpers.config import ConfigError
@@ -235,10 +236,17 @@ def test_the_degradation_claim_reads_the_pretraining_trajectory():
 
     dropped = probing.degradation_claim(trajectory([0.1, 0.5, 0.2, 0.6]))
     assert dropped.verdict == "conditional on one run" and dropped.low > 0  # one pre-training run
-    assert abs(dropped.value - 0.3) < 1e-9 and "step-1 to step-2" in dropped.statistic
+    assert abs(dropped.value - 0.3) < 1e-9 and "step-1 to step-2, the largest of 2" in dropped.statistic
+    # The interval: the two half-widths (0.02 each) combined, widened for the 2 candidate drops (alpha / 2).
+    half = np.hypot(0.02, 0.02) * stats.norm.ppf(1 - 0.05 / 4) / stats.norm.ppf(1 - 0.05 / 2)
+    assert dropped.high - dropped.value == pytest.approx(half) and half > np.hypot(0.02, 0.02)
     steady = probing.degradation_claim(trajectory([0.1, 0.2, 0.3, 0.4]))
     assert steady.high < 0 and steady.value < 0
+    # The fall from step 0 (random weights retrieve through shared sub-words) is never the drop judged.
+    from_start = probing.degradation_claim(trajectory([0.9, 0.2, 0.25, 0.3]))
+    assert from_start.value < 0 and "step-0" not in from_start.statistic
     assert probing.degradation_claim(trajectory([0.1, 0.2])).verdict == "not tested"
+    assert probing.degradation_claim(trajectory([0.9, 0.2])).verdict == "not tested"
 
 
 def test_attribution_groups_are_checked_only_where_they_are_scored(tmp_path, monkeypatch):
