@@ -42,7 +42,8 @@ def degradation_claim(points: pd.DataFrame, confidence: float = 0.95) -> claims.
     pre-training run: conditional on one run."""
     statement = DEGRADATION
     trajectory = points[(points["encoder"] == PRETRAINING) & points["run"].isna()].sort_values("order")
-    statistic = "largest drop of translation retrieval between successive in-house pre-training checkpoints after step 0"
+    statistic = ("largest drop of translation retrieval between successive in-house pre-training checkpoints after "
+                 "step 0")
     learned = trajectory[trajectory["order"] > 0]
     if len(learned) < 2:
         return claims.not_tested("W2", STAGE.name, statement, claims.RELATED, statistic,
