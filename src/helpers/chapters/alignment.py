@@ -130,18 +130,22 @@ def correlations(points: pd.DataFrame, transfer: pd.DataFrame, cfg: dict[str, An
     accuracy over its zero-shot languages (W1, each language averaged over the encoder's runs), each with a bootstrap
     over languages."""
     opts = dict(n_boot=cfg["n_bootstrap"], confidence=cfg["confidence"])
+    if transfer.empty:
+        transfer = pd.DataFrame(columns=["run", "encoder", "language", "zero_shot", "overlap", "accuracy"])
     rows = []
-    for encoder in dict.fromkeys(list(points["encoder"]) + list(transfer.get("encoder", []))):
+    for encoder in dict.fromkeys([*points["encoder"], *transfer["encoder"]]):
         mine = points[points["encoder"] == encoder]
-        rows.append({"encoder": encoder, "claim": "AL2", "x": "neuron overlap of the two languages",
-                     "y": "TracIn share of each other's data", "runs": int(mine["runs"].min()) if len(mine) else 0,
-                     **overlap.language_correlation(mine, "overlap", "share", **opts)})
-        zero = transfer[(transfer["encoder"] == encoder) & transfer["zero_shot"]] if len(transfer) else transfer
-        zero = zero.groupby("language", as_index=False).agg(runs=("run", "nunique"), overlap=("overlap", "mean"),
-                                                            accuracy=("accuracy", "mean")) if len(zero) else zero
-        rows.append({"encoder": encoder, "claim": "W1", "x": "zero-shot language's overlap with the fine-tuning "
-                     "languages", "y": "its test accuracy", "runs": int(zero["runs"].min()) if len(zero) else 0,
-                     **overlap.language_correlation(zero, "overlap", "accuracy", languages=("language",), **opts)})
+        zero = (transfer[(transfer["encoder"] == encoder) & transfer["zero_shot"].astype(bool)]
+                .groupby("language", as_index=False)
+                .agg(runs=("run", "nunique"), overlap=("overlap", "mean"), accuracy=("accuracy", "mean")))
+        for claim, frame, y, x_name, y_name, languages in (
+                ("AL2", mine, "share", "neuron overlap of the two languages", "TracIn share of each other's data",
+                 ("language_a", "language_b")),
+                ("W1", zero, "accuracy", "zero-shot language's overlap with the fine-tuning languages",
+                 "its test accuracy", ("language",))):
+            rows.append({"encoder": encoder, "claim": claim, "x": x_name, "y": y_name,
+                         "runs": int(frame["runs"].min()) if len(frame) else 0,
+                         **overlap.language_correlation(frame, "overlap", y, languages=languages, **opts)})
     return pd.DataFrame(rows)
 
 
