@@ -86,7 +86,8 @@ def compute(runs: list, cfg: dict[str, Any]) -> Result:
                       ignore_index=True)
     columns = ["n_own", "n_cross", "reinforcing", "chance", "translation_in_top", "translation_chance"]
     per_language = (table.assign(planted=table["translations"] > 0)
-                    .groupby(["planted", "test_language"], sort=False)[columns].mean().reset_index())
+                    .groupby(["planted", "test_language"], sort=False)[columns].mean().reset_index()
+                    .sort_values("planted", kind="stable", ignore_index=True))  # TR1's samples first
     unplanted, planted = table[table["translations"] == 0], table[table["translations"] > 0]
     result = Result(tables={"samples": table, "per_language": per_language})
     conf = cfg["confidence"]
