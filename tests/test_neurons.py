@@ -4,6 +4,7 @@ synthetic activations with planted label-carrying neurons."""
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from helpers.neurons import overlap, probing
@@ -137,26 +138,36 @@ def test_a_near_perfect_probe_still_ranks_the_informative_neurons_first():
     assert selection.dev_accuracy[-1] == 1.0 and selection.dev_nmi[-1] == pytest.approx(1.0)
 
 
-def test_correlation_of_a_monotone_nonlinear_relation():
-    x = np.arange(1.0, 21.0)
-    result = overlap.correlation(x, np.exp(x / 3))
-    assert result["n"] == 20
-    assert result["spearman"] == pytest.approx(1.0) and result["pearson"] < 0.9
-    for name in ("pearson", "spearman"):
-        assert result[f"{name}_low"] <= result[name] + 1e-12 and result[name] <= result[f"{name}_high"] + 1e-12
-    assert result["pearson_high"] - result["pearson_low"] > 0.01  # the bootstrap does vary the estimate
-    assert result == overlap.correlation(x, np.exp(x / 3))  # seeded
+def _pairs(values):
+    """Every pair of five languages with ``values(a, b)`` as its y and the pair's rank as its x."""
+    names = ["en", "fr", "de", "es", "ru"]
+    rows = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    return pd.DataFrame({"language_a": [a for a, _ in rows], "language_b": [b for _, b in rows],
+                         "x": np.arange(len(rows), dtype=float), "y": [values(a, b) for a, b in rows]})
 
 
-def test_correlation_is_nan_without_warnings_when_undefined():
+def test_language_correlation_of_a_monotone_relation_resamples_languages():
+    points = _pairs(lambda a, b: 0.0).assign(y=lambda f: np.exp(f["x"] / 3))
+    result = overlap.language_correlation(points, "x", "y", n_boot=300)
+    assert (result["n"], result["languages"]) == (10, 5) and result["spearman"] == pytest.approx(1.0)
+    assert result["spearman_low"] == pytest.approx(1.0) and result["se"] == pytest.approx(0.0, abs=1e-12)
+    assert result == overlap.language_correlation(points, "x", "y", n_boot=300)  # seeded
+    # One language drives every pair it is in: dropping it in a replicate changes the estimate, so the interval is
+    # wide, where ten independent points would make it narrow.
+    driven = _pairs(lambda a, b: 1.0 if "en" in (a, b) else 0.0).assign(y=lambda f: f["y"] + f["x"] / 100)
+    wide = overlap.language_correlation(driven, "x", "y", n_boot=300)
+    assert wide["spearman_high"] - wide["spearman_low"] > 0.5 and wide["se"] > 0.1
+
+
+def test_language_correlation_is_nan_without_warnings_when_undefined():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for x, y in (([1.0, 2.0], [3.0, 1.0]), ([1.0, 2.0, 3.0, 4.0], [2.0, 2.0, 2.0, 2.0])):
-            result = overlap.correlation(x, y)
-            assert result["n"] == len(x)
-            assert all(np.isnan(value) for key, value in result.items() if key != "n")
-        small = overlap.correlation([1.0, 2.0, 3.0], [1.0, 3.0, 2.0])  # many constant bootstrap replicates, dropped
-    assert small["pearson"] == pytest.approx(0.5) and np.isfinite(small["pearson_low"])
+        two = pd.DataFrame({"language": ["ko", "pt"], "x": [1.0, 2.0], "y": [3.0, 1.0]})
+        flat = _pairs(lambda a, b: 2.0)
+        for points, languages in ((two, ("language",)), (flat, ("language_a", "language_b"))):
+            result = overlap.language_correlation(points, "x", "y", languages=languages)
+            assert all(np.isnan(result[key]) for key in ("spearman", "spearman_low", "spearman_high", "se"))
+        assert overlap.language_correlation(two, "x", "y", languages=("language",))["languages"] == 2
 
 
 @pytest.mark.parametrize(("call", "message"), [
@@ -172,9 +183,7 @@ def test_correlation_is_nan_without_warnings_when_undefined():
     (lambda: overlap.pairwise({"A": [1, 2], "B": [1]}, d=5), "selections must all have the same size"),
     (lambda: overlap.pairwise({"A": [1, 2], "B": [1, 7]}, d=5), r"selections\['B'\]"),
     (lambda: overlap.stability({"A": [1]}, {"B": [1]}), "before and after"),
-    (lambda: overlap.correlation([1.0, 2.0, 3.0], [1.0, 2.0]), "x and y"),
-    (lambda: overlap.correlation([1.0, np.nan, 3.0], [1.0, 2.0, 3.0]), "x contains NaN"),
-    (lambda: overlap.correlation([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], n_boot=0), "n_boot"),
+    (lambda: overlap.language_correlation(_pairs(lambda a, b: 0.0), "x", "y", confidence=1.5), "confidence"),
 ])
 def test_invalid_input_is_refused_naming_the_argument(call, message):
     with pytest.raises(ValueError, match=f"^{message}"):

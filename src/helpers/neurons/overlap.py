@@ -101,48 +101,6 @@ def _percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, 
     return float(low), float(high)
 
 
-def correlation(x: Sequence[float], y: Sequence[float], n_boot: int = 1000, confidence: float = 0.95,
-                seed: int = 0) -> dict[str, float]:
-    """Pearson r and Spearman ρ of paired points, each with a percentile-bootstrap interval.
-
-    Wang et al. report r and ρ with parametric p-values; with the few points a small study has (one per checkpoint,
-    or language × checkpoint cells that pseudo-replicate checkpoints) an interval is more informative than a p-value.
-    The bootstrap resamples the (x, y) pairs with replacement, `n_boot` times from `seed`, in one vectorised draw;
-    replicates in which x or y came out constant have no correlation and are dropped (the interval is then over the
-    rest). Returns keys n, pearson, pearson_low, pearson_high, spearman, spearman_low, spearman_high; with fewer than
-    3 points or a constant x or y every statistic is NaN (n is still the number of points), without warnings.
-    """
-    x_values, y_values = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if x_values.ndim != 1 or y_values.ndim != 1 or len(x_values) != len(y_values):
-        raise ValueError(f"x and y must be 1-D of equal length, got shapes {x_values.shape} and {y_values.shape}")
-    for name, values in (("x", x_values), ("y", y_values)):
-        if not np.isfinite(values).all():
-            raise ValueError(f"{name} contains NaN or infinite values")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
-    _check_confidence(confidence)
-    n = len(x_values)
-    result = {"n": n} | {key: np.nan for key in ("pearson", "pearson_low", "pearson_high",
-                                                  "spearman", "spearman_low", "spearman_high")}
-    if n < 3 or np.ptp(x_values) == 0 or np.ptp(y_values) == 0:
-        return result
-
-    result["pearson"] = float(stats.pearsonr(x_values, y_values).statistic)
-    result["spearman"] = float(stats.spearmanr(x_values, y_values).statistic)
-    index = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    x_boot, y_boot = x_values[index], y_values[index]
-    varied = (np.ptp(x_boot, axis=1) > 0) & (np.ptp(y_boot, axis=1) > 0)
-    x_boot, y_boot = x_boot[varied], y_boot[varied]
-    if len(x_boot):
-        pearson = stats.pearsonr(x_boot, y_boot, axis=1).statistic
-        spearman = stats.pearsonr(stats.rankdata(x_boot, axis=1), stats.rankdata(y_boot, axis=1), axis=1).statistic
-    else:
-        pearson = spearman = np.empty(0)
-    result["pearson_low"], result["pearson_high"] = _percentile_interval(pearson, confidence)
-    result["spearman_low"], result["spearman_high"] = _percentile_interval(spearman, confidence)
-    return result
-
-
 def language_correlation(points: pd.DataFrame, x: str, y: str, languages: Sequence[str] = ("language_a",
                          "language_b"), n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:
     """Spearman ρ of ``points[x]`` and ``points[y]``, where each point belongs to one or two languages (the columns
