@@ -242,21 +242,70 @@ def test_imbalance_is_judged_beyond_the_data_share_paired_by_seed(tmp_path):
     assert verdicts(imbalance.compute(base, [], CFG))["IM1"] == "not tested"
 
 
+def control_runs(tmp_path, monkeypatch, train, test, boost, dose=1.0, seeds=1, others=0.0, noise_seed=0):
+    """Control runs (``control<dose>-s<seed>``) over the main runs' planted scores (``main-s<seed>``, no own-language
+    preference): German test samples' German training samples score ``boost`` higher, the other test languages' own
+    samples ``others`` higher (0: their scores are the main run's, unchanged)."""
+    lang = test["language"].to_numpy()[None, :]
+    de = (train["language"].to_numpy()[:, None] == "de") & (lang == "de")
+    own = (train["language"].to_numpy()[:, None] == lang) & (lang != "de")
+    history = pd.DataFrame({"epoch": [1] * 3, "language": LANGS, "accuracy": [0.5, 0.5, 0.3], "n": 6})
+    monkeypatch.setattr(control.finetune, "load", lambda folder: type("F", (), {"history": history})())
+    main, runs = [], []
+    for seed in range(seeds):
+        values = own_language_scores(train, test, 0, seed + noise_seed)
+        main.append(fake_run(tmp_path, f"main-s{seed}", [values], train, test, seed=seed))
+        noise = np.random.default_rng(seed + 100).normal(0, 0.5, values.shape) if others else 0
+        run = fake_run(tmp_path, f"control{dose:g}-s{seed}", [values + boost * de + others * own + noise], train,
+                       test, seed=seed, permuted_language="de", permuted_share=dose)
+        run.folders["finetune"] = tmp_path / run.name / "finetune"
+        runs.append(run)
+    return runs, main
+
+
 def test_control_sees_the_permuted_language(tmp_path, monkeypatch):
     train, test = frames()
-    values = own_language_scores(train, test, 0)
-    ru_like = (train["language"].to_numpy()[:, None] == "de") & (test["language"].to_numpy()[None, :] == "de")
-    run = fake_run(tmp_path, "control-s0", [values + 10 * ru_like], train, test, permuted_language="de")
-    main = fake_run(tmp_path, "main-s0", [values], train, test)
-    history = pd.DataFrame({"epoch": [1] * 3, "language": LANGS, "accuracy": [0.5, 0.5, 0.3], "n": 6})
-    (tmp_path / "control-s0" / "finetune").mkdir()
-    run.folders["finetune"] = tmp_path / "control-s0" / "finetune"
-    monkeypatch.setattr(control.finetune, "load", lambda folder: type("F", (), {"history": history})())
-    result = control.compute([run], [main], CFG)
-    assert verdicts(result) == {"PC1": "conditional on one run"}  # one control run: no replication
+    runs, main = control_runs(tmp_path, monkeypatch, train, test, boost=10)
+    result = control.compute(runs, main, CFG)
+    assert verdicts(result) == {"PC1": "conditional on one run", "PC2": "conditional on one run"}  # one run each
     assert "interval lies above the baseline" in result.claims_table["note"].iloc[0]
     own = result.tables["own_shares"].set_index(["setting", "test_language"])["own"]
     assert own["control", "de"] == 1.0 and own["main", "de"] < 0.8
+    assert result.claims_table.set_index("claim_id").loc["PC2", "value"] == 0.0  # the others' top-k did not move
+    assert verdicts(control.compute([], main, CFG)) == {"PC1": "not tested", "PC2": "not tested"}
+
+
+def test_control_tests_that_the_other_languages_stay_with_seeds_as_the_unit(tmp_path, monkeypatch):
+    """With three seeds: a control that leaves the other languages' scores as they were supports PC2 (equivalent
+    within its margin); one that also pushes their own-language samples up contradicts it."""
+    train, test = frames()
+    runs, main = control_runs(tmp_path / "same", monkeypatch, train, test, boost=10, seeds=3)
+    table = control.compute(runs, main, CFG).claims_table.set_index("claim_id")
+    assert table.loc["PC1", "verdict"] == "supports" and table.loc["PC1", "runs"] == 3
+    assert table.loc["PC2", "verdict"] == "supports" and table.loc["PC2", "expect"] == "equal"
+    runs, main = control_runs(tmp_path / "moved", monkeypatch, train, test, boost=10, seeds=3, others=3)
+    table = control.compute(runs, main, CFG).claims_table.set_index("claim_id")
+    assert table.loc["PC2", "verdict"] == "contradicts" and table.loc["PC2", "value"] > 0.2
+
+
+def test_control_dose_response_finds_the_smallest_detectable_rise(tmp_path, monkeypatch):
+    """Doses whose planted own-language boost grows with the dose: the own share rises with it, the smallest dose is
+    not detected, the larger ones are, and each states the rise it could detect."""
+    train, test = frames(n_per_language=12, n_test=10)
+    runs, main = [], None
+    for dose, boost in ((0.25, 0.0), (0.5, 1.5), (1.0, 10)):
+        arm, main = control_runs(tmp_path / str(dose), monkeypatch, train, test, boost=boost, dose=dose, seeds=3)
+        runs += arm
+    doses = control.compute(runs, main, CFG).tables["doses"].set_index("dose")
+    assert list(doses.index) == [0.0, 0.25, 0.5, 1.0] and doses["runs"].eq(3).all()
+    assert doses["own"].is_monotonic_increasing and doses.loc[1.0, "own"] == 1.0
+    assert doses.loc[0.25, "rise"] == 0.0 and not doses.loc[0.25, "detected"]  # no boost: nothing to detect
+    assert doses.loc[0.5, "detected"] and doses.loc[1.0, "detected"]
+    assert np.isnan(doses.loc[0.0, "detectable"]) and (doses.loc[[0.25, 0.5], "detectable"] >= 0).all()
+    mixed = [r for r in runs if r.params["permuted_share"] < 1] + [
+        fake_run(tmp_path, "other-s0", [own_language_scores(train, test, 0)], train, test, permuted_language="fr")]
+    with pytest.raises(ValueError, match="permute different languages"):
+        control.compute(mixed, main, CFG)
 
 
 def test_attribution_compares_groups_from_one_pass(tmp_path):

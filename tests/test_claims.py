@@ -117,6 +117,33 @@ def test_verdicts():
         d(0.1, 3, 0.01, 1.0, 0.0, "up")
 
 
+def test_a_claim_of_no_change_is_supported_by_equivalence_and_contradicted_by_a_change_either_way():
+    d = claims.decide
+    assert d(0.01, 3, 0.4, 0.01, 0.0, "equal") == "supports"  # within the margin
+    assert d(0.2, 3, 0.001, 1.0, 0.0, "equal") == "contradicts"
+    assert d(-0.2, 3, 0.001, 1.0, 0.0, "equal") == "contradicts"
+    assert d(0.03, 3, 0.4, 0.3, 0.0, "equal") == "underpowered"
+    est = claims.Estimate(0.004, -0.01, 0.018, runs=4, se=0.004, df=3)
+    same = claims.claim("X3", "c", "s", claims.METHOD, "change", est, 0.0, "no change", "equal", margin=0.05)
+    assert same.verdict == "supports" and "excludes 0.0% (a change, on either side)" in claims.sentence(same)
+    with pytest.raises(ValueError, match="needs an equivalence margin"):
+        claims.claim("X3", "c", "s", claims.METHOD, "change", est, 0.0, "no change", "equal")
+
+
+def test_the_minimum_detectable_effect_is_rejected_at_the_stated_power():
+    """Known answer ((t_0.975 + t_0.8) * se), and a simulation: a true effect of that size is detected in about 80% of
+    designs with that standard error."""
+    est = claims.Estimate(0.0, -1, 1, runs=5, se=0.1, df=4)
+    assert claims.detectable(est) == pytest.approx((2.7764451 + 0.9409646) * 0.1, rel=1e-6)
+    assert np.isnan(claims.detectable(claims.Estimate(0.0, 0, 0, runs=1)))
+    rng = np.random.default_rng(3)
+    sd, n = 1.0, 30
+    mde = claims.detectable(claims.Estimate(0.0, 0, 0, runs=n, se=sd / np.sqrt(n), df=n - 1))
+    hits = [claims.interval(pd.DataFrame({"value": rng.normal(mde, sd, n), "run": np.arange(n)}), "value").low > 0
+            for _ in range(SIMULATIONS)]
+    assert 0.75 < np.mean(hits) < 0.85
+
+
 def test_a_claim_is_judged_from_its_estimate_with_the_primary_margin():
     est = claims.Estimate(0.505, 0.49, 0.52, runs=5, se=0.005, df=4)
     primary = claims.claim("LS2", "c", "s", claims.SUMMARY, "AUC", est, 0.5, "blind", "above", percent=False)

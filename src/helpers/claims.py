@@ -15,7 +15,9 @@ training run, so such a claim reads **conditional on one run** whatever its inte
 Verdicts (:func:`decide`), at the level ``1 - confidence``:
 
 * ``supports`` / ``contradicts``: the test against the baseline rejects it, on the side the paper's claim predicts
-  / on the other side (for a claim judged alone: the interval excludes the baseline);
+  / on the other side (for a claim judged alone: the interval excludes the baseline). A claim that predicts *no
+  change* (``expect="equal"``, e.g. "the other languages stay where they are") is supported by the equivalence test
+  (below) and contradicted by a rejected baseline, on either side;
 * ``equivalent``: not different from the baseline, and within the claim's declared equivalence ``margin`` of it
   (two one-sided tests; the ``1 - 2 alpha`` interval lies inside baseline +- margin): no effect of the size that
   matters;
@@ -38,6 +40,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+#: Where a claim puts its value relative to the baseline: above, below, or within its equivalence margin (no change).
+EXPECT = ("above", "below", "equal")
 VERDICTS = ("supports", "contradicts", "equivalent", "underpowered", "conditional on one run", "not tested")
 CLAIMS_FILE = "claims.csv"
 
@@ -111,7 +115,7 @@ class Claim:
     high: float
     baseline: float
     baseline_name: str  # the null, e.g. "language-blind ranking (AUC 0.5)", "label-matched chance", "no change"
-    expect: str  # "above" or "below": where the paper's claim puts the value relative to the baseline
+    expect: str  # "above", "below" or "equal" (within the margin): where the claim puts the value
     verdict: str
     note: str = ""
     percent: bool = True  # the value is a share (shown as a percentage) or another quantity (shown as a number)
@@ -147,15 +151,17 @@ def _pvalues(value: float, se: float, df: float, baseline: float, margin: float)
 def decide(value: float, runs: int, p: float, p_equivalent: float, baseline: float, expect: str,
            alpha: float = 0.05) -> str:
     """The verdict from the (possibly adjusted) p-values: see the module's docstring."""
-    if expect not in ("above", "below"):
-        raise ValueError(f"expect={expect!r} is not 'above' or 'below'")
+    if expect not in EXPECT:
+        raise ValueError(f"expect={expect!r} is not one of {list(EXPECT)}")
     if runs < 2:
         return "conditional on one run" if runs == 1 and np.isfinite(value) else "underpowered"
     if np.isfinite(p) and p < alpha:
+        if expect == "equal":
+            return "contradicts"
         above = value > baseline
         return "supports" if above == (expect == "above") else "contradicts"
     if np.isfinite(p_equivalent) and p_equivalent < alpha:
-        return "equivalent"
+        return "supports" if expect == "equal" else "equivalent"
     return "underpowered"
 
 
@@ -184,6 +190,8 @@ def claim(claim_id: str, chapter: str, statement: str, source: str, statistic: s
     if head is not None and margin is not None:
         raise ValueError(f"claim {claim_id}: the margin of a primary claim is declared once, in claims.PRIMARY")
     margin = PRIMARY[head][0] if head is not None else (margin or 0.0)
+    if expect == "equal" and margin <= 0:
+        raise ValueError(f"claim {claim_id}: a claim of no change (expect='equal') needs an equivalence margin > 0")
     p, p_eq = _pvalues(estimate.value, estimate.se, estimate.df, baseline, margin)
     verdict = decide(estimate.value, estimate.runs, p, p_eq, baseline, expect, 1 - confidence)
     c = Claim(claim_id, chapter, statement, source, statistic, float(estimate.value), float(estimate.low),
@@ -267,6 +275,16 @@ def difference(a: pd.DataFrame, b: pd.DataFrame, value: str, confidence: float =
                        ea.samples + eb.samples, min(ea.clusters, eb.clusters))
 
 
+def detectable(estimate: Estimate, power: float = 0.8, confidence: float = 0.95) -> float:
+    """The minimum detectable effect of a design whose estimate has ``estimate``'s standard error and degrees of
+    freedom: the smallest true difference from the baseline that a two-sided test at ``1 - confidence`` rejects with
+    probability ``power`` (``(t_{1-alpha/2} + t_{power}) * se``, the usual approximation). NaN when the standard
+    error is."""
+    if not (np.isfinite(estimate.se) and np.isfinite(estimate.df)) or estimate.df <= 0:
+        return float("nan")
+    return float((stats.t.ppf(0.5 + confidence / 2, estimate.df) + stats.t.ppf(power, estimate.df)) * estimate.se)
+
+
 def holm(p: Sequence[float]) -> np.ndarray:
     """Holm's step-down adjusted p-values (NaN stays NaN and does not count in the family). Five lines of numpy,
     written here rather than adding statsmodels for them."""
@@ -335,6 +353,8 @@ def _percent(row: pd.Series) -> bool:
 
 def contrary(row: pd.Series, percent: bool) -> str:
     """What result would have gone against the claim, in words."""
+    if row["expect"] == "equal":
+        return f"an interval that excludes {_fmt(row['baseline'], percent)} (a change, on either side)"
     other = "below" if row["expect"] == "above" else "above"
     return f"an interval wholly {other} {_fmt(row['baseline'], percent)}"
 
