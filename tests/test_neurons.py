@@ -79,6 +79,30 @@ def test_noise_selections_overlap_at_chance():
     assert abs(rates.mean() - k / D) < 0.07  # about three standard errors of a mean of 10 null draws (sd 0.068 each)
 
 
+def test_the_permutation_null_and_the_split_ceiling_frame_a_planted_overlap():
+    """Two languages sharing 5 of their 10 planted label neurons: their overlap (0.5) lies above every permuted-label
+    draw (the null: what the selection shares when the label means nothing, here near k/d although the planted
+    neurons have the larger spread), and below the split-seed ceiling (a language's selection under other dev splits
+    keeps most of its planted neurons). On noise the ceiling is low: the selection moves with its split."""
+    a, la = planted(0, PLANTED_A)
+    b, lb = planted(100, PLANTED_B)
+    assert (la == lb).all()
+    states = {"A": a, "B": b}
+    real = overlap.overlap(probing.select_neurons(a, la, K).neurons, probing.select_neurons(b, lb, K).neurons)
+    null = probing.permutation_null(states, la, K, draws=8)
+    assert real == 0.5 and len(null) == 8 and null.max() < real and abs(null.mean() - K / D) < 0.1
+    ceiling = probing.split_ceiling(states, la, K, seeds=3)
+    assert real < ceiling and ceiling >= 0.8
+    rng = np.random.default_rng(5)
+    noise = {"A": rng.standard_normal((90, D)), "B": rng.standard_normal((90, D))}
+    assert probing.split_ceiling(noise, np.arange(90) % 3, K, seeds=3) < 0.5
+    first = {name: probing.select_neurons(x, la, K).neurons for name, x in states.items()}
+    assert probing.split_ceiling(states, la, K, seeds=3, first=first) == ceiling  # the seed-0 selections reused
+    assert (probing.permutation_null(states, la, K, draws=3) == probing.permutation_null(states, la, K, draws=3)).all()
+    with pytest.raises(ValueError, match="two languages or more"):
+        probing.permutation_null({"A": a}, la, K, draws=2)
+
+
 def test_chance_matches_random_subsets_and_overlap_extremes():
     mean, low, high = overlap.chance(d=384, k=50)
     assert mean == 50 / 384 and low <= mean <= high

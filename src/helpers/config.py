@@ -233,6 +233,10 @@ PARAMETERS: dict[str, Param] = {
               scope="study", minimum=0, maximum=1),
         Param("probe_neurons", int, 50, "neurons the probe of each language selects greedily (50 in Wang et al. "
               "2024)", scope="study", minimum=1, maximum=4096),
+        Param("probe_null_draws", int, 3, "at the probed layer: label permutations for the neuron-overlap null "
+              "(greedy selection prefers some neurons whatever the label: k/d understates chance) and further "
+              "train/dev split seeds for its noise ceiling (a language's overlap with itself); 0: neither",
+              scope="study", minimum=0, maximum=100),
         Param("datamodel_subsets", int, 0, "retrainings on random halves of the training set for the linear "
               "datamodeling score (0: none; at least 3 to rank)", scope="study", minimum=0, maximum=1000),
     ]

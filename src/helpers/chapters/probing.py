@@ -78,13 +78,18 @@ def layer_summary(layers: pd.DataFrame) -> pd.DataFrame:
 
 
 def points_display(points: pd.DataFrame) -> pd.DataFrame:
-    """The trajectory table: retrieval with its interval, overlap next to chance, probe quality, MLM loss."""
+    """The trajectory table: retrieval with its interval, overlap next to uniform chance (k/d), the permuted-label
+    null (its mean and upper end) and the split-seed ceiling when measured, probe quality, MLM loss."""
     out = pd.DataFrame({
         "layer": points["layer"],
         "retrieval (interval)": [f"{r:.1%} ({lo:.1%} to {hi:.1%})" for r, lo, hi in
                                  zip(points["retrieval"], points["retrieval_low"], points["retrieval_high"])],
-        "overlap (chance)": [f"{o:.1%} ({c:.1%})" for o, c in zip(points["overlap"], points["chance"])],
+        "overlap (chance k/d)": [f"{o:.1%} ({c:.1%})" for o, c in zip(points["overlap"], points["chance"])],
         "probe NMI": points["probe_nmi"].round(2)})
+    if "overlap_null" in points and points["overlap_null"].notna().any():
+        out.insert(3, "permuted-label null (upper)", [f"{m:.1%} ({h:.1%})" for m, h in
+                                                      zip(points["overlap_null"], points["overlap_null_high"])])
+        out.insert(4, "split ceiling", [f"{c:.1%}" for c in points["ceiling"]])
     if "mlm_loss" in points:
         out["MLM loss"] = points["mlm_loss"].round(2)
     out.index = pd.MultiIndex.from_frame(points[["encoder", "checkpoint"]])

@@ -13,7 +13,9 @@ pre-trained on, :func:`helpers.models.pretrain.held_out`, and in no axis run's t
   (:func:`helpers.neurons.activations.retrieval_hits`): the intrinsic alignment measure;
 * **neuron overlap**: per language, the ``probe_neurons`` neurons of the layer that a probe of the task label picks
   greedily (:func:`helpers.neurons.probing.select_neurons`); per pair, the share they have in common, next to what
-  two random selections would share (:mod:`helpers.neurons.overlap`);
+  two random selections would share (:mod:`helpers.neurons.overlap`), and, at the probed layer, what selections for
+  permuted labels share (the null greedy selection really has) and what a language shares with itself under
+  another train/dev split (the noise ceiling), ``probe_null_draws`` of each (:mod:`helpers.neurons.probing`);
 
 at the layer of ``probe_depth`` (the tables) and, before fine-tuning and at its last checkpoint, at every layer (the
 summary figure). This stage reads checkpoints only: changing ``top_k`` does not rerun it (the alignment chapter,
@@ -41,7 +43,7 @@ from . import finetune
 
 STAGE = Stage("probe", "07_probe.ipynb", "Probing the encoder states",
               reads=(("pretrain", "axis"), ("finetune", "axis")),
-              params=("alignment_verses", "probe_depth", "probe_neurons", "confidence"))
+              params=("alignment_verses", "probe_depth", "probe_neurons", "probe_null_draws", "confidence"))
 
 PRETRAINING = "in-house MLM"  # the encoder name of the pre-training checkpoints
 TABLES = ("points", "layers", "pairs", "starts", "verses")
@@ -124,9 +126,24 @@ def measure(point: Point, states: dict[str, np.ndarray], labels: np.ndarray, cfg
             retrieval = claims.interval(pd.DataFrame({"hit": hits}), "hit", cfg["confidence"])  # verses: the units
             summary = {**row, "n_layers": n_layers, "retrieval_low": retrieval.low, "retrieval_high": retrieval.high,
                        "chance_low": float(pairs["chance_low"].iloc[0]),
-                       "chance_high": float(pairs["chance_high"].iloc[0])}
+                       "chance_high": float(pairs["chance_high"].iloc[0]),
+                       **null_and_ceiling({lang: states[lang][layer] for lang in languages}, labels, k,
+                                          {lang: s.neurons for lang, s in selections.items()}, cfg)}
             pair_rows = [{**point.__dict__, **r} for r in pairs.to_dict("records")]
     return summary, layer_rows, pair_rows
+
+
+def null_and_ceiling(states: dict[str, np.ndarray], labels: np.ndarray, k: int, selections: dict, cfg: dict[str, Any]
+                     ) -> dict[str, float]:
+    """At one layer: the permuted-label null of the mean pair overlap (its mean and the upper end of its central
+    ``confidence`` range over draws) and the split-seed noise ceiling; NaN with ``probe_null_draws`` 0."""
+    draws = cfg.get("probe_null_draws", 0)
+    if not draws:
+        return {"overlap_null": np.nan, "overlap_null_high": np.nan, "ceiling": np.nan}
+    null = probing.permutation_null(states, labels, k, draws)
+    high = float(np.quantile(null, (1 + cfg["confidence"]) / 2))
+    return {"overlap_null": float(null.mean()), "overlap_null_high": high,
+            "ceiling": probing.split_ceiling(states, labels, k, draws, first=selections)}
 
 
 def states_to_measure(runs: list) -> list[tuple[Point, Callable[[], tuple]]]:

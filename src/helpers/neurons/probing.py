@@ -29,9 +29,13 @@ tests (10 planted neurons among 128, 3 classes one standard deviation apart), a 
 10; a 300-row one recovers all 10 in 18 of 20 data seeds. Seeds of the split (`seed`) give a cheap noise floor.
 """
 
+import itertools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from . import overlap
 
 _VARIANCE_RIDGE = 1e-6
 """Added to every class-conditional variance, times the mean per-neuron variance of the training split (so the ridge
@@ -180,3 +184,34 @@ def select_neurons(activations: np.ndarray, labels: np.ndarray, n_neurons: int =
         nmis.append(float((h_y - ce[best]) / h_y))
         accuracies.append(float(correct[best]))
     return Selection(tuple(neurons), tuple(nmis), tuple(accuracies), n_train=len(train_rows), n_dev=len(dev_rows))
+
+
+def permutation_null(states: Mapping[str, np.ndarray], labels: np.ndarray, n_neurons: int, draws: int,
+                     seed: int = 0) -> np.ndarray:
+    """The overlap two languages' selections have when the label carries nothing: ``draws`` times, each language's
+    labels are permuted independently (class sizes kept) and its neurons selected again; per draw, the mean overlap
+    rate over every pair of languages. Greedy selection on a small dev split favours some neurons whatever the label
+    (e.g. those with a heavy spread), so this null can lie well above the uniform chance k/d of
+    :func:`helpers.neurons.overlap.chance`, which assumes every neuron equally likely. Returns one value per draw."""
+    if len(states) < 2:
+        raise ValueError(f"permutation_null needs two languages or more, got {list(states)}")
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(draws):
+        chosen = {lang: select_neurons(x, rng.permutation(labels), n_neurons).neurons for lang, x in states.items()}
+        out.append(np.mean([overlap.overlap(chosen[a], chosen[b]) for a, b in itertools.combinations(chosen, 2)]))
+    return np.asarray(out, dtype=float)
+
+
+def split_ceiling(states: Mapping[str, np.ndarray], labels: np.ndarray, n_neurons: int, seeds: int,
+                  first: Mapping[str, Sequence[int]] | None = None) -> float:
+    """The overlap a language's selection has with itself under another train/dev split (split seeds 1..``seeds``
+    against seed 0), averaged over languages and seeds: a noise ceiling, the most two languages' selections could
+    share if they coded the label in the same neurons, given how much the selection moves with its split.
+    ``first``: the seed-0 selections when already made."""
+    values = []
+    for lang, x in states.items():
+        base = first[lang] if first is not None else select_neurons(x, labels, n_neurons, seed=0).neurons
+        values += [overlap.overlap(base, select_neurons(x, labels, n_neurons, seed=s).neurons)
+                   for s in range(1, seeds + 1)]
+    return float(np.mean(values)) if values else float("nan")
