@@ -4,7 +4,8 @@ effects whose answer is known.
 * Retraining with nothing removed reproduces the original run's checkpoints exactly (same initialisation, seed and
   order), and removing one sample changes them (so the comparison can fail).
 * Removing a planted set of duplicated, label-decisive samples hurts their test samples more than removing as many
-  random samples (smoke model, a few seconds per fine-tuning).
+  random samples (smoke model, a few seconds per fine-tuning); TracIn's top removal, chosen on half of the test
+  samples, hurts their held-out twins more than matched random removals do.
 * On planted outcomes (no model), the claims come out right, including when the attribution fails.
 """
 
@@ -26,7 +27,7 @@ from helpers.flow.context import RunInputs
 from helpers.flow.stage import get as get_stage
 from helpers.influence.engine import TracIn
 from helpers.influence.scores import InfluenceScores
-from helpers.removals import Removal, fraction_size, plan_removals, summed_scores
+from helpers.removals import RANKED, Removal, fraction_size, held_out, plan_removals, summed_scores
 from helpers.study import Run
 
 SMOKE = study.resolve("smoke").first.params
@@ -89,9 +90,15 @@ PLANTED = {**SMOKE, "fine_tune_languages": ["en", "fr"], "zero_shot_languages": 
 
 @pytest.fixture(scope="module")
 def planted_run(tmp_path_factory):
+    """The English test samples each twice, next to each other (so each held-out one has a twin among those that
+    choose the removals: the influence of its training duplicates is shared by construction), and three copies of
+    each in training, with their labels."""
     folder = tmp_path_factory.mktemp("planted-run")
     train, test = data.build_splits(PLANTED)
-    copies = pd.concat([test[test["language"] == "en"].assign(split="train", uid=lambda f, c=c: f["uid"] + f"-copy{c}")
+    english = test[test["language"] == "en"]
+    twins = pd.concat([english, english.assign(uid=english["uid"] + "-twin")]).sort_index(kind="stable")
+    test = pd.concat([twins, test[test["language"] != "en"]], ignore_index=True)
+    copies = pd.concat([english.assign(split="train", uid=lambda f, c=c: f["uid"] + f"-copy{c}")
                         for c in range(3)], ignore_index=True)
     ft = _finetune(PLANTED, pd.concat([train, copies], ignore_index=True), test, folder)
     scores = TracIn(ft.tracin_checkpoints(), params=PLANTED["tracin_params"]).scores(
@@ -112,7 +119,9 @@ def test_removing_planted_label_decisive_duplicates_hurts_more_than_random_remov
     assert log["seconds"].gt(0).all() and log["n_removed"].eq(len(planted)).all()
     english = outcomes[outcomes["test_language"] == "en"]
     change = english.groupby(["arm", "draw"])["d_loss"].mean()
-    assert change["planted", 0] > 0.5
+    # about +0.35 here (+1.13 before the test samples were twinned: the smoke tokenizer is trained on the texts of
+    # both splits, so the twins change its vocabulary and the fine-tuned model; the real models' tokenizers are fixed)
+    assert change["planted", 0] > 0.25
     assert change["planted", 0] > 2 * change["random"].max()
     # TracIn's first-order prediction of that removal is positive for the duplicated test samples: on average and for
     # most of them (a first-order prediction can miss the sign of one: with the splits drawn since near-duplicates
@@ -128,11 +137,16 @@ def test_tracin_top_arm_on_the_planted_run_hurts_more_than_random(planted_run):
     result = cf.compute([run], cfg, *retrain_stage.compute([run], cfg))
     arms = result.tables["arms"].set_index("arm")
     assert arms.loc["top", "removed"] == round(0.4 * len(scores.train_ids))
-    top = set(plan_removals(scores, cfg, 0, first=False)[0].rows)
+    top = set(plan_removals(scores, cfg, 0)[0].rows)
     assert len(top & set(planted)) / len(top) > len(planted) / len(scores.train_ids)  # enriched in duplicates
-    assert arms.loc["top", "d_loss"] > arms.loc["random", "d_loss"]
+    assert arms.loc["top", "d_loss"] > arms.loc["random", "d_loss"]  # on the held-out twins only
+    held_out = result.tables["outcomes"].query("arm == 'top' and test_language == 'en' and not chose")
+    assert held_out["test_row"].nunique() == len(scores.test_ids.query("language == 'en'")) // 2
+    versus = result.tables["top_vs_random"].iloc[0]
+    assert versus["rank"] == 1 and versus["draws"] == 2  # the top removal hurt more than either random draw
     cf1 = result.claims_table.set_index("claim_id").loc["CF1-40%"]
-    assert cf1["verdict"] == "conditional on one run" and cf1["value"] > 0  # one retraining per arm
+    assert cf1["verdict"] == "conditional on one run" and cf1["value"] > 0  # one retrained seed
+    assert "smallest this design can reach: 0.667" in cf1["note"]  # 1 seed, 2 draws: a rank cannot reject
     assert "a first check, not a settled one" in cf.plain_verdict(result)  # one seed: said so
 
 
@@ -177,13 +191,16 @@ def planted_retraining(effects):
         parts = []
         for r in removals:
             predicted = scores.total[list(r.rows)].sum(0)
+            language = test["language"].to_numpy()
+            chose = (language == r.target) & ~held_out(language, r.target) if r.arm in RANKED else False
             change = np.array([effects(r, lang) for lang in test["language"]], dtype=float)
             if r.arm == "half":
                 change = predicted / 100
             change += rng.normal(0, 0.01, len(test))
             parts.append(pd.DataFrame({"run": run.name, "arm": r.arm, "target": r.target, "fraction": r.fraction,
                                        "draw": r.draw, "n_removed": len(r.rows), "test_row": np.arange(len(test)),
-                                       "test_language": test["language"], "loss": 1 + change, "correct": 1.0,
+                                       "test_language": test["language"], "chose": chose, "loss": 1 + change,
+                                       "correct": 1.0,
                                        "d_loss": change, "d_correct": 0.0, "predicted": predicted}))
         log = pd.DataFrame([{"run": run.name, "removal": r.label, "arm": r.arm, "target": r.target,
                              "fraction": r.fraction, "n_removed": len(r.rows), "n_kept": 24 - len(r.rows),
@@ -193,8 +210,8 @@ def planted_retraining(effects):
 
 
 CFG = {**config.defaults("study"), "counterfactual_languages": ["en", "fr"], "counterfactual_fractions": ["20%"],
-       "counterfactual_arms": ["top", "random", "own", "other"], "counterfactual_random_draws": 2,
-       "counterfactual_seeds": 2, "counterfactual_zero_shot": True, "datamodel_subsets": 5, "n_bootstrap": 200}
+       "counterfactual_arms": ["top", "random", "own", "other"], "counterfactual_random_draws": 5,
+       "counterfactual_seeds": 3, "counterfactual_zero_shot": True, "datamodel_subsets": 5, "n_bootstrap": 200}
 
 
 def verdicts(result):
@@ -210,18 +227,26 @@ def test_claims_on_planted_outcomes(tmp_path, monkeypatch):
         return {"top": 1.0, "random": 0.0, "own": 1.0, "other": 0.4}[removal.arm]
 
     monkeypatch.setattr(retrain_stage, "retrain_run", planted_retraining(effects))
-    runs = fake_runs(tmp_path)
+    runs = fake_runs(tmp_path, n=3)
     result = cf.compute(runs, CFG, *retrain_stage.compute(runs, CFG))
     assert verdicts(result) == {"CF1-20%": "supports", "CF2-20%": "contradicts", "CF3-pt": "supports",
-                                "CF4": "conditional on one run"}  # two seeds retrained; the halves on one run
+                                "CF4": "supports"}  # three seeds retrained, each with its halves
+    cf1 = result.claims_table.set_index("claim_id").loc["CF1-20%"]
+    assert "exact permutation test" in cf1["note"] and "3 retrained seed(s)" in cf1["rests_on"]
+    assert result.tables["top_vs_random"]["rank"].eq(1).all()
     arms = result.tables["arms"].set_index(["target", "arm"])
     assert arms.loc[("en", "top"), "d_loss"] == pytest.approx(1.0, abs=0.02)
     assert arms.loc[("fr", "other"), "d_loss"] == pytest.approx(0.4, abs=0.02)
     zero_shot = result.tables["zero_shot"].set_index("removed")
     assert zero_shot.loc["fr", "rank_share"] == 1 and zero_shot.loc["fr", "rank_actual"] == 1
     assert "passes the removal test" in cf.plain_verdict(result) and "first check" not in cf.plain_verdict(result)
-    assert set(result.tables["outcomes"]["run"]) == {"main-s0", "main-s1"}  # counterfactual_seeds: 2
-    assert set(result.tables["datamodel"]["run"]) == {"main-s0"}  # halves on the first run only
+    assert set(result.tables["outcomes"]["run"]) == {"main-s0", "main-s1", "main-s2"}  # counterfactual_seeds: 3
+    assert set(result.tables["datamodel"]["run"]) == {"main-s0", "main-s1", "main-s2"}  # halves on every seed
+    flat = {**CFG, "counterfactual_arms": ["top", "random"], "counterfactual_zero_shot": False, "datamodel_subsets": 0}
+    monkeypatch.setattr(retrain_stage, "retrain_run", planted_retraining(
+        lambda removal, language: 0.0))  # removing anything changes nothing: the rank test cannot pass
+    result = cf.compute(runs, flat, *retrain_stage.compute(runs, flat))
+    assert verdicts(result)["CF1-20%"] in ("underpowered", "contradicts")
 
 
 def test_a_failing_attribution_is_said_plainly(tmp_path, monkeypatch):
@@ -242,34 +267,56 @@ def test_a_failing_attribution_is_said_plainly(tmp_path, monkeypatch):
     assert "own-language against cross-lingual" in design and "retraining noise across seeds" in design
 
 
+def test_the_permutation_test_of_the_top_removal_has_its_known_answers():
+    """One seed, top above its 5 draws: p = 2 x 1/6 (the top label could sit on any of 6 removals); three seeds:
+    2 / 6**3; a top removal in the middle of its draws: p = 1; and the smallest reachable p is stated."""
+    row = {"run": "main-s0", "target": "en", "fraction": "20%", "top": 1.0, "random_draws": [0.1, 0.2, 0.0, -0.1, 0.3]}
+    one = pd.DataFrame([row])
+    assert cf.permutation_p(one) == pytest.approx((2 / 6, 2 / 6))
+    three = pd.DataFrame([{**row, "run": f"main-s{s}"} for s in range(3)])
+    assert cf.permutation_p(three) == pytest.approx((2 / 216, 2 / 216))
+    middle = pd.DataFrame([{**row, "top": 0.1, "random_draws": [-0.2, -0.1, 0.3, 0.4]}])
+    assert cf.permutation_p(middle)[0] == 1.0
+    many = pd.DataFrame([{**row, "run": f"main-s{s}"} for s in range(7)])  # 6**7 assignments: Monte Carlo
+    p, smallest = cf.permutation_p(many)
+    assert smallest == pytest.approx(2 / 20_001) and p == pytest.approx(2 / 20_001)
+
+
 def test_removal_sets():
     scores = fake_scores()
     language = scores.train_ids["language"].to_numpy()
-    removals = plan_removals(scores, CFG, seed=0, first=True)
+    label = scores.train_ids["label"].to_numpy()
+    removals = plan_removals(scores, CFG, seed=0)
     by = {(r.arm, r.target, r.draw): r for r in removals}
     n = fraction_size("20%", len(language))
     assert n == 5
+    test_language = scores.test_ids["language"].to_numpy()
+    held = held_out(test_language, "en")
+    assert held.sum() == 3 and list(np.flatnonzero(held)) == [1, 3, 5]  # every other English test sample
+    assert not held[test_language != "en"].any()
+    choosing = (test_language == "en") & ~held
     summed = summed_scores(scores, "en")
+    assert np.allclose(summed, scores.total[:, choosing].sum(1))  # chosen on the other half only
     top = by["top", "en", 0].rows
     assert len(top) == n and min(summed[list(top)]) >= max(np.delete(summed, list(top)))
-    for draw in range(2):
+    for draw in range(5):
         random_rows = by["random", "en", draw].rows
-        assert sorted(language[list(random_rows)]) == sorted(language[list(top)])  # matched language mix
-    assert by["random", "en", 0].rows != by["random", "en", 1].rows
-    assert set(language[list(by["own", "en", 0].rows)]) == {"en"}
-    assert "en" not in set(language[list(by["other", "en", 0].rows)])
+        assert sorted(zip(language[list(random_rows)], label[list(random_rows)])) == sorted(
+            zip(language[list(top)], label[list(top)]))  # matched on language x label
+    assert len({by["random", "en", d].rows for d in range(5)}) > 1
+    own, other = by["own", "en", 0].rows, by["other", "en", 0].rows
+    assert set(language[list(own)]) == {"en"} and "en" not in set(language[list(other)])
+    assert len(own) == len(other) == fraction_size("20%", 8)  # equal sizes: 20% of English's 8 samples
     assert set(by["without", "de", 0].rows) == set(np.flatnonzero(language == "de"))
     halves = [r for r in removals if r.arm == "half"]
     assert len(halves) == 5 and all(len(r.rows) == 12 for r in halves)
-    assert not [r for r in plan_removals(scores, CFG, seed=0, first=False) if r.arm == "half"]
-    assert plan_removals(scores, CFG, seed=0, first=True) == removals  # deterministic
+    assert plan_removals(scores, CFG, seed=0) == removals  # deterministic
+    assert [r.rows for r in plan_removals(scores, CFG, seed=1) if r.arm == "half"] != [r.rows for r in halves]
 
 
 def test_parameters_of_the_design_are_checked():
     with pytest.raises(ConfigError, match="'counterfactual_languages' has 'it', not a test language"):
         study.resolve("smoke", ["counterfactual_languages=[it]"])
-    with pytest.raises(ConfigError, match="more than one language's 12 training samples"):
-        study.resolve("smoke", ["counterfactual_fractions=[30%]"])  # smoke has the arm 'own'
     with pytest.raises(ConfigError, match="'datamodel_subsets' is 2"):
         study.resolve("smoke", ["datamodel_subsets=2"])
     with pytest.raises(ConfigError, match="'counterfactual_fractions' has '15%'"):

@@ -177,12 +177,13 @@ def _within_run(low: float, high: float, baseline: float) -> str:
 def claim(claim_id: str, chapter: str, statement: str, source: str, statistic: str,
           estimate: Estimate, baseline: float, baseline_name: str, expect: str,
           margin: float | None = None, note: str = "", percent: bool = True, confidence: float = 0.95,
-          rests_on: str | None = None) -> Claim:
+          rests_on: str | None = None, p: float | None = None) -> Claim:
     """A tested claim. ``estimate`` says what it rests on (:func:`interval`, :func:`difference`, or an
     :class:`Estimate` built by hand); ``margin``: the equivalence margin, :data:`PRIMARY`'s for the paper's claims
     (which may not override it), else 0 (a check without one can read ``underpowered`` but never ``equivalent``).
     ``rests_on`` replaces the estimate's own account of what it rests on (for estimates that are not means over
-    test samples)."""
+    test samples). ``p``: a two-sided p-value against the baseline computed otherwise (e.g. an exact permutation
+    test), replacing the t-test's in the verdict."""
     if not isinstance(estimate, Estimate):
         raise TypeError(f"claim {claim_id}: the estimate must be an Estimate (it says how many runs it rests on), "
                         f"got {type(estimate).__name__}")
@@ -192,7 +193,8 @@ def claim(claim_id: str, chapter: str, statement: str, source: str, statistic: s
     margin = PRIMARY[head][0] if head is not None else (margin or 0.0)
     if expect == "equal" and margin <= 0:
         raise ValueError(f"claim {claim_id}: a claim of no change (expect='equal') needs an equivalence margin > 0")
-    p, p_eq = _pvalues(estimate.value, estimate.se, estimate.df, baseline, margin)
+    p_t, p_eq = _pvalues(estimate.value, estimate.se, estimate.df, baseline, margin)
+    p = p_t if p is None else float(p)
     verdict = decide(estimate.value, estimate.runs, p, p_eq, baseline, expect, 1 - confidence)
     c = Claim(claim_id, chapter, statement, source, statistic, float(estimate.value), float(estimate.low),
               float(estimate.high), float(baseline), baseline_name, expect, verdict, note, percent,

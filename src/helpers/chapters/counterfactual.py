@@ -9,36 +9,36 @@ exactly on the same machine and number of threads, which the tests check) and me
 sample, how the loss and the accuracy change against the original run (retrained minus original: paired, so the
 test samples' own difficulty cancels).
 
-For a test language L and a number N of training samples (``counterfactual_fractions`` of the training set), the
-removals (*arms*, ``counterfactual_arms``):
+The removals (*arms*: ``top``, matched ``random`` draws, equal-sized ``own`` / ``other``, ``without`` a language,
+random ``half``) are :mod:`helpers.removals`'s. Every other test sample of L chooses them; the chapter measures them
+on L's other test samples only, which played no part in choosing.
 
-* ``top``: the N training samples with the highest TracIn score summed over L's test samples. To first order TracIn
-  predicts that removing a set S raises test sample j's loss by the sum of score(i, j) over i in S, so this is the
-  set it predicts to hurt L most;
-* ``random``: N random training samples with as many from each language as ``top`` has (matched language mix);
-* ``own`` / ``other``: the top N among L's own-language training samples only / among the other languages' only;
-* ``without`` (``counterfactual_zero_shot``): all of one fine-tuning language's samples, once per language;
-* ``half`` (``datamodel_subsets``, the first retrained run only): random halves of the training set.
-
-Claims: CF1, top hurts L more than random (the method works here); CF2, removing L's top cross-lingual samples hurts
-L at least as much as removing its top same-language ones (reliance on other languages, tested causally); CF3-<Z>,
-for a zero-shot language Z, removing the fine-tuning language the share analysis ranks first hurts Z more than
-removing another one; CF4, the linear datamodeling score (per test sample, the rank correlation over random halves
-between TracIn's predicted and the actual change of its loss, averaged).
+**The retraining is the unit.** Claims: CF1, top hurts L more than random (the method works here): per retrained
+seed, the top removal's mean change of L's held-out loss against the spread of ``counterfactual_random_draws``
+matched random removals; with two draws or more the verdict comes from an exact permutation test (within each seed,
+is the top removal exchangeable with the random ones?), whose smallest attainable p-value the note states; with one
+draw, from a t-test (over seeds; with one seed, over L's held-out test samples). CF2, removing L's top cross-lingual
+samples hurts L at least as much as removing as many of its top same-language ones (reliance on other languages,
+tested causally); CF3-<Z>, for a zero-shot language Z, removing the fine-tuning language the share analysis ranks
+first hurts Z more than removing another one; CF4, the linear datamodeling score (per test sample, the rank
+correlation over random halves of its retrained seed between TracIn's predicted and the actual change of its loss),
+with the seeds as the unit when several are retrained.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 from scipy.stats import rankdata
 
 from .. import analysis, claims, data
 from ..config import ConfigError
 from ..flow.stage import Stage
-from ..removals import fraction_size, plan_removals
+from ..removals import RANKED, fraction_size, plan_removals
 from ..study import load_profile
 from . import Result
 
@@ -49,7 +49,6 @@ STAGE = Stage("counterfactual", "18_counterfactual.ipynb", "Do the influential s
                       "datamodel_subsets", "confidence"),
               files=("params/counterfactual.yaml",))
 
-RANKED_ARMS = ("top", "random", "own", "other")
 #: The profile with the full design (several fractions and seeds, every arm, the zero-shot question, datamodeling).
 FULL_PROFILE = "counterfactual"
 _KEYS = ["run", "target", "fraction", "arm", "test_row", "test_language"]
@@ -59,11 +58,79 @@ _KEYS = ["run", "target", "fraction", "arm", "test_row", "test_language"]
 # From outcomes to tables and claims
 
 
+def held_out_outcomes(outcomes: pd.DataFrame) -> pd.DataFrame:
+    """The ranked arms on their target language's held-out test samples (those that did not choose the removals),
+    one row per removal (random draws apart) and test sample."""
+    return outcomes[outcomes["arm"].isin(RANKED) & (outcomes["test_language"] == outcomes["target"])
+                    & ~outcomes["chose"].astype(bool)]
+
+
 def ranked_outcomes(outcomes: pd.DataFrame) -> pd.DataFrame:
-    """The ranked arms on their target language's own test samples, random draws averaged per test sample."""
-    part = outcomes[outcomes["arm"].isin(RANKED_ARMS) & (outcomes["test_language"] == outcomes["target"])]
-    return (part.groupby(_KEYS, sort=False)[["n_removed", "d_loss", "d_correct", "predicted"]].mean()
-            .reset_index())
+    """:func:`held_out_outcomes` with the random draws averaged per test sample."""
+    return (held_out_outcomes(outcomes).groupby(_KEYS, sort=False)[["n_removed", "d_loss", "d_correct", "predicted"]]
+            .mean().reset_index())
+
+
+def top_against_random(outcomes: pd.DataFrame) -> pd.DataFrame:
+    """Per retrained run, target and fraction: the top removal's mean change of the held-out loss, the random
+    draws' mean and standard deviation, the difference and its size in random-draw standard deviations, the top
+    removal's rank among all the removals (1: it hurt most) and the draws' count."""
+    part = held_out_outcomes(outcomes)
+    part = part[part["arm"].isin(("top", "random"))]
+    means = part.groupby(["run", "target", "fraction", "arm", "draw"], sort=False)["d_loss"].mean().reset_index()
+    rows = []
+    for (run, target, fraction), group in means.groupby(["run", "target", "fraction"], sort=False):
+        top, random = group[group["arm"] == "top"]["d_loss"], group[group["arm"] == "random"]["d_loss"].to_numpy()
+        if top.empty or not len(random):
+            continue
+        top = float(top.iloc[0])
+        sd = float(random.std(ddof=1)) if len(random) > 1 else np.nan
+        rows.append({"run": run, "target": target, "fraction": fraction, "top": top, "random": random.mean(),
+                     "random_sd": sd, "difference": top - random.mean(), "effect_size": (top - random.mean()) / sd
+                     if sd > 0 else np.nan, "rank": int(1 + (random > top).sum()), "draws": len(random),
+                     "random_draws": random.tolist()})
+    return pd.DataFrame(rows)
+
+
+def permutation_p(table: pd.DataFrame) -> tuple[float, float]:
+    """An exact, stratified permutation test of :func:`top_against_random`'s rows (one per retrained seed): under the
+    null, within each seed the top removal is exchangeable with its random draws. The statistic is the sum over
+    seeds of (the top removal's change minus the mean of the others'); every assignment of the "top" label within
+    each seed is enumerated (beyond 20,000 assignments, 20,000 random ones, the observed one counted in, as a Monte
+    Carlo p-value does). Returns the two-sided p-value (twice the smaller tail, at most 1) and the smallest p-value
+    the design can reach."""
+    groups = [np.array([row.top, *row.random_draws], dtype=float) for row in table.itertuples()]
+
+    def statistic(choice) -> float:
+        return float(sum(g[i] - np.delete(g, i).mean() for g, i in zip(groups, choice)))
+
+    observed = statistic([0] * len(groups))
+    sizes = [len(g) for g in groups]
+    total = int(np.prod(sizes))
+    if total <= 20_000:
+        values = np.array([statistic(c) for c in itertools.product(*(range(n) for n in sizes))])
+    else:
+        rng = np.random.default_rng(0)
+        values = np.array([observed] + [statistic([rng.integers(n) for n in sizes]) for _ in range(20_000)])
+    tol = 1e-12 * max(1.0, abs(observed))
+    upper, lower = np.mean(values >= observed - tol), np.mean(values <= observed + tol)
+    return float(min(1.0, 2 * min(upper, lower))), float(min(1.0, 2 / min(total, len(values))))
+
+
+def cf1_estimate(table: pd.DataFrame, frame: pd.DataFrame, confidence: float) -> claims.Estimate:
+    """CF1's estimate: the mean over seeds of the top removal's change minus its random draws' mean. Several seeds: a
+    t-interval over them; one seed with several draws: the top removal against the draws' spread (a prediction
+    interval, ``se = sd * sqrt(1 + 1/draws)``, ``df = draws - 1``); one seed and one draw: over the held-out test
+    samples (``frame``, paired per sample)."""
+    if len(table) > 1:
+        return claims.interval(frame, "value", confidence)
+    row = table.iloc[0]
+    if row["draws"] > 1:
+        se = row["random_sd"] * np.sqrt(1 + 1 / row["draws"])
+        half = float(stats.t.ppf(0.5 + confidence / 2, row["draws"] - 1)) * se
+        return claims.Estimate(row["difference"], row["difference"] - half, row["difference"] + half, runs=1, se=se,
+                               df=row["draws"] - 1, samples=len(frame), clusters=0)
+    return claims.interval(frame, "value", confidence)
 
 
 def paired(ranked: pd.DataFrame, a: str, b: str, fraction: str) -> pd.DataFrame:
@@ -148,30 +215,46 @@ def compute(runs: list, cfg: dict[str, Any], outcomes: pd.DataFrame, log: pd.Dat
     opts = dict(confidence=cfg["confidence"])
     chosen = runs[: cfg["counterfactual_seeds"]]
     ranked = ranked_outcomes(outcomes)
-    result = Result(tables={"outcomes": outcomes, "retrainings": log, "arms": arm_summary(ranked, opts)})
+    versus = top_against_random(outcomes)
+    result = Result(tables={"outcomes": outcomes, "retrainings": log, "arms": arm_summary(ranked, opts),
+                            "top_vs_random": versus.drop(columns="random_draws", errors="ignore")})
     seeds = f"{len(chosen)} of the main run's {len(runs)} seeds"
 
     for fraction in cfg["counterfactual_fractions"]:
-        stat = (f"removing the top {fraction} minus {fraction} random samples (same language mix): change of L's "
-                "test loss, per test sample")
+        stat = (f"removing the top {fraction} minus {fraction} random samples (matched on language x label): change "
+                "of L's held-out test loss")
         statement = ("TracIn's most influential samples matter more than random ones: removing a test language's "
-                     "top samples (summed TracIn over its test samples) and fine-tuning again raises its test loss "
-                     "more than removing as many random samples of the same languages.")
+                     "top samples (summed TracIn over half of its test samples) and fine-tuning again raises the "
+                     "loss of its other test samples more than removing as many random samples of the same "
+                     "languages and labels.")
         frame = paired(ranked, "top", "random", fraction)
-        if frame.empty:
+        table = versus[versus["fraction"] == fraction] if len(versus) else versus
+        if frame.empty or table.empty:
             result.claims.append(claims.not_tested(f"CF1-{fraction}", STAGE.name, statement, claims.METHOD, stat,
                                                    _how_to("Needs the arms 'top' and 'random'.")))
-        else:
-            result.claims.append(claims.claim(
-                f"CF1-{fraction}", STAGE.name, statement, claims.METHOD, stat, claims.interval(frame, "value", **opts),
-                0.0, "no difference", "above", percent=False, **opts,
-                note=f"L: {', '.join(dict.fromkeys(frame['target']))}; {seeds}; "
-                     f"{cfg['counterfactual_random_draws']} random draw(s)."))
+            continue
+        draws, n_runs = int(table["draws"].min()), table["run"].nunique()
+        p_perm, p_min = permutation_p(table) if draws > 1 else (None, float("nan"))
+        how = (f"Verdict from an exact permutation test of the top removal against the {draws} random draws within "
+               f"each seed (two-sided p = {p_perm:.3g}; the smallest this design can reach: {p_min:.3g})"
+               if p_perm is not None else
+               "One random draw per seed: no distribution of random removals to rank the top one in; the t-test "
+               + ("over seeds" if n_runs > 1 else "over L's held-out test samples"))
+        ranks = ", ".join(f"{r.run} {r.target}: {r.rank} of {r.draws + 1}" for r in table.itertuples())
+        result.claims.append(claims.claim(
+            f"CF1-{fraction}", STAGE.name, statement, claims.METHOD, stat,
+            cf1_estimate(table, frame, opts["confidence"]),
+            0.0, "no difference", "above", percent=False, **opts, p=p_perm,
+            rests_on=(f"{n_runs} retrained seed(s) of the main run, each with 1 top and {draws} random removal(s) "
+                      f"per L ({len(table) * (draws + 1)} retrainings), measured on {frame['test_row'].nunique()} "
+                      "held-out test samples per seed"),
+            note=f"L: {', '.join(dict.fromkeys(frame['target']))}; {seeds}. {how}. Rank of the top removal's harm "
+                 f"among the removals (1: it hurt most): {ranks}."))
         statement = ("Models rely on data from multiple languages during fine-tuning, tested causally: removing a "
-                     "test language's top cross-lingual samples hurts it at least as much as removing its top "
-                     "same-language ones.")
-        stat = (f"removing the top {fraction} of other languages' samples minus the top {fraction} of L's own: "
-                "change of L's test loss, per test sample")
+                     "test language's top cross-lingual samples hurts it at least as much as removing as many of its "
+                     "top same-language ones.")
+        stat = (f"removing the other languages' top N minus L's own top N (N: {fraction} of L's own samples): change "
+                "of L's held-out test loss, per test sample")
         frame = paired(ranked, "other", "own", fraction)
         if frame.empty:
             result.claims.append(claims.not_tested(f"CF2-{fraction}", STAGE.name, statement, claims.ABSTRACT, stat,
@@ -271,12 +354,14 @@ def plain_verdict(result: Result) -> str:
     failed = (tested["verdict"] == "contradicts") | (one & (tested["high"] < tested["baseline"]))
     outcomes = result.tables["outcomes"]
     random_draws = outcomes.loc[outcomes["arm"] == "random", "draw"].nunique()
-    first = (" With one retraining per arm (one seed, one random draw) the interval covers L's test samples only, not "
-             "how the result would move with another seed or draw: a first check, not a settled one."
-             if outcomes["run"].nunique() < 2 or random_draws < 2 else "")
+    first = (" With one retrained seed (and " + (f"{random_draws} random draws" if random_draws > 1 else
+             "one random draw, whose interval covers L's held-out test samples only") + ") it does not say how the "
+             "result would move with another seed: a first check, not a settled one."
+             if outcomes["run"].nunique() < 2 else "")
     if passed.all():
         text = ("**TracIn passes the removal test here:** removing its top samples for the test language raised that "
-                "language's test loss more than removing as many random samples of the same languages." + first)
+                "language's held-out test loss more than removing as many random samples of the same languages and "
+                "labels." + first)
     elif failed.any():
         names = ", ".join(f"{r.claim_id} ({r.verdict})" for r, bad in zip(tested.itertuples(), failed) if bad)
         text = ("**The attribution fails the removal test here:** removing TracIn's top samples did not raise the "
@@ -292,10 +377,6 @@ def plain_verdict(result: Result) -> str:
         text += (f" Over random halves of the training set, TracIn's predicted loss changes do not rank with the "
                  f"actual ones (CF4, {cf4['verdict'].iloc[0]}).")
     return text
-
-
-def _retrainings(removals: list) -> int:
-    return len({r.rows for r in removals})
 
 
 def design_markdown(cfg: dict[str, Any], runs: list, result: Result) -> str:
@@ -316,9 +397,12 @@ def design_markdown(cfg: dict[str, Any], runs: list, result: Result) -> str:
                if "random" in cfg["counterfactual_arms"] else "") + ".")
     missing = []
     if len(chosen) < 2:
-        missing.append("retraining noise across seeds: the intervals resample L's test samples only, with one "
-                       "retraining per arm, so they understate how much a result could move with another seed or "
-                       "another random draw")
+        missing.append("retraining noise across seeds: with one retrained seed the verdicts are conditional on "
+                       "that run")
+    if "random" in cfg["counterfactual_arms"] and cfg["counterfactual_random_draws"] < 5:
+        missing.append(f"where the top removal ranks among random ones: {cfg['counterfactual_random_draws']} random "
+                       "draw(s) per seed (a rank needs at least 5; with one, the interval resamples L's held-out test "
+                       "samples only and understates how much another draw could move)")
     if not {"own", "other"} <= set(cfg["counterfactual_arms"]):
         missing.append("own-language against cross-lingual removals (question b, CF2)")
     if not cfg["counterfactual_zero_shot"]:
@@ -341,16 +425,14 @@ def design_markdown(cfg: dict[str, Any], runs: list, result: Result) -> str:
         if full is not None and full != cfg:
             tested = set(scores.test_ids["language"])
             full["counterfactual_languages"] = [lang for lang in full["counterfactual_languages"] if lang in tested]
-            per_seed = plan_removals(scores, {**full, "datamodel_subsets": 0}, chosen[0].run.seed, first=False)
-            halves = plan_removals(scores, {**full, "counterfactual_languages": [], "counterfactual_zero_shot": False},
-                                   chosen[0].run.seed, first=True)
-            n_seeds = min(full["counterfactual_seeds"], len(runs))
-            kept = (n_seeds * sum(n_train - len(r) for r in {r.rows for r in per_seed})
-                    + sum(n_train - len(r.rows) for r in halves))
-            count = n_seeds * _retrainings(per_seed) + len(halves)
+            per_seed = {r.rows for r in plan_removals(scores, full, chosen[0].run.seed)}
+            n_seeds = full["counterfactual_seeds"]
+            kept = n_seeds * sum(n_train - len(rows) for rows in per_seed)
             text += (f" The full design (profile `{FULL_PROFILE}`: fractions "
                      f"{', '.join(full['counterfactual_fractions'])}, arms {', '.join(full['counterfactual_arms'])}, "
-                     f"{n_seeds} seeds, {'the zero-shot question, ' if full['counterfactual_zero_shot'] else ''}"
-                     f"{full['datamodel_subsets']} random halves) needs {count} retrainings: about "
-                     f"{rate * kept / 60:.0f} min at this rate, on top of the study itself. " + _how_to(""))
+                     f"{full['counterfactual_random_draws']} random draws, {n_seeds} seeds, "
+                     f"{'the zero-shot question, ' if full['counterfactual_zero_shot'] else ''}"
+                     f"{full['datamodel_subsets']} random halves per seed) needs {n_seeds * len(per_seed)} "
+                     f"retrainings: about {rate * kept / 60:.0f} min at this rate (an estimate, not a measurement), on "
+                     "top of the study itself and of its further seeds' fine-tuning and TracIn. " + _how_to(""))
     return text

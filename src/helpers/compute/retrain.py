@@ -23,7 +23,7 @@ import pandas as pd
 from .. import data
 from ..flow.stage import Stage
 from ..influence.scores import InfluenceScores
-from ..removals import Removal, plan_removals
+from ..removals import RANKED, Removal, held_out, plan_removals
 from . import finetune
 
 STAGE = Stage("retrain", "06_retrain.ipynb", "Retraining without the influential samples",
@@ -31,13 +31,14 @@ STAGE = Stage("retrain", "06_retrain.ipynb", "Retraining without the influential
               params=("counterfactual_languages", "counterfactual_fractions", "counterfactual_arms",
                       "counterfactual_random_draws", "counterfactual_seeds", "counterfactual_zero_shot",
                       "datamodel_subsets"))
-OUTCOME_COLUMNS = ["run", "target", "fraction", "arm", "test_row", "test_language", "draw", "n_removed", "loss",
-                   "correct", "d_loss", "d_correct", "predicted"]
+OUTCOME_COLUMNS = ["run", "target", "fraction", "arm", "test_row", "test_language", "chose", "draw", "n_removed",
+                   "loss", "correct", "d_loss", "d_correct", "predicted"]
 
 
 def retrain_run(run, removals: list[Removal]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Retrain ``run`` once per distinct set of removed rows. Returns the outcomes (one row per removal and test
-    sample: loss, correct, their change against the original run, TracIn's predicted loss change) and one row per
+    sample: whether it chose the removal (see :func:`helpers.removals.held_out`), loss, correct, their change against
+    the original run, TracIn's predicted loss change) and one row per
     removal (its size and the seconds its retraining took; 0 when an identical set was already retrained)."""
     import torch  # (this module's removal design is read by the chapter, which loads no torch)
 
@@ -49,6 +50,7 @@ def retrain_run(run, removals: list[Removal]) -> tuple[pd.DataFrame, pd.DataFram
         raise ValueError(f"run {run.name}: the TracIn scores' test samples are not the fine-tuning stage's")
     original = sample_outcomes(models.load_classifier(ft.checkpoints[-1]["path"]), ft.test)
     total = scores.total.astype(np.float64)
+    test_language = scores.test_ids["language"].to_numpy()
     done: dict[tuple[int, ...], pd.DataFrame] = {}
     parts, log = [], []
     for i, removal in enumerate(removals, 1):
@@ -64,7 +66,10 @@ def retrain_run(run, removals: list[Removal]) -> tuple[pd.DataFrame, pd.DataFram
         parts.append(pd.DataFrame({
             "run": run.name, "arm": removal.arm, "target": removal.target, "fraction": removal.fraction,
             "draw": removal.draw, "n_removed": len(removal.rows), "test_row": outcome["row"],
-            "test_language": outcome["language"], "loss": outcome["loss"], "correct": outcome["correct"],
+            "test_language": outcome["language"],
+            "chose": (test_language == removal.target) & ~held_out(test_language, removal.target)
+            if removal.arm in RANKED else False,
+            "loss": outcome["loss"], "correct": outcome["correct"],
             "d_loss": outcome["loss"] - original["loss"], "d_correct": outcome["correct"] - original["correct"],
             "predicted": total[list(removal.rows)].sum(0)}))
         removed_language = scores.train_ids["language"].to_numpy()[list(removal.rows)]
@@ -79,8 +84,8 @@ def compute(runs: list, cfg: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame
     """``runs``: the main run's seeds (``RunInputs`` with ``tracin`` and ``finetune`` folders); the first
     ``counterfactual_seeds`` of them are retrained. Returns (outcomes, retrainings)."""
     outcomes, log = [], []
-    for i, run in enumerate(runs[: cfg["counterfactual_seeds"]]):
-        removals = plan_removals(InfluenceScores.load(run["tracin"] / "scores"), cfg, run.run.seed, first=i == 0)
+    for run in runs[: cfg["counterfactual_seeds"]]:
+        removals = plan_removals(InfluenceScores.load(run["tracin"] / "scores"), cfg, run.run.seed)
         if removals:
             o, g = retrain_run(run, removals)
             outcomes.append(o)
