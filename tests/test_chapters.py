@@ -242,13 +242,15 @@ def test_imbalance_is_judged_beyond_the_data_share_paired_by_seed(tmp_path):
     assert verdicts(imbalance.compute(base, [], CFG))["IM1"] == "not tested"
 
 
-def control_runs(tmp_path, monkeypatch, train, test, boost, dose=1.0, seeds=1, others=0.0, noise_seed=0):
+def control_runs(tmp_path, monkeypatch, train, test, boost, dose=1.0, seeds=1, others=0.0, noise_seed=0, push=0.0):
     """Control runs (``control<dose>-s<seed>``) over the main runs' planted scores (``main-s<seed>``, no own-language
     preference): German test samples' German training samples score ``boost`` higher, the other test languages' own
-    samples ``others`` higher (0: their scores are the main run's, unchanged)."""
+    samples ``others`` higher (0: their scores are the main run's, unchanged), and German samples ``push`` lower for
+    the other test languages (the shifted samples contradicting their labels)."""
     lang = test["language"].to_numpy()[None, :]
     de = (train["language"].to_numpy()[:, None] == "de") & (lang == "de")
     own = (train["language"].to_numpy()[:, None] == lang) & (lang != "de")
+    pushed = (train["language"].to_numpy()[:, None] == "de") & (lang != "de")
     history = pd.DataFrame({"epoch": [1] * 3, "language": LANGS, "accuracy": [0.5, 0.5, 0.3], "n": 6})
     monkeypatch.setattr(control.finetune, "load", lambda folder: type("F", (), {"history": history})())
     main, runs = [], []
@@ -256,8 +258,9 @@ def control_runs(tmp_path, monkeypatch, train, test, boost, dose=1.0, seeds=1, o
         values = own_language_scores(train, test, 0, seed + noise_seed)
         main.append(fake_run(tmp_path, f"main-s{seed}", [values], train, test, seed=seed))
         noise = np.random.default_rng(seed + 100).normal(0, 0.5, values.shape) if others else 0
-        run = fake_run(tmp_path, f"control{dose:g}-s{seed}", [values + boost * de + others * own + noise], train,
-                       test, seed=seed, permuted_language="de", permuted_share=dose)
+        scores = values + boost * de + others * own - push * pushed + noise
+        run = fake_run(tmp_path, f"control{dose:g}-s{seed}", [scores], train, test, seed=seed,
+                       permuted_language="de", permuted_share=dose)
         run.folders["finetune"] = tmp_path / run.name / "finetune"
         runs.append(run)
     return runs, main
@@ -286,6 +289,13 @@ def test_control_tests_that_the_other_languages_stay_with_seeds_as_the_unit(tmp_
     runs, main = control_runs(tmp_path / "moved", monkeypatch, train, test, boost=10, seeds=3, others=3)
     table = control.compute(runs, main, CFG).claims_table.set_index("claim_id")
     assert table.loc["PC2", "verdict"] == "contradicts" and table.loc["PC2", "value"] > 0.2
+    # German pushed out of the others' top-k: their plain own share rises, their own share outside German does not
+    runs, main = control_runs(tmp_path / "pushed", monkeypatch, train, test, boost=10, seeds=3, push=10)
+    result = control.compute(runs, main, CFG)
+    table = result.claims_table.set_index("claim_id")
+    assert table.loc["PC2", "verdict"] == "supports" and "moved by -" in table.loc["PC2", "note"]
+    own = result.tables["own_shares"].set_index(["setting", "test_language"])["own"]
+    assert own["control", "en"] > own["main", "en"] + 0.1
 
 
 def test_control_dose_response_finds_the_smallest_detectable_rise(tmp_path, monkeypatch):
