@@ -147,6 +147,9 @@ def test_tracin_top_arm_on_the_planted_run_hurts_more_than_random(planted_run):
     cf1 = result.claims_table.set_index("claim_id").loc["CF1-40%"]
     assert cf1["verdict"] == "conditional on one run" and cf1["value"] > 0  # one retrained seed
     assert "smallest this design can reach: 0.667" in cf1["note"]  # 1 seed, 2 draws: a rank cannot reject
+    log = result.tables["retrainings"].set_index("arm")
+    assert log.loc["top", "shared_with_top"] == 1.0 and log.loc["random", "shared_with_top"].between(0, 1).all()
+    assert "random removals share" in cf1["note"]
     assert "a first check, not a settled one" in cf.plain_verdict(result)  # one seed: said so
 
 

@@ -241,6 +241,8 @@ def compute(runs: list, cfg: dict[str, Any], outcomes: pd.DataFrame, log: pd.Dat
                "One random draw per seed: no distribution of random removals to rank the top one in; the t-test "
                + ("over seeds" if n_runs > 1 else "over L's held-out test samples"))
         ranks = ", ".join(f"{r.run} {r.target}: {r.rank} of {r.draws + 1}" for r in table.itertuples())
+        shared = (log.loc[(log["arm"] == "random") & (log["fraction"] == fraction), "shared_with_top"].astype(float)
+                  if "shared_with_top" in log else pd.Series(dtype=float))
         result.claims.append(claims.claim(
             f"CF1-{fraction}", STAGE.name, statement, claims.METHOD, stat,
             cf1_estimate(table, frame, opts["confidence"]),
@@ -249,7 +251,10 @@ def compute(runs: list, cfg: dict[str, Any], outcomes: pd.DataFrame, log: pd.Dat
                       f"per L ({len(table) * (draws + 1)} retrainings), measured on {frame['test_row'].nunique()} "
                       "held-out test samples per seed"),
             note=f"L: {', '.join(dict.fromkeys(frame['target']))}; {seeds}. {how}. Rank of the top removal's harm "
-                 f"among the removals (1: it hurt most): {ranks}."))
+                 f"among the removals (1: it hurt most): {ranks}."
+                 + (f" The random removals share {shared.mean():.0%} of their samples with the top one on average "
+                    f"(at most {shared.max():.0%}): matched on language x label, a top removal concentrated in few "
+                    "cells leaves them little else to draw." if shared.notna().any() else "")))
         statement = ("Models rely on data from multiple languages during fine-tuning, tested causally: removing a "
                      "test language's top cross-lingual samples hurts it at least as much as removing as many of its "
                      "top same-language ones.")

@@ -39,7 +39,8 @@ def retrain_run(run, removals: list[Removal]) -> tuple[pd.DataFrame, pd.DataFram
     """Retrain ``run`` once per distinct set of removed rows. Returns the outcomes (one row per removal and test
     sample: whether it chose the removal (see :func:`helpers.removals.held_out`), loss, correct, their change against
     the original run, TracIn's predicted loss change) and one row per
-    removal (its size and the seconds its retraining took; 0 when an identical set was already retrained)."""
+    removal (its size, the share of its samples the top removal of its target and fraction also takes, and the
+    seconds its retraining took; 0 when an identical set was already retrained)."""
     import torch  # (this module's removal design is read by the chapter, which loads no torch)
 
     from .. import models
@@ -51,6 +52,7 @@ def retrain_run(run, removals: list[Removal]) -> tuple[pd.DataFrame, pd.DataFram
     original = sample_outcomes(models.load_classifier(ft.checkpoints[-1]["path"]), ft.test)
     total = scores.total.astype(np.float64)
     test_language = scores.test_ids["language"].to_numpy()
+    tops = {(r.target, r.fraction): set(r.rows) for r in removals if r.arm == "top"}
     done: dict[tuple[int, ...], pd.DataFrame] = {}
     parts, log = [], []
     for i, removal in enumerate(removals, 1):
@@ -76,6 +78,8 @@ def retrain_run(run, removals: list[Removal]) -> tuple[pd.DataFrame, pd.DataFram
         log.append({"run": run.name, "removal": removal.label, "arm": removal.arm, "target": removal.target,
                     "fraction": removal.fraction, "n_removed": len(removal.rows), "n_kept": len(ft.train) -
                     len(removal.rows), "share_own_language": float(np.mean(removed_language == removal.target)),
+                    "shared_with_top": len(tops[removal.target, removal.fraction] & set(removal.rows))
+                    / len(removal.rows) if (removal.target, removal.fraction) in tops else np.nan,
                     "seconds": round(seconds, 1), "threads": torch.get_num_threads()})
     return pd.concat(parts, ignore_index=True), pd.DataFrame(log)
 
