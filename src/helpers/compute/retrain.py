@@ -38,9 +38,9 @@ OUTCOME_COLUMNS = ["run", "target", "fraction", "arm", "test_row", "test_languag
 def retrain_run(run, removals: list[Removal]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Retrain ``run`` once per distinct set of removed rows. Returns the outcomes (one row per removal and test
     sample: whether it chose the removal (see :func:`helpers.removals.held_out`), loss, correct, their change against
-    the original run, TracIn's predicted loss change) and one row per
-    removal (its size, the share of its samples the top removal of its target and fraction also takes, and the
-    seconds its retraining took; 0 when an identical set was already retrained)."""
+    the original run, TracIn's predicted loss change) and one row per removal (its size, the share of its samples the
+    top removal of its target and fraction also takes, and the seconds its retraining took; 0 when an identical set
+    was already retrained)."""
     import torch  # (this module's removal design is read by the chapter, which loads no torch)
 
     from .. import models
