@@ -119,9 +119,10 @@ def permutation_p(table: pd.DataFrame) -> tuple[float, float]:
 
 def cf1_estimate(table: pd.DataFrame, frame: pd.DataFrame, confidence: float) -> claims.Estimate:
     """CF1's estimate: the mean over seeds of the top removal's change minus its random draws' mean. Several seeds: a
-    t-interval over them; one seed with several draws: the top removal against the draws' spread (a prediction
-    interval, ``se = sd * sqrt(1 + 1/draws)``, ``df = draws - 1``); one seed and one draw: over the held-out test
-    samples (``frame``, paired per sample)."""
+    t-interval over them; one seed and one target language with several draws: the top removal against the draws'
+    spread (a prediction interval, ``se = sd * sqrt(1 + 1/draws)``, ``df = draws - 1``); otherwise (one seed, one
+    draw or several target languages): over the held-out test samples (``frame``, paired per sample). The verdict
+    with several draws is the permutation test's (:func:`permutation_p`) whichever interval is shown."""
     if len(table) > 1:
         return claims.interval(frame, "value", confidence)
     row = table.iloc[0]
