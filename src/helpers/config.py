@@ -303,7 +303,8 @@ def unknown_parameter(name: str) -> ConfigError:
 
 
 #: Parameters naming a local folder: a relative one is made absolute against the caller's directory once, when a study
-#: is resolved (:func:`absolute_paths`), so the notebooks (run from notebooks/) read the same folder.
+#: is resolved (:func:`absolute_paths`), so the notebooks (run from notebooks/) read the same folder; what is there is
+#: part of the fingerprint of every stage that has the parameter (:attr:`helpers.flow.stage.Stage.local_inputs`).
 PATH_PARAMETERS = ("corpus_dir", "model_dir")
 
 

@@ -8,5 +8,4 @@ STAGE = Stage("data", "01_data.ipynb", "Data", scope="run", modules=("data",),
               params=("seed", "dataset", "fine_tune_languages", "zero_shot_languages", "label", "train_per_language",
                       "test_per_language", "parallel_train", "test_translations_in_train", "planted_share",
                       "imbalance_language",
-                      "imbalance_factor", "permuted_language", "permuted_share", "corpus_dir"),
-              local_inputs=("corpus_dir",))
+                      "imbalance_factor", "permuted_language", "permuted_share", "corpus_dir"))

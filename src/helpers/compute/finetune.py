@@ -21,8 +21,7 @@ STAGE = Stage("finetune", "02_finetune.ipynb", "Fine-tuning", scope="run",
               modules=("finetune", "models/__init__"),
               params=("model", "trim_vocabulary", "max_length", "epochs", "checkpoints_per_epoch",
                       "checkpoint_at_start", "batch_size", "learning_rate",
-                      "warmup_ratio", "model_dir", "device", "precision", "reinit_top_layers", "pretrain_checkpoint"),
-              local_inputs=("model_dir",))
+                      "warmup_ratio", "model_dir", "device", "precision", "reinit_top_layers", "pretrain_checkpoint"))
 CHECKPOINTS_FILE = "checkpoints.json"
 
 

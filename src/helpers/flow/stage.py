@@ -22,7 +22,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .. import paths
+from .. import config, paths
 
 #: The packages whose modules declare a ``STAGE``: compute stages first, then chapters.
 STAGE_PACKAGES = ("helpers.compute", "helpers.chapters")
@@ -48,15 +48,18 @@ class Stage:
     #: run stages only: the runs that have this stage, by their parameters (None: every run). A stage reading it
     #: reads it only in those runs (fine-tuning reads pre-training only when the model is pre-trained here).
     when: Callable[[dict[str, Any]], bool] | None = None
-    #: parameters naming a local folder or file it reads (``corpus_dir``, ``model_dir``): what is there is part of
-    #: its fingerprint (:func:`helpers.flow.fingerprint.local_inputs`)
-    local_inputs: tuple[str, ...] = ()
     #: files of the repository (relative to its root) it reads besides the code: a profile whose design a page states
     files: tuple[str, ...] = ()
 
     def applies(self, run: Any) -> bool:
         """Does ``run`` (a :class:`helpers.study.Run`) have this stage?"""
         return self.when is None or self.when(run.params)
+
+    @property
+    def local_inputs(self) -> tuple[str, ...]:
+        """Its parameters that name a local folder (:data:`helpers.config.PATH_PARAMETERS`): what is there is part of
+        its fingerprint (:func:`helpers.flow.fingerprint.local_inputs`)."""
+        return tuple(p for p in self.params if p in config.PATH_PARAMETERS)
 
     @property
     def path(self) -> Path:
