@@ -80,7 +80,8 @@ def describe_sampling(cfg: Mapping[str, Any], train: pd.DataFrame, test: pd.Data
     task = LABELS[cfg["label"]]
     corpus = corpora.get(cfg.get("dataset", "bible"))
     n_ft = len(cfg["fine_tune_languages"])
-    text = (f"Task **{cfg['label']}**: {task.help} ({', '.join(task.names)}); chance accuracy "
+    text = (f"Corpus: **{corpus.title}**; translations are linked by {corpus.parallel_by}. "
+            f"Task **{cfg['label']}**: {task.help} ({', '.join(task.names)}); chance accuracy "
             f"{1 / len(task.names):.0%}. Training set: {len(train)} samples, {cfg['train_per_language']} per language "
             f"in {n_ft} languages, balanced over labels; ")
     items = "verses" if corpus.single_pool else "items"
