@@ -194,6 +194,20 @@ def test_the_held_out_pool_is_fixed_and_labelled_verses_are_balanced():
     assert isinstance(labelled, pd.DataFrame)
 
 
+def test_only_the_first_seed_of_each_variant_is_probed():
+    """With five seeds of the in-house encoder, each pre-trained on its own, probing every seed's pre-training put
+    five unlabelled rows per checkpoint in the tables (and crossed their losses); added seeds must change nothing."""
+    from types import SimpleNamespace
+
+    from helpers.compute import probe
+
+    runs = [SimpleNamespace(name=f"{v}-s{s}", run=SimpleNamespace(variant=v))
+            for v in ("main", "mlm", "gemma") for s in (0, 1, 2)]
+    runs = runs[1:] + runs[:1]  # the first in the list is the first probed, whatever its seed
+    assert [r.name for r in probe.probed_runs(runs)] == ["main-s1", "mlm-s0", "gemma-s0"]
+    assert probe.probed_runs(runs[:3]) == [runs[0], runs[2]]
+
+
 def _planted_states(rng, shared: bool, n: int = 240, d: int = 32, layers: int = 3):
     """Per language (layers + 1, n, d) states: the label is carried by neurons 0-3 in every language when
     ``shared``, else by neurons 0-3 in 'en' and 8-11 in 'fr'; the same verse has the same noise in both languages

@@ -75,9 +75,19 @@ def pretraining_step(run) -> str | None:
     return Path(finetune.load(run["finetune"]).info["model_dir"]).name
 
 
+def probed_runs(runs: list) -> list:
+    """The runs whose encoders are probed: the first seed of each variant (in ``runs``' order). Its pre-training (for
+    the in-house encoder, each seed pre-trains its own) and its training verses alone decide what is measured, so
+    adding seeds to a study leaves the probes' values as they were."""
+    first: dict[str, Any] = {}
+    for run in runs:
+        first.setdefault(run.run.variant, run)
+    return list(first.values())
+
+
 def held_out_verses(runs: list, n: int) -> tuple[pd.DataFrame, list[str]]:
     """``n`` held-out verses (about as many per label), the same in every language, and the test languages: from
-    the pool never pre-trained on, leaving out any verse an axis run trains on. Deterministic."""
+    the pool never pre-trained on, leaving out any verse a probed run trains on. Deterministic."""
     from ..models import pretrain
 
     first = runs[0]
@@ -147,10 +157,11 @@ def null_and_ceiling(states: dict[str, np.ndarray], labels: np.ndarray, k: int, 
 
 
 def states_to_measure(runs: list) -> list[tuple[Point, Callable[[], tuple]]]:
-    """Every encoder state to measure, with how to load it (model, tokenizer, vocabulary map or None): each
-    pre-training checkpoint once; for the first seed of each variant, the encoder fine-tuning starts from (for the
-    in-house encoder, that is a pre-training checkpoint, measured once) and the fine-tuning checkpoint after every epoch
-    (not step 0, which is the start, nor the checkpoints inside an epoch, which only TracIn reads)."""
+    """Every encoder state to measure, with how to load it (model, tokenizer, vocabulary map or None), for ``runs`` as
+    :func:`probed_runs` gives them: each pre-training checkpoint once; for the first seed of each variant, the encoder
+    fine-tuning starts from (for the in-house encoder, that is a pre-training checkpoint, measured once) and the
+    fine-tuning checkpoint after every epoch (not step 0, which is the start, nor the checkpoints inside an epoch, which
+    only TracIn reads)."""
     from .. import models
     from ..finetune import initial_model
     from ..models import pretrain
@@ -206,7 +217,8 @@ def starts(runs: list, points: pd.DataFrame) -> pd.DataFrame:
 
 
 def compute(runs: list, cfg: dict[str, Any]) -> dict[str, pd.DataFrame]:
-    """``runs``: the axis runs (``RunInputs`` with ``finetune``, and ``pretrain`` for the in-house encoder). Returns
+    """``runs``: the axis runs (``RunInputs`` with ``finetune``, and ``pretrain`` for the in-house encoder), of which
+    the first seed of each variant is probed (:func:`probed_runs`). Returns
     the tables (:data:`TABLES`), empty outside the Bible corpus (its held-out pool and the in-house encoder are
     verses)."""
     from tqdm import tqdm
@@ -217,6 +229,7 @@ def compute(runs: list, cfg: dict[str, Any]) -> dict[str, pd.DataFrame]:
 
     if runs[0].params["dataset"] != "bible":
         return {name: pd.DataFrame() for name in TABLES}
+    runs = probed_runs(runs)
     set_threads()
     verses, languages = held_out_verses(runs, cfg["alignment_verses"])
     texts = {lang: data.read_verses(lang, verses) for lang in languages}
