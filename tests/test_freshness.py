@@ -167,3 +167,29 @@ def test_the_retrainings_and_the_probes_are_compute_stages_their_chapters_read()
     assert ("retrain", "study") in get("counterfactual").reads and ("probe", "study") in get("probing").reads
     assert ("probe", "study") in get("alignment").reads
     assert {"removals", "compute/retrain"} <= set(fingerprint.stage_modules(get("retrain")))
+
+
+def test_a_republished_page_is_read_again_by_the_next_build_even_when_it_is_older(tmp_path):
+    """Sphinx re-reads a page only if its time is newer than its last read: a stage's page computed before the page it
+    replaces (another profile's run of the same study, published in between) must still be re-read; an unchanged page
+    keeps its time so that the incremental build skips it."""
+    import os
+    import time
+
+    from helpers.flow.runner import place
+
+    now = time.time()
+    published = tmp_path / "published.ipynb"
+    published.write_text("the embedded profile's page")
+    os.utime(published, (now - 10, now - 10))  # the last build read it after this
+    source = tmp_path / "stage.ipynb"
+    source.write_text("the full profile's page")
+    os.utime(source, (now - 1000, now - 1000))  # computed before the published page
+    staged = tmp_path / "staged.ipynb"
+    place(source, staged, published)
+    assert staged.read_text() == "the full profile's page" and staged.stat().st_mtime >= now - 1
+    source.write_text("the embedded profile's page")
+    place(source, staged, published)
+    assert staged.read_text() == "the embedded profile's page" and staged.stat().st_mtime == published.stat().st_mtime
+    place(source, published)  # in place, unchanged: untouched
+    assert abs(published.stat().st_mtime - (now - 10)) < 1e-3

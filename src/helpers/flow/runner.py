@@ -14,6 +14,7 @@ failing cell stops the run with a non-zero exit naming the notebook; Ctrl-C keep
 
 from __future__ import annotations
 
+import filecmp
 import logging
 import os
 import re
@@ -352,6 +353,19 @@ def _check_writable(folder: Path) -> None:
                              "HELPERS_ARTIFACTS to another folder") from None
 
 
+def place(source: Path, target: Path, published: Path | None = None) -> None:
+    """Copy ``source`` to ``target`` for the book's next incremental build. Sphinx re-reads a page only when its
+    modification time is newer than its last read, and a stage's page can be older than the page it replaces (another
+    profile's run of the same study, published in between): so a page that differs from the ``published`` one (by
+    default ``target`` itself) gets the current time, and an unchanged one keeps the published time (not re-read)."""
+    published = target if published is None else published
+    if published.is_file() and filecmp.cmp(source, published, shallow=False):
+        if published != target:
+            shutil.copy2(published, target)
+    else:
+        shutil.copyfile(source, target)
+
+
 def publish(study: Study, instances: list[Instance]) -> None:
     """Make the study's book folder (:func:`helpers.paths.book_dir`) hold the book's sources and, in ``book/executed``,
     the chapters' executed notebooks and the run stages of the study's first run (of
@@ -380,7 +394,8 @@ def publish(study: Study, instances: list[Instance]) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     for notebook, inst in chosen.items():
-        shutil.copy2(paths.executed_notebook(study.name, inst.stage.name, inst.identity), staging / notebook)
+        place(paths.executed_notebook(study.name, inst.stage.name, inst.identity), staging / notebook,
+              pages / notebook)
     for stage in all_stages().values():  # a stage no run of this study has: a page that says so (the TOC
         if stage.notebook not in chosen:        # lists every stage)
             page = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
@@ -391,7 +406,7 @@ def publish(study: Study, instances: list[Instance]) -> None:
         for source in paths.REPO_ROOT.glob(pattern):
             target = book / source.relative_to(paths.REPO_ROOT)
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
+            place(source, target)
     if pages.exists():
         shutil.rmtree(pages)
     staging.rename(pages)
