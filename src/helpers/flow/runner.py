@@ -14,7 +14,8 @@ failing cell stops the run with a non-zero exit naming the notebook; Ctrl-C keep
 
 from __future__ import annotations
 
-import filecmp
+import hashlib
+import json
 import logging
 import os
 import re
@@ -353,17 +354,32 @@ def _check_writable(folder: Path) -> None:
                              "HELPERS_ARTIFACTS to another folder") from None
 
 
-def place(source: Path, target: Path, published: Path | None = None) -> None:
-    """Copy ``source`` to ``target`` for the book's next incremental build. Sphinx re-reads a page only when its
-    modification time is newer than its last read, and a stage's page can be older than the page it replaces (another
-    profile's run of the same study, published in between): so a page that differs from the ``published`` one (by
-    default ``target`` itself) gets the current time, and an unchanged one keeps the published time (not re-read)."""
-    published = target if published is None else published
-    if published.is_file() and filecmp.cmp(source, published, shallow=False):
-        if published != target:
-            shutil.copy2(published, target)
-    else:
-        shutil.copyfile(source, target)
+#: In a study's book folder: when its last successful build started and the SHA-256 of each source it read.
+BUILT_RECORD = ".built.json"
+
+
+def _sources(book: Path) -> dict[str, str]:
+    """SHA-256 of every source file of the book folder (its pages and the copied book sources), by relative path."""
+    return {f.relative_to(book).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(book.rglob("*")) if f.is_file() and "_build" not in f.relative_to(book).parts
+            and f.name != BUILT_RECORD}
+
+
+def place(source: Path, target: Path, book: Path, published: Path) -> None:
+    """Copy ``source`` to ``target``, to be published as ``published`` (in ``book``) for the book's next incremental
+    build. Sphinx re-reads a page only
+    when its modification time is newer than its last read, and neither a stage's page nor its time tells which
+    version was built last (another profile's run of the same study may have been built in between, with older pages
+    than the ones it replaced). So the time comes from the record of the last build (:data:`BUILT_RECORD`): a file it
+    read with the same content gets the time that build started (not read again); any other gets the current time."""
+    shutil.copyfile(source, target)
+    try:
+        record = json.loads((book / BUILT_RECORD).read_text())
+    except (OSError, ValueError):
+        return
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    if record.get("sources", {}).get(published.relative_to(book).as_posix()) == digest:
+        os.utime(target, (record["started"], record["started"]))
 
 
 def publish(study: Study, instances: list[Instance]) -> None:
@@ -394,7 +410,7 @@ def publish(study: Study, instances: list[Instance]) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     for notebook, inst in chosen.items():
-        place(paths.executed_notebook(study.name, inst.stage.name, inst.identity), staging / notebook,
+        place(paths.executed_notebook(study.name, inst.stage.name, inst.identity), staging / notebook, book,
               pages / notebook)
     for stage in all_stages().values():  # a stage no run of this study has: a page that says so (the TOC
         if stage.notebook not in chosen:        # lists every stage)
@@ -406,7 +422,7 @@ def publish(study: Study, instances: list[Instance]) -> None:
         for source in paths.REPO_ROOT.glob(pattern):
             target = book / source.relative_to(paths.REPO_ROOT)
             target.parent.mkdir(parents=True, exist_ok=True)
-            place(source, target)
+            place(source, target, book, target)
     if pages.exists():
         shutil.rmtree(pages)
     staging.rename(pages)
@@ -426,11 +442,15 @@ def build_book(study: str) -> Path:
     exe = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", "-q", str(book)]  # warnings only
     print("Building the book:", " ".join(cmd), flush=True)
+    (book / BUILT_RECORD).unlink(missing_ok=True)  # until this build succeeds, no page counts as built
+    started = time.time() - 1  # a page read in this build was read after this
+    sources = _sources(book)
     done = subprocess.run(cmd, cwd=book, capture_output=True, text=True)
     sys.stderr.write(done.stderr)  # sphinx's warnings; its banner (stdout) is shown only when the build fails
     if done.returncode:
         sys.stdout.write(done.stdout)
         raise subprocess.CalledProcessError(done.returncode, cmd)
+    (book / BUILT_RECORD).write_text(json.dumps({"started": started, "sources": sources}))
     index = paths.book_index(study)
     print(f"Book: {index}")
     return index
