@@ -174,27 +174,21 @@ def test_a_republished_page_is_read_again_by_the_next_build_even_when_it_is_olde
     """Sphinx re-reads a page only if its time is newer than its last read: a stage's page computed before the page
     the last build read (another profile's run of the same study, built in between) must still be re-read; a page the
     last build read with the same content gets that build's start time, so that the incremental build skips it."""
-    import json
     import os
     import time
 
     from helpers.flow import runner
 
     now = time.time()
-    book = tmp_path / "book"
-    (book / "book" / "executed").mkdir(parents=True)
     source = tmp_path / "stage.ipynb"
     source.write_text("the full profile's page")
     os.utime(source, (now - 1000, now - 1000))  # computed before the last build
-    staged, published = book / "book" / ".executed-1" / "p.ipynb", book / "book" / "executed" / "p.ipynb"
-    staged.parent.mkdir()
-    runner.place(source, staged, book, published)  # no build yet: a new time
+    staged, published = tmp_path / "p.ipynb", "book/executed/p.ipynb"
+    runner.place(source, staged, published, {})  # no build yet: a new time
     assert staged.read_text() == "the full profile's page" and staged.stat().st_mtime >= now - 1
-    built = hashlib.sha256(b"the embedded profile's page").hexdigest()
-    (book / runner.BUILT_RECORD).write_text(json.dumps({"started": now - 10,
-                                                        "sources": {"book/executed/p.ipynb": built}}))
-    runner.place(source, staged, book, published)  # the last build read another page: a new time
+    built = {"started": now - 10, "sources": {published: hashlib.sha256(b"the embedded profile's page").hexdigest()}}
+    runner.place(source, staged, published, built)  # the last build read another page: a new time
     assert staged.stat().st_mtime >= now - 1
     source.write_text("the embedded profile's page")
-    runner.place(source, staged, book, published)  # the page the last build read: that build's start time
+    runner.place(source, staged, published, built)  # the page the last build read: that build's start time
     assert staged.read_text() == "the embedded profile's page" and abs(staged.stat().st_mtime - (now - 10)) < 1e-3

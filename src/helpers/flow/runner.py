@@ -365,21 +365,24 @@ def _sources(book: Path) -> dict[str, str]:
             and f.name != BUILT_RECORD}
 
 
-def place(source: Path, target: Path, book: Path, published: Path) -> None:
-    """Copy ``source`` to ``target``, to be published as ``published`` (in ``book``) for the book's next incremental
-    build. Sphinx re-reads a page only
-    when its modification time is newer than its last read, and neither a stage's page nor its time tells which
-    version was built last (another profile's run of the same study may have been built in between, with older pages
-    than the ones it replaced). So the time comes from the record of the last build (:data:`BUILT_RECORD`): a file it
-    read with the same content gets the time that build started (not read again); any other gets the current time."""
-    shutil.copyfile(source, target)
+def _last_build(book: Path) -> dict[str, Any]:
+    """The record of the book's last successful build (``started``, ``sources``); empty when there is none."""
     try:
-        record = json.loads((book / BUILT_RECORD).read_text())
+        return json.loads((book / BUILT_RECORD).read_text())
     except (OSError, ValueError):
-        return
-    digest = hashlib.sha256(target.read_bytes()).hexdigest()
-    if record.get("sources", {}).get(published.relative_to(book).as_posix()) == digest:
-        os.utime(target, (record["started"], record["started"]))
+        return {}
+
+
+def place(source: Path, target: Path, published: str, built: dict[str, Any]) -> None:
+    """Copy ``source`` to ``target``, to be published as ``published`` (its path in the book folder), for the book's
+    next incremental build. Sphinx re-reads a page only when its modification time is newer than its last read, and
+    neither a stage's page nor its time tells which version was built last (another profile's run of the same study
+    may have been built in between, with older pages than the ones it replaced). So the time comes from ``built``, the
+    record of the last build (:func:`_last_build`): a file it read with the same content gets the time that build
+    started (not read again); any other gets the current time."""
+    shutil.copyfile(source, target)
+    if built.get("sources", {}).get(published) == hashlib.sha256(target.read_bytes()).hexdigest():
+        os.utime(target, (built["started"], built["started"]))
 
 
 def publish(study: Study, instances: list[Instance]) -> None:
@@ -409,9 +412,10 @@ def publish(study: Study, instances: list[Instance]) -> None:
     staging = pages.with_name(f".executed-{os.getpid()}")  # complete before it replaces the published pages
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    built = _last_build(book)
     for notebook, inst in chosen.items():
-        place(paths.executed_notebook(study.name, inst.stage.name, inst.identity), staging / notebook, book,
-              pages / notebook)
+        place(paths.executed_notebook(study.name, inst.stage.name, inst.identity), staging / notebook,
+              (pages / notebook).relative_to(book).as_posix(), built)
     for stage in all_stages().values():  # a stage no run of this study has: a page that says so (the TOC
         if stage.notebook not in chosen:        # lists every stage)
             page = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
@@ -422,7 +426,7 @@ def publish(study: Study, instances: list[Instance]) -> None:
         for source in paths.REPO_ROOT.glob(pattern):
             target = book / source.relative_to(paths.REPO_ROOT)
             target.parent.mkdir(parents=True, exist_ok=True)
-            place(source, target, book, target)
+            place(source, target, target.relative_to(book).as_posix(), built)
     if pages.exists():
         shutil.rmtree(pages)
     staging.rename(pages)
